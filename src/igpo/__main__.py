@@ -1,0 +1,3 @@
+from igpo.cli import main
+
+main()
