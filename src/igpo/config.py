@@ -45,11 +45,23 @@ class DataConfig(_Strict):
 
 
 class RetrievalConfig(_Strict):
-    kind: Literal["bm25", "http"] = "bm25"
-    corpus: str | None = None  # corpus JSONL for the embedded BM25 index
+    # bm25: build BM25 in-process from `corpus`; index: load a saved index (`igpo index build`) from `index_dir`;
+    # http: query a retrieval server at `url` (`igpo serve`, or Search-R1's retrieval server)
+    kind: Literal["bm25", "index", "http"] = "bm25"
+    corpus: str | None = None  # corpus JSONL; with kind=index, checked against the corpus the index was built from
+    index_dir: str | None = None  # for kind=index
     url: str | None = None  # retrieval server, for kind=http
     topk: int = Field(3, ge=1, le=100)
     max_passage_words: int = Field(60, ge=1)
+    # HTTP client (kind=http)
+    api_key_env: str | None = None  # name of the environment variable holding the server's API key
+    timeout_s: float = Field(10.0, gt=0)  # per attempt
+    retries: int = Field(3, ge=0)  # extra attempts after the first
+    backoff_s: float = Field(0.25, ge=0)  # first retry delay; doubles each retry, with jitter
+    breaker_failures: int = Field(5, ge=1)  # consecutive failed searches that open the circuit
+    breaker_cooldown_s: float = Field(30.0, ge=0)  # how long an open circuit fails fast before one trial call
+    cache: bool = True  # on-disk cache of results keyed by (index, query, topk): reproducible, resumable runs
+    cache_dir: str | None = None  # default ~/.cache/igpo/retrieval
 
 
 class RolloutConfig(_Strict):

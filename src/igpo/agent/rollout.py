@@ -1,0 +1,131 @@
+"""The batched multi-turn rollout loop.
+
+Each turn generates for all still-active episodes at once, parses each generation, runs all tool calls of
+the turn as one batch per tool, and appends the tool messages as ids. Ids are only ever appended: what the
+policy sampled is kept exactly, and the tool result ids are those of `ChatFormat.tool_message_ids`.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+from igpo.agent.parsing import Action, parse_generation
+from igpo.agent.template import ChatFormat
+from igpo.agent.tools import Toolbox
+from igpo.agent.trajectory import Trajectory, Turn
+from igpo.data.loaders import QAExample
+
+
+@dataclass
+class SamplingParams:
+    max_new_tokens: int
+    temperature: float = 1.0  # 0 = greedy
+    top_p: float = 1.0
+
+
+class Generator(Protocol):
+    def generate(self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[int]]:
+        """For each context, the sampled continuation ids, ending at (and including) the first stop id."""
+
+
+class HFGenerator:
+    """`model.generate` over a left-padded batch of full contexts."""
+
+    def __init__(self, model, pad_id: int):
+        self.model, self.pad_id = model, pad_id
+
+    @torch.no_grad()
+    def generate(self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[int]]:
+        device = next(self.model.parameters()).device
+        width = max(len(c) for c in contexts)
+        ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(contexts), width), dtype=torch.long)
+        for i, c in enumerate(contexts):
+            ids[i, width - len(c):] = torch.tensor(c)
+            mask[i, width - len(c):] = 1
+        sample = params.temperature > 0
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            out = self.model.generate(
+                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=params.max_new_tokens,
+                do_sample=sample, temperature=params.temperature if sample else None,
+                top_p=params.top_p if sample else None, top_k=None if sample else None,
+                eos_token_id=stop_ids, pad_token_id=self.pad_id,
+            )
+        finally:
+            self.model.train(was_training)
+        return [_cut_at_stop(row.tolist(), stop_ids) for row in out[:, width:].cpu()]
+
+
+def _cut_at_stop(ids: list[int], stop_ids: Sequence[int]) -> list[int]:
+    for k, tok in enumerate(ids):
+        if tok in stop_ids:
+            return ids[: k + 1]
+    return ids
+
+
+def rollout(
+    examples: Sequence[QAExample],
+    groups: Sequence[int],
+    generator: Generator,
+    fmt: ChatFormat,
+    toolbox: Toolbox,
+    params: SamplingParams,
+    max_turns: int,
+    max_context: int,
+) -> list[Trajectory]:
+    """One episode per example (repeat an example G times for a group). Never raises on model output."""
+    trajs = []
+    for ex, g in zip(examples, groups):
+        ids = fmt.prompt_ids(ex.question)
+        trajs.append(Trajectory(example=ex, group=g, ids=ids, prompt_len=len(ids)))
+    tok = fmt.tokenizer
+    active = []
+    for i, tr in enumerate(trajs):
+        if len(tr.ids) >= max_context:
+            tr.finish = "max_context"
+        else:
+            active.append(i)
+    for turn_no in range(max_turns):
+        if not active:
+            break
+        budgets = {i: min(params.max_new_tokens, max_context - len(trajs[i].ids)) for i in active}
+        p = SamplingParams(max(budgets.values()), params.temperature, params.top_p)
+        outputs = generator.generate([trajs[i].ids for i in active], p, fmt.stop_ids)
+        calls: list[tuple[int, Action]] = []
+        for i, gen in zip(active, outputs):
+            tr = trajs[i]
+            gen = gen[: budgets[i]]
+            start = len(tr.ids)
+            tr.ids.extend(gen)
+            text = tok.decode(gen, skip_special_tokens=True)
+            action = parse_generation(text)
+            turn = Turn(gen_start=start, gen_end=len(tr.ids), end=len(tr.ids), text=text, action=action)
+            tr.turns.append(turn)
+            if action.kind == "tool_call" and turn_no + 1 < max_turns:
+                calls.append((i, action))
+                continue
+            close = fmt.close_generation(gen)
+            room = max_context - len(tr.ids)
+            tr.ids.extend(close[: max(room, 0)])
+            turn.end = len(tr.ids)
+            tr.finish = {"answer": "answer", "format_error": "format_error"}.get(action.kind, "max_turns")
+        results = toolbox.execute([a for _, a in calls]) if calls else []
+        still = []
+        for (i, _), res in zip(calls, results):
+            tr, turn = trajs[i], trajs[i].turns[-1]
+            turn.tool_result, turn.tool_error = res.text, res.error
+            obs = fmt.close_generation(tr.ids[turn.gen_start:turn.gen_end]) + fmt.tool_message_ids(res.text)
+            if len(tr.ids) + len(obs) >= max_context:
+                # No room for the result and a next turn: the episode ends without an answer.
+                tr.finish = "max_context"
+                continue
+            tr.ids.extend(obs)
+            turn.end = len(tr.ids)
+            still.append(i)
+        active = still
+    return trajs

@@ -1,0 +1,138 @@
+"""Token-level chat format: everything the rollout appends to a context, built from the tokenizer's own template.
+
+A trajectory is built by appending ids and never re-rendered, so the template is asked once, up front, for
+the pieces that go between generations: the prompt, the end-of-turn suffix of an assistant message, the tool
+message (split around its content), and the opening of the next assistant turn. Text the policy does not
+control (tool results, questions) is tokenized with special-token parsing off, so a passage holding
+`<|im_end|>` cannot change the conversation structure. No model family's special tokens are written here:
+they come from the template (or, for a tokenizer without one, from the ChatML fallback template).
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+_MARK = "\x00IGPO_CONTENT\x00"
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are a research assistant that answers questions by searching a knowledge base. "
+    "Think briefly, then either call the search tool or give the final answer. "
+    'To search, write <tool_call>{"name": "search", "arguments": {"query": "your query"}}</tool_call> and wait '
+    "for the results. Search as often as you need, one query at a time. When you know the answer, write it as "
+    "<answer>short answer</answer>, with no other text inside the tags."
+)
+
+# ChatML with Hermes-style tools; used only when the tokenizer has no chat template at all.
+CHATML_TOOLS_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{%- if message.role == 'system' and tools %}"
+    "{{- '<|im_start|>system\\n' + message.content + '\\n\\n# Tools\\n\\n<tools>\\n' }}"
+    "{%- for tool in tools %}{{- tool | tojson }}{{- '\\n' }}{%- endfor %}"
+    "{{- '</tools><|im_end|>\\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{{- '<|im_start|>tool\\n<tool_response>\\n' + message.content + '\\n</tool_response><|im_end|>\\n' }}"
+    "{%- else %}{{- '<|im_start|>' + message.role + '\\n' + message.content + '<|im_end|>\\n' }}{%- endif %}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+class TemplateError(ValueError):
+    """The tokenizer's chat template cannot render the turns a rollout needs."""
+
+
+@dataclass
+class ChatFormat:
+    """Ids of the fixed pieces of a multi-turn tool conversation for one tokenizer.
+
+    Attributes:
+        stop_ids: token ids that end an assistant generation (end-of-turn token and eos).
+        eot_ids: the template's end of an assistant message (e.g. `<|im_end|>\\n`), appended (minus the
+            sampled stop token) after every generation.
+        tool_pre_ids / tool_post_ids: the tool message around its content, `tool_post_ids` ending with the
+            opening of the next assistant turn.
+        scaffold_ids: the belief probe's answer scaffold (scored context, never part of a policy context).
+    """
+
+    tokenizer: object
+    system_prompt: str
+    tools: list[dict]
+    scaffold: str
+    chat_template: str | None = None  # override; None = the tokenizer's own (tool-aware) template
+
+    def __post_init__(self):
+        tok = self.tokenizer
+        if self.chat_template is None:
+            own = getattr(tok, "chat_template", None)
+            self.chat_template = own if isinstance(own, str) and own else CHATML_TOOLS_TEMPLATE
+        # A template that ignores `tools` gets the schemas in the system prompt instead.
+        self._native_tools = "tools" in self.chat_template
+        if not self._native_tools:
+            schemas = "\n".join(json.dumps(t) for t in self.tools)
+            self.system_prompt = f"{self.system_prompt}\n\nTools:\n<tools>\n{schemas}\n</tools>"
+
+        base = [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": "Q"}]
+        with_answer = self._render(base + [{"role": "assistant", "content": _MARK}], add_generation_prompt=False)
+        # Hermes convention: a template without tool support still gets results inside <tool_response> tags.
+        tool_content = _MARK if self._native_tools else f"<tool_response>\n{_MARK}\n</tool_response>"
+        with_tool = self._render(
+            base + [{"role": "assistant", "content": _MARK}, {"role": "tool", "content": tool_content}],
+            add_generation_prompt=True,
+        )
+        if not with_tool.startswith(with_answer):
+            raise TemplateError("the chat template re-renders earlier turns when a tool message follows")
+        eot_text = with_answer[with_answer.index(_MARK) + len(_MARK):]
+        tool_text = with_tool[len(with_answer):]
+        if tool_text.count(_MARK) != 1:
+            raise TemplateError("the chat template does not render the content of a `tool` message")
+        pre, post = tool_text.split(_MARK)
+        self.eot_ids = self._encode_template(eot_text)
+        self.tool_pre_ids = self._encode_template(pre)
+        self.tool_post_ids = self._encode_template(post)
+        stops = {i for i in (tok.eos_token_id,) if i is not None}
+        if self.eot_ids:
+            stops.add(self.eot_ids[0])
+        self.stop_ids = sorted(stops)
+        self.scaffold_ids = self.encode_text(self.scaffold)
+
+    def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
+        kwargs = {"tools": self.tools} if self._native_tools else {}
+        try:
+            return self.tokenizer.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
+                chat_template=self.chat_template, **kwargs,
+            )
+        except Exception as e:  # jinja raises its own exception types for unsupported roles
+            raise TemplateError(f"the chat template cannot render a tool conversation: {e}") from None
+
+    def _encode_template(self, text: str) -> list[int]:
+        """Template text: its special tokens are real control tokens."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def encode_text(self, text: str) -> list[int]:
+        """Untrusted text (questions, tool results, answers): control strings stay plain text."""
+        return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
+
+    def prompt_ids(self, question: str) -> list[int]:
+        """System + user turn + the opening of the first assistant turn."""
+        text = self._render(
+            [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": _MARK}],
+            add_generation_prompt=True,
+        )
+        pre, post = text.split(_MARK)
+        return self._encode_template(pre) + self.encode_text(question) + self._encode_template(post)
+
+    def close_generation(self, generated: list[int]) -> list[int]:
+        """Template ids that complete an assistant message after the sampled ids (not trained on)."""
+        if generated and generated[-1] in self.stop_ids and self.eot_ids and generated[-1] == self.eot_ids[0]:
+            return self.eot_ids[1:]
+        if generated and generated[-1] in self.stop_ids:
+            return self.eot_ids[1:] if self.eot_ids else []
+        return list(self.eot_ids)
+
+    def tool_message_ids(self, result: str) -> list[int]:
+        """The tool message holding `result`, then the opening of the next assistant turn."""
+        return self.tool_pre_ids + self.encode_text(result) + self.tool_post_ids
+
+    def answer_ids(self, answer: str) -> list[int]:
+        return self.encode_text(answer)

@@ -1,0 +1,62 @@
+"""The trajectory: token ids exactly as sampled and as tool results were tokenized, never re-tokenized.
+
+Layout of `ids`: prompt | turn 1: generated ids, template close, tool message, next assistant opening | turn 2 ...
+Each `Turn` records the span of ids the policy sampled; the loss mask and per-token turn index are derived
+from those spans, so they cannot drift from the ids.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from igpo.agent.parsing import Action
+from igpo.data.loaders import QAExample
+
+
+@dataclass
+class Turn:
+    gen_start: int  # ids[gen_start:gen_end] were sampled by the policy in this turn
+    gen_end: int
+    end: int  # len(ids) once the turn is complete (after the tool message, if any)
+    text: str  # the generation decoded, for parsing and display only
+    action: Action
+    tool_result: str | None = None
+    tool_error: str | None = None
+
+
+@dataclass
+class Trajectory:
+    example: QAExample
+    group: int  # rollouts of the same question share a group
+    ids: list[int]
+    prompt_len: int
+    turns: list[Turn] = field(default_factory=list)
+    finish: str = "running"  # answer | format_error | max_turns | max_context
+    beliefs: list[float] | None = None  # p_0 .. p_{T-1}: belief after the prompt and after each non-final turn
+
+    @property
+    def num_turns(self) -> int:
+        return len(self.turns)
+
+    @property
+    def answer(self) -> str | None:
+        return self.turns[-1].action.answer if self.finish == "answer" else None
+
+    def belief_prefixes(self) -> list[int]:
+        """Context lengths at which beliefs are taken: after the prompt, then after each turn but the last."""
+        return [self.prompt_len] + [t.end for t in self.turns[:-1]]
+
+    def loss_mask(self) -> list[bool]:
+        """[L] True where the policy sampled the token."""
+        mask = [False] * len(self.ids)
+        for t in self.turns:
+            mask[t.gen_start:t.gen_end] = [True] * (t.gen_end - t.gen_start)
+        return mask
+
+    def token_turns(self) -> list[int]:
+        """[L] 0-based turn of each token (tool results included), -1 for the prompt."""
+        out = [-1] * len(self.ids)
+        start = self.prompt_len
+        for k, t in enumerate(self.turns):
+            out[start:t.end] = [k] * (t.end - start)
+            start = t.end
+        return out
