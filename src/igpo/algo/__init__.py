@@ -1,0 +1,1 @@
+"""The algorithm: rewards, advantage estimators, and the policy loss."""

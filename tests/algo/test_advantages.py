@@ -1,0 +1,137 @@
+"""Hand-computed values for every estimator."""
+import math
+
+import pytest
+import torch
+
+from igpo.algo.advantages import compute_turn_advantages, turn_to_token_advantages
+
+# Rollout A: IG 0.2 then outcome 1.0.  Rollout B: IG -0.1, IG exactly 0.0 (a real reward), outcome 0.0.
+R = torch.tensor([[0.2, 1.0, 0.0], [-0.1, 0.0, 0.0]])
+M = torch.tensor([[True, True, False], [True, True, True]])
+G = ["q", "q"]
+
+
+def z(values):
+    mean = sum(values) / len(values)
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / len(values)) if len(values) > 1 else 1.0
+    return [(v - mean) / (std + 1e-6) for v in values]
+
+
+def close(a, b):
+    torch.testing.assert_close(a, torch.tensor(b, dtype=torch.float32), atol=1e-5, rtol=0)
+
+
+def test_igpo_joint_normalises_all_turns_of_the_group_then_sums_backwards():
+    a1, a2, b1, b2, b3 = z([0.2, 1.0, -0.1, 0.0, 0.0])
+    adv = compute_turn_advantages(R, M, G, "igpo")
+    close(adv, [[a1 + a2, a2, 0.0], [b1 + b2 + b3, b2 + b3, b3]])
+    # The zero IG on B's middle turn is a turn of its own, not merged with the last one.
+    assert adv[1, 1] != adv[1, 2]
+
+
+def test_igpo_gamma_below_one():
+    a1, a2, b1, b2, b3 = z([0.2, 1.0, -0.1, 0.0, 0.0])
+    g = 0.5
+    adv = compute_turn_advantages(R, M, G, "igpo", gamma=g)
+    close(adv, [[a1 + g * a2, a2, 0.0], [b1 + g * (b2 + g * b3), b2 + g * b3, b3]])
+
+
+def test_igpo_separate_normalises_outcomes_and_ig_in_their_own_pools():
+    oa, ob = z([1.0, 0.0])
+    ia, ib1, ib2 = z([0.2, -0.1, 0.0])
+    adv = compute_turn_advantages(R, M, G, "igpo", norm="separate")
+    close(adv, [[ia + oa, oa, 0.0], [ib1 + ib2 + ob, ib2 + ob, ob]])
+
+
+def test_equal_outcomes_give_zero_grpo_but_nonzero_igpo():
+    r = torch.tensor([[0.3, 1.0], [-0.2, 1.0]])
+    m = torch.ones(2, 2, dtype=torch.bool)
+    assert torch.all(compute_turn_advantages(r, m, G, "grpo") == 0)
+    igpo = compute_turn_advantages(r, m, G, "igpo")
+    assert igpo.abs().sum() > 0.5
+    assert igpo[0, 0] > 0 > igpo[1, 0]  # the turn that gained information is credited
+
+
+def test_single_rollout_groups():
+    r = torch.tensor([[0.5, 1.0], [0.7, 0.0]])
+    m = torch.ones(2, 2, dtype=torch.bool)
+    groups = ["a", "b"]
+    assert torch.all(compute_turn_advantages(r, m, groups, "grpo") == 0)
+    assert torch.all(compute_turn_advantages(r, m, groups, "rloo") == 0)
+    x1, x2 = z([0.5, 1.0])
+    y1, y2 = z([0.7, 0.0])
+    close(compute_turn_advantages(r, m, groups, "igpo"), [[x1 + x2, x2], [y1 + y2, y2]])
+    one = compute_turn_advantages(torch.tensor([[0.4]]), torch.tensor([[True]]), ["a"], "igpo")
+    close(one, [[0.0]])  # a pool of one value: centred to 0, std taken as 1
+
+
+def test_grpo_and_dr_grpo():
+    r = torch.tensor([[0.0, 1.0], [0.5, 0.0], [0.2, 0.0]])
+    m = torch.tensor([[True, True], [True, False], [True, False]])
+    # outcomes: 1.0 (last valid turn of row 0), 0.5, 0.2
+    o = z([1.0, 0.5, 0.2])
+    close(compute_turn_advantages(r, m, ["g"] * 3, "grpo"), [[o[0], o[0]], [o[1], 0.0], [o[2], 0.0]])
+    mean = (1.0 + 0.5 + 0.2) / 3
+    close(compute_turn_advantages(r, m, ["g"] * 3, "grpo", std=False),
+          [[1.0 - mean, 1.0 - mean], [0.5 - mean, 0.0], [0.2 - mean, 0.0]])
+
+
+def test_rloo():
+    r = torch.tensor([[1.0], [0.0], [0.5]])
+    m = torch.ones(3, 1, dtype=torch.bool)
+    close(compute_turn_advantages(r, m, [1, 1, 1], "rloo"), [[0.75], [-0.75], [0.0]])
+
+
+def test_reinforce_pp_baseline_centres_per_group_then_whitens_the_batch():
+    r = torch.tensor([[1.0], [0.0], [0.4], [0.2]])
+    m = torch.ones(4, 1, dtype=torch.bool)
+    centred = [0.5, -0.5, 0.1, -0.1]
+    w = z(centred)
+    close(compute_turn_advantages(r, m, ["a", "a", "b", "b"], "reinforce_pp_baseline"), [[v] for v in w])
+
+
+def test_ablations():
+    a1, b1, b2 = z([0.2, -0.1, 0.0])
+    close(compute_turn_advantages(R, M, G, "igpo_ig_only"), [[a1, 0.0, 0.0], [b1 + b2, b2, 0.0]])
+    oa, ob = z([1.0, 0.0])
+    close(compute_turn_advantages(R, M, G, "igpo_outcome_only"), [[oa, oa, 0.0], [ob, ob, ob]])
+    close(compute_turn_advantages(R, M, G, "igpo_outcome_only", gamma=0.5), [[0.5 * oa, oa, 0.0], [0.25 * ob, 0.5 * ob, ob]])
+
+
+def test_gated_drops_ig_of_rollouts_below_the_threshold():
+    # B's outcome 0.0 < 0.5: its IG rewards leave the pool; A's stay.
+    ia, oa, ob = z([0.2, 1.0, 0.0])
+    close(compute_turn_advantages(R, M, G, "gated", gate_threshold=0.5), [[ia + oa, oa, 0.0], [ob, ob, ob]])
+
+
+def test_curriculum_moves_weight_from_ig_to_outcome():
+    start = compute_turn_advantages(R, M, G, "igpo_curriculum", step=0, curriculum_steps=10)
+    a1, a2, b1, b2, b3 = z([0.2 * 1.0, 1.0 * 0.5, -0.1, 0.0, 0.0])
+    close(start, [[a1 + a2, a2, 0.0], [b1 + b2 + b3, b2 + b3, b3]])
+    end = compute_turn_advantages(R, M, G, "igpo_curriculum", step=10, curriculum_steps=10)
+    a1, a2, b1, b2, b3 = z([0.2 * 0.5, 1.0, -0.05, 0.0, 0.0])
+    close(end, [[a1 + a2, a2, 0.0], [b1 + b2 + b3, b2 + b3, b3]])
+
+
+def test_groups_are_independent():
+    r = torch.cat([R, R * 3])
+    m = torch.cat([M, M])
+    adv = compute_turn_advantages(r, m, ["x", "x", "y", "y"], "igpo")
+    torch.testing.assert_close(adv[:2], compute_turn_advantages(R, M, G, "igpo"))
+    torch.testing.assert_close(adv[2:], adv[:2], atol=1e-4, rtol=0)  # z-scores are scale-free
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="unknown estimator 'ppo'"):
+        compute_turn_advantages(R, M, G, "ppo")
+    with pytest.raises(ValueError, match="group_ids"):
+        compute_turn_advantages(R, M, ["q"], "igpo")
+
+
+def test_turn_to_token_advantages_only_on_generated_tokens():
+    adv = torch.tensor([[2.0, -1.0]])
+    turns = torch.tensor([[-1, -1, 0, 0, 0, 1, 1, 1]])
+    gen = torch.tensor([[False, False, True, True, False, True, False, False]])
+    out = turn_to_token_advantages(adv, turns, gen)
+    close(out, [[0.0, 0.0, 2.0, 2.0, 0.0, -1.0, 0.0, 0.0]])
