@@ -89,7 +89,8 @@ class HTTPRetriever:
         self._count(cache_hits=len(queries) - len(missing), cache_misses=len(missing) if index else 0)
         if missing:
             fetched = self._fetch([queries[i] for i in missing], topk)
-            index = self._index_id  # the answer may have named the index for the first time
+            if self.cache_dir is not None:
+                index = self._index_id  # the answer may have named the index for the first time
             for i, hits in zip(missing, fetched):
                 results[i] = hits
                 if index is not None:
