@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -24,6 +25,91 @@ if (_data := _optional("igpo.data.cli")) is not None:
 if (_retrieval := _optional("igpo.retrieval.cli")) is not None:
     app.add_typer(_retrieval.index_app, name="index", help="Build retrieval indexes.")
     app.command("serve", help="Serve an index over HTTP (Search-R1 compatible).")(_retrieval.serve)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from igpo.agent.template import TemplateError
+    from igpo.config import ConfigError
+    from igpo.data.loaders import DataError
+    from igpo.policy.loading import ModelLoadError
+
+    return (ConfigError, DataError, ModelLoadError, TemplateError, FileNotFoundError)
+
+
+def _fail(e: Exception) -> None:
+    typer.secho(f"error: {e}", fg="red", err=True)
+    raise typer.Exit(2)
+
+
+@app.command()
+def train(
+    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides, e.g. trainer.steps=20"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+) -> None:
+    """Train a policy with IGPO (or a baseline estimator) and write metrics and checkpoints to trainer.out_dir."""
+    from rich.console import Console
+
+    from igpo.config import load_config
+    from igpo.train.trainer import Trainer
+
+    console = Console()
+    try:
+        cfg = load_config(config, overrides)
+        trainer = Trainer(cfg)
+    except _user_errors() as e:
+        _fail(e)
+
+    def show(m: dict) -> None:
+        secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
+        console.print(f"step {m['step'] + 1}/{cfg.trainer.steps}  reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  "
+                      f"turns={m['turns']:.2f}  format_err={m['format_error_rate']:.2f}  {secs}")
+
+    trainer.fit(progress=show)
+    console.print(f"done: {cfg.trainer.out_dir}")
+
+
+@app.command("eval")
+def eval_cmd(
+    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+    checkpoint: Optional[Path] = typer.Option(None, help="a checkpoint folder (default: model.path)"),
+    data: Optional[Path] = typer.Option(None, help="QA file (default: data.eval)"),
+    limit: Optional[int] = typer.Option(None, help="evaluate the first N questions"),
+    out: Optional[Path] = typer.Option(None, help="write the results as JSON here"),
+) -> None:
+    """Greedy evaluation (n = 1): F1 / EM per data source."""
+    import json
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from igpo.agent.rollout import HFGenerator
+    from igpo.config import load_config
+    from igpo.data.loaders import load_qa
+    from igpo.eval.evaluate import evaluate
+    from igpo.policy.loading import load_checkpoint, load_policy
+    from igpo.train.trainer import make_chat_format, make_toolbox
+
+    try:
+        cfg = load_config(config, overrides)
+        path = data or cfg.data.eval
+        if path is None:
+            raise FileNotFoundError("no QA file to evaluate: pass --data or set data.eval")
+        examples = load_qa(path, skip_bad_rows=cfg.data.skip_bad_rows)[:limit]
+        model, tok = load_checkpoint(checkpoint, cfg.model) if checkpoint else load_policy(cfg.model)
+        toolbox = make_toolbox(cfg)
+        fmt = make_chat_format(cfg, tok, toolbox)
+    except _user_errors() as e:
+        _fail(e)
+    res = evaluate(HFGenerator(model, tok.pad_token_id), fmt, toolbox, examples, cfg)
+    table = Table("source", "n", "F1", "EM", "format err", "tool calls")
+    for name, s in [*res["by_source"].items(), ("overall", res["overall"])]:
+        table.add_row(name, str(s["n"]), f"{s['f1']:.3f}", f"{s['em']:.3f}", f"{s['format_error_rate']:.2f}",
+                      f"{s['tool_calls']:.2f}")
+    Console().print(table)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(res, indent=1))
 
 
 def main() -> None:

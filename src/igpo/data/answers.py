@@ -59,8 +59,3 @@ def title_case_word(word: str) -> str:
             p = p[0] + p[1:].lower()
         out.append(p)
     return "".join(out)
-
-
-def number_variants(value: str) -> list[str]:
-    """A number as written ("68,512,806") and without thousands separators."""
-    return dedupe([value, value.replace(",", "")])

@@ -127,6 +127,10 @@ class _Context:
             for code, vals in self.values.items()
         }
 
+    def answerable(self, code: str) -> list[fb.Attribute]:
+        """The attributes a question may ask about this country, in ATTRIBUTES order."""
+        return [a for a in fb.ATTRIBUTES if a.ask and a.name in self.values[code]]
+
     def needs_second_hop(self, question: str, answers: tuple[str, ...], first_hop_pid: str | None) -> bool:
         """The answer is neither in the question nor in the passage the first search should find."""
         if contains_answer(question, answers):
@@ -137,7 +141,7 @@ class _Context:
 def single_hop_questions(ctx: _Context, rng: random.Random) -> list[Question]:
     out = []
     for c in ctx.countries:
-        attrs = [a for a in fb.ATTRIBUTES if a.name in ctx.values[c.code]]
+        attrs = ctx.answerable(c.code)
         for a in sorted(rng.sample(attrs, min(SINGLE_HOP_PER_COUNTRY, len(attrs))), key=fb.ATTRIBUTES.index):
             v = ctx.values[c.code][a.name]
             q = a.ask.format(x=c.phrase)
@@ -157,7 +161,7 @@ def place_questions(ctx: _Context, articles: list[Article], rng: random.Random) 
     for code in sorted(places):
         c = ctx.by_code[code]
         chosen = sorted(rng.sample(places[code], min(PLACES_PER_COUNTRY, len(places[code]))), key=lambda a: a.title)
-        attrs = [a for a in fb.ATTRIBUTES if a.name in ctx.values[code]]
+        attrs = ctx.answerable(code)
         for art in chosen:
             for a in sorted(rng.sample(attrs, min(PLACE_ATTRIBUTES, len(attrs))), key=fb.ATTRIBUTES.index):
                 v = ctx.values[code][a.name]
@@ -173,9 +177,7 @@ def unique_value_questions(ctx: _Context, rng: random.Random) -> list[Question]:
     out = []
     for c in ctx.countries:
         keys = ctx.unique_keys[c.code]
-        for a in fb.ATTRIBUTES:
-            if a.name not in ctx.values[c.code]:
-                continue
+        for a in ctx.answerable(c.code):
             v = ctx.values[c.code][a.name]
             candidates = [k for k in fb.ATTRIBUTES if k.name in keys and k.name != a.name]
             for k in sorted(rng.sample(candidates, min(KEYS_PER_ANSWER, len(candidates))), key=fb.ATTRIBUTES.index):
@@ -223,6 +225,9 @@ def work_questions(ctx: _Context, articles: list[Article]) -> list[Question]:
             continue
         year = birth_year(work.creator)
         q = f"In what year was the {work.role} of the {work.kind} {art.name} born?"
+        # A creator whose own lead names the work is found by searching the work: one search would do.
+        if contains_answer(work.creator.passage().text, (art.name,)):
+            continue
         if ctx.needs_second_hop(q, (year,), art.passage_id):
             out.append(Question(WORK, q, (year,), work.creator.title, art.name, "birth_year",
                                 (f"{art.name} {work.kind}", f"{work.creator.name} born"),

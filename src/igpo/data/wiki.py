@@ -61,11 +61,23 @@ def birth_year(article: Article) -> str | None:
     return (m.group(1) or m.group(2)) if m else None
 
 
+# What a description must call the thing for "the country in which X is located" to read right.
+_PLACE_NOUN = re.compile(
+    r"\b(city|cities|town|village|capital|metropolis|municipality|region|province|state|island|islands|archipelago|"
+    r"peninsula|mountain|mountains|range|volcano|river|lake|sea|gulf|bay|strait|canal|desert|forest|plain|plateau|"
+    r"valley|falls|waterfall|park|reserve|site|ruins|temple|church|cathedral|basilica|mosque|palace|castle|fortress|"
+    r"fort|tower|bridge|dam|building|monument|memorial|museum|university|port|harbou?r|basin|delta|glacier|cave|"
+    r"landmark|complex|tomb|mausoleum|pyramid|wall|square|street|district|oblast|prefecture|county|area|stadium|"
+    r"airport|observatory|shrine|monastery|abbey|settlement|megacity|conurbation|peak|massif|reef|lagoon|coast)\b"
+)
+
+
 def place_country(article: Article, names: dict[str, str]) -> str | None:
     """The country code of a place whose description ends "... in <Country>" ("City in Chelyabinsk Oblast,
     Russia"); None when another country is named too, or the article is a person, an event or the country."""
     desc = strip_accents(article.description)
-    if " in " not in f" {desc} " or _LIFESPAN.search(desc) or article.topic in ("People", "History"):
+    head = desc.split(" in ")[0].lower()
+    if " in " not in desc or not _PLACE_NOUN.search(head) or _LIFESPAN.search(desc) or article.topic == "People":
         return None
     low = desc.lower().rstrip(". ")
     found = [code for name, code in names.items() if re.search(rf"\b{re.escape(name)}$", low)]

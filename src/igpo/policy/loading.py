@@ -127,3 +127,22 @@ def apply_lora(model, cfg: ModelConfig):
     return get_peft_model(
         model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets, task_type="CAUSAL_LM")
     )
+
+
+def load_checkpoint(path: str | Path, cfg: ModelConfig):
+    """(model, tokenizer) from a checkpoint folder: full weights, or a LoRA adapter over `cfg`'s base model."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = Path(path)
+    if (path / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base, tok = load_policy(cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": False})}))
+        return PeftModel.from_pretrained(base, path, is_trainable=True), tok
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"checkpoint {path}: no config.json or adapter_config.json")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation)
+    tok = AutoTokenizer.from_pretrained(path)
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    return model.to(cfg.device), tok

@@ -1,0 +1,52 @@
+"""Greedy evaluation over a QA set: F1 / EM overall and per `source`."""
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from igpo.agent.rollout import Generator, SamplingParams, rollout
+from igpo.agent.template import ChatFormat
+from igpo.agent.tools import Toolbox
+from igpo.algo.rewards import answer_em, answer_f1
+from igpo.config import Config
+from igpo.data.loaders import QAExample
+
+
+def _summary(rows: list[dict]) -> dict:
+    return {
+        "n": len(rows),
+        "f1": float(np.mean([r["f1"] for r in rows])),
+        "em": float(np.mean([r["em"] for r in rows])),
+        "format_error_rate": float(np.mean([r["finish"] == "format_error" for r in rows])),
+        "answer_rate": float(np.mean([r["answer"] is not None for r in rows])),
+        "turns": float(np.mean([r["turns"] for r in rows])),
+        "tool_calls": float(np.mean([r["tool_calls"] for r in rows])),
+    }
+
+
+@torch.no_grad()
+def evaluate(generator: Generator, fmt: ChatFormat, toolbox: Toolbox, examples: Sequence[QAExample], cfg: Config,
+             batch_size: int = 16) -> dict:
+    """{"overall": {...}, "by_source": {source: {...}}, "rows": [per question]} with greedy decoding."""
+    r = cfg.rollout
+    params = SamplingParams(r.max_new_tokens, temperature=0.0)
+    rows = []
+    for lo in range(0, len(examples), batch_size):
+        chunk = list(examples[lo:lo + batch_size])
+        trajs = rollout(chunk, list(range(lo, lo + len(chunk))), generator, fmt, toolbox, params, r.max_turns, r.max_context)
+        for tr in trajs:
+            ans = tr.answer
+            rows.append({
+                "id": tr.example.id, "source": tr.example.source, "question": tr.example.question,
+                "golds": tr.example.answers, "answer": ans, "finish": tr.finish, "turns": tr.num_turns,
+                "tool_calls": sum(t.action.kind == "tool_call" for t in tr.turns),
+                "f1": answer_f1(ans, tr.example.answers, cfg.algorithm.f1_mode) if ans is not None else 0.0,
+                "em": answer_em(ans, tr.example.answers, cfg.algorithm.f1_mode) if ans is not None else 0.0,
+            })
+    by_source = defaultdict(list)
+    for row in rows:
+        by_source[row["source"]].append(row)
+    return {"overall": _summary(rows), "by_source": {s: _summary(v) for s, v in sorted(by_source.items())}, "rows": rows}

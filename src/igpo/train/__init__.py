@@ -1,0 +1,1 @@
+"""Training: the IGPO trainer loop, checkpoints, and per-step invariant checks."""

@@ -1,0 +1,60 @@
+"""Per-step checks of what must never happen; a violation stops the run with `InvariantError`."""
+from __future__ import annotations
+
+import torch
+
+from igpo.agent.trajectory import Trajectory
+
+
+class InvariantError(RuntimeError):
+    """A training invariant was violated; the message says which and where."""
+
+
+def check_batch_tokens(trajs: list[Trajectory], ids: torch.Tensor, loss_mask: torch.Tensor) -> None:
+    """Trained ids are the sampled ids, and the loss mask covers exactly the tokens the policy generated."""
+    for b, tr in enumerate(trajs):
+        n = len(tr.ids)
+        if ids[b, :n].tolist() != tr.ids:
+            raise InvariantError(f"rollout {b}: the ids fed to the update differ from the trajectory's ids")
+        generated = sum(t.gen_end - t.gen_start for t in tr.turns)
+        if int(loss_mask[b].sum()) != generated or loss_mask[b, n:].any():
+            raise InvariantError(f"rollout {b}: the loss mask covers {int(loss_mask[b].sum())} tokens, "
+                                 f"the policy generated {generated}")
+        spans = torch.zeros(ids.shape[1], dtype=torch.bool)
+        for t in tr.turns:
+            spans[t.gen_start:t.gen_end] = True
+        if not torch.equal(loss_mask[b].bool(), spans):
+            raise InvariantError(f"rollout {b}: the loss mask covers tokens the policy did not generate")
+
+
+def check_ig_telescopes(belief_logprobs: torch.Tensor, ig: torch.Tensor, kind: str, where: str) -> None:
+    """Σ_t IG_t equals p_last − p_0 (or the log-prob difference)."""
+    total = ig.sum()
+    ends = belief_logprobs[[-1, 0]]
+    expect = (ends.exp() if kind == "prob_diff" else ends)
+    expect = expect[0] - expect[1]
+    if not torch.isclose(total, expect, atol=1e-5):
+        raise InvariantError(f"{where}: Σ IG = {total:.6f} but p_last − p_0 = {expect:.6f}")
+
+
+def _norm(text: str) -> str:
+    return " ".join(text.split())
+
+
+def check_no_probe_leak(tr: Trajectory, tokenizer, scaffold: str, scaffold_ids: list[int],
+                        answers_ids: list[list[int]], where: str) -> None:
+    """The belief probe (scaffold followed by a gold answer) never appears in a policy context.
+
+    Retrieved passages may contain the answer; only the probe itself is forbidden. Checked on the ids and on
+    the decoded text (a leak could be tokenized differently)."""
+    ids = tr.ids
+    for ans_ids in answers_ids:
+        probe = scaffold_ids + ans_ids
+        n = len(probe)
+        for k in range(len(ids) - n + 1):
+            if ids[k] == probe[0] and ids[k:k + n] == probe:
+                raise InvariantError(f"{where}: the belief probe appears in the policy context at token {k}")
+    text = _norm(tokenizer.decode(ids))
+    for ans in tr.example.answers:
+        if _norm(scaffold + ans) in text:
+            raise InvariantError(f"{where}: the belief probe text {_norm(scaffold + ans)!r} appears in the policy context")

@@ -1,0 +1,407 @@
+"""The IGPO training loop.
+
+One step: questions → rollout (G per question) → beliefs p_0..p_{T−1} → turn rewards (IG, outcome) →
+turn advantages → token advantages → PPO update. Each phase is timed; metrics go to `metrics.jsonl`.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import random
+import time
+from collections import Counter, defaultdict
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from igpo.agent.rollout import Generator, HFGenerator, SamplingParams, rollout
+from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
+from igpo.agent.tools import SearchTool, Toolbox
+from igpo.agent.trajectory import Trajectory
+from igpo.algo.advantages import NEEDS_BELIEFS, compute_turn_advantages, turn_to_token_advantages
+from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss
+from igpo.algo.rewards import answer_em, answer_f1, information_gain, outcome_reward, reduce_aliases
+from igpo.config import Config, dump_config
+from igpo.data.loaders import QAExample, load_qa
+from igpo.policy.loading import load_policy
+from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
+from igpo.train import checkpoint as ckpt
+from igpo.train.invariants import InvariantError, check_batch_tokens, check_ig_telescopes, check_no_probe_leak
+
+log = logging.getLogger(__name__)
+
+
+def make_toolbox(cfg: Config) -> Toolbox:
+    from igpo.retrieval.factory import make_retriever
+
+    retriever = make_retriever(cfg.retrieval)
+    return Toolbox([SearchTool(retriever, cfg.retrieval.topk, cfg.retrieval.max_passage_words)])
+
+
+def make_chat_format(cfg: Config, tokenizer, toolbox: Toolbox) -> ChatFormat:
+    return ChatFormat(tokenizer, cfg.rollout.system_prompt or DEFAULT_SYSTEM_PROMPT, toolbox.schemas(),
+                      cfg.algorithm.scaffold)
+
+
+def step_seed(seed: int, step: int) -> int:
+    return (seed * 1_000_003 + step * 7919) % (2**31)
+
+
+class Timer:
+    def __init__(self):
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, phase: str):
+        t = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[phase] += time.perf_counter() - t
+
+
+class Trainer:
+    """Holds the policy, the reference, the optimizer and the run folder; `fit()` runs `trainer.steps` steps."""
+
+    def __init__(self, cfg: Config, model=None, tokenizer=None, toolbox: Toolbox | None = None,
+                 train_set: list[QAExample] | None = None, generator: Generator | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.trainer.out_dir)
+        torch.manual_seed(cfg.trainer.seed)
+        resume = ckpt.latest_checkpoint(self.out)
+        if model is None:
+            model, tokenizer = load_policy(cfg.model)
+        self.model, self.tok = model, tokenizer
+        self.toolbox = toolbox or make_toolbox(cfg)
+        self.fmt = make_chat_format(cfg, tokenizer, self.toolbox)
+        self.generator = generator or HFGenerator(model, tokenizer.pad_token_id)
+        self.train_set = train_set if train_set is not None else self._load_train()
+        # The reference is the initial policy: copied before any checkpoint weights are loaded.
+        self.ref = self._make_reference() if cfg.algorithm.kl_coef > 0 else None
+        if resume is not None:
+            self._load_weights(resume[0])
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
+        warm = cfg.trainer.warmup_steps
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.step = 0
+        if resume is not None:
+            state = resume[1]
+            self.optimizer.load_state_dict(state["optimizer"])
+            self.scheduler.load_state_dict(state["scheduler"])
+            ckpt.restore_rng(state)
+            self.step = state["step"]
+            log.info("resumed from %s (step %d)", resume[0], self.step)
+
+    # ------------------------------------------------------------------ setup
+    def _load_train(self) -> list[QAExample]:
+        if not self.cfg.data.train:
+            raise ValueError("data.train: a QA file is required for training")
+        return load_qa(self.cfg.data.train, skip_bad_rows=self.cfg.data.skip_bad_rows)
+
+    def _load_weights(self, path: Path) -> None:
+        """Weights of a checkpoint into the live model (full state dict or LoRA adapter)."""
+        if hasattr(self.model, "peft_config"):
+            from peft import set_peft_model_state_dict
+            from peft.utils import load_peft_weights
+
+            set_peft_model_state_dict(self.model, load_peft_weights(str(path)))
+            return
+        from transformers import AutoModelForCausalLM
+
+        loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(self.model.parameters()).dtype)
+        self.model.load_state_dict(loaded.state_dict())
+
+    def _make_reference(self):
+        if hasattr(self.model, "disable_adapter"):
+            return None  # LoRA: the reference is the base model with the adapter switched off
+        ref = copy.deepcopy(self.model)
+        ref.eval().requires_grad_(False)
+        return ref
+
+    @contextmanager
+    def _reference(self):
+        if self.ref is not None:
+            yield self.ref
+        else:
+            with self.model.disable_adapter():
+                yield self.model
+
+    # ------------------------------------------------------------------ data
+    def batch_examples(self, step: int) -> list[QAExample]:
+        """The questions of a step: consecutive slices of per-epoch permutations (resumable from the step alone)."""
+        q = self.cfg.rollout.questions_per_step
+        n = len(self.train_set)
+        out = []
+        for k in range(step * q, (step + 1) * q):
+            epoch, pos = divmod(k, n)
+            perm = np.random.default_rng([self.cfg.trainer.seed, epoch]).permutation(n)
+            out.append(self.train_set[int(perm[pos])])
+        return out
+
+    # ------------------------------------------------------------------ phases
+    def collect(self, step: int, timer: Timer) -> list[Trajectory]:
+        g = self.cfg.rollout.group_size
+        questions = self.batch_examples(step)
+        examples = [ex for ex in questions for _ in range(g)]
+        groups = [step * len(questions) + j for j in range(len(questions)) for _ in range(g)]
+        seed = step_seed(self.cfg.trainer.seed, step)
+        torch.manual_seed(seed)
+        random.seed(seed)
+        r = self.cfg.rollout
+        with timer("rollout"):
+            return rollout(examples, groups, self.generator, self.fmt, self.toolbox,
+                           SamplingParams(r.max_new_tokens, r.temperature, r.top_p), r.max_turns, r.max_context)
+
+    def answer_ids(self, ex: QAExample) -> list[list[int]]:
+        a = self.cfg.algorithm
+        answers = ex.answers[:1] if a.aliases == "first" else ex.answers[: a.max_aliases]
+        return [self.fmt.answer_ids(x) for x in answers]
+
+    def score_beliefs(self, trajs: list[Trajectory], timer: Timer) -> None:
+        """Sets `traj.beliefs` to the mean answer log-probs after the prompt and after each non-final turn."""
+        todo = [tr for tr in trajs if tr.num_turns >= 2]
+        if not todo:
+            return
+        queries = [BeliefQuery(tr.ids, tr.belief_prefixes(), self.answer_ids(tr.example)) for tr in todo]
+        impl = belief_logprobs_packed if self.cfg.algorithm.belief_impl == "packed" else belief_logprobs_reference
+        was_training = self.model.training
+        self.model.eval()
+        with timer("beliefs"):
+            per_alias = impl(self.model, self.fmt.scaffold_ids, queries)
+        self.model.train(was_training)
+        for tr, lp in zip(todo, per_alias):
+            tr.beliefs = reduce_aliases(lp, self.cfg.algorithm.aliases).tolist()
+
+    def turn_rewards(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
+        """turn rewards [B, T], turn mask [B, T], outcome per rollout."""
+        a = self.cfg.algorithm
+        T = max(tr.num_turns for tr in trajs)
+        rewards = torch.zeros(len(trajs), T)
+        mask = torch.zeros(len(trajs), T, dtype=torch.bool)
+        outcomes = []
+        for b, tr in enumerate(trajs):
+            n = tr.num_turns
+            mask[b, :n] = True
+            if tr.beliefs is not None:
+                lp = torch.tensor(tr.beliefs)
+                ig = information_gain(lp, a.ig)
+                if self.cfg.trainer.check_invariants:
+                    check_ig_telescopes(lp, ig, a.ig, f"rollout {b}")
+                rewards[b, : n - 1] = ig
+            o = outcome_reward(tr.answer, tr.example.answers, a.format_penalty, a.f1_mode)
+            rewards[b, n - 1] = o
+            outcomes.append(o)
+        return rewards, mask, outcomes
+
+    def batch_tensors(self, trajs: list[Trajectory]) -> dict[str, torch.Tensor]:
+        L = max(len(tr.ids) for tr in trajs)
+        B = len(trajs)
+        ids = torch.full((B, L), self.tok.pad_token_id, dtype=torch.long)
+        attn = torch.zeros((B, L), dtype=torch.long)
+        loss_mask = torch.zeros((B, L), dtype=torch.bool)
+        turns = torch.full((B, L), -1, dtype=torch.long)
+        for b, tr in enumerate(trajs):
+            n = len(tr.ids)
+            ids[b, :n] = torch.tensor(tr.ids)
+            attn[b, :n] = 1
+            loss_mask[b, :n] = torch.tensor(tr.loss_mask())
+            turns[b, :n] = torch.tensor(tr.token_turns())
+        return {"ids": ids, "attn": attn, "loss_mask": loss_mask, "turns": turns}
+
+    def _forward_logprobs(self, model, batch, rows, with_entropy=False, entropy_grad=False):
+        dev = next(self.model.parameters()).device
+        length = int(batch["attn"][rows].sum(1).max())
+        ids = batch["ids"][rows, :length].to(dev)
+        attn = batch["attn"][rows, :length].to(dev)
+        start = int(batch["prompt_len"][rows].min())
+        return token_logprobs(model, ids, attn, start=start, with_entropy=with_entropy, entropy_grad=entropy_grad)
+
+    @torch.no_grad()
+    def _logprobs_all(self, model, batch) -> torch.Tensor:
+        mb = self.cfg.trainer.micro_batch_size
+        B, L = batch["ids"].shape
+        out = torch.zeros(B, L)
+        for lo in range(0, B, mb):
+            rows = torch.arange(lo, min(B, lo + mb))
+            lp, _ = self._forward_logprobs(model, batch, rows)
+            out[rows, : lp.shape[1]] = lp.float().cpu()
+        return out
+
+    def update(self, batch: dict[str, torch.Tensor], timer: Timer) -> dict[str, float]:
+        a, t = self.cfg.algorithm, self.cfg.trainer
+        B = batch["ids"].shape[0]
+        on_policy = t.ppo_epochs == 1 and t.mini_batches == 1
+        self.model.eval()  # scoring passes: no dropout
+        if not on_policy:
+            with timer("old_logprobs"):
+                batch["old_lp"] = self._logprobs_all(self.model, batch)
+        if a.kl_coef > 0:
+            with timer("ref_logprobs"), self._reference() as ref:
+                batch["ref_lp"] = self._logprobs_all(ref, batch)
+        self.model.train()
+        stats: dict[str, list[float]] = defaultdict(list)
+        dev = next(self.model.parameters()).device
+        with timer("update"):
+            for epoch in range(t.ppo_epochs):
+                perm = torch.randperm(B, generator=torch.Generator().manual_seed(step_seed(t.seed, self.step) + epoch))
+                for mini in perm.chunk(t.mini_batches):
+                    mask_all = batch["loss_mask"][mini]
+                    n_seqs = float((mask_all.sum(1) > 0).sum().clamp(min=1))
+                    n_tokens = float(mask_all.sum().clamp(min=1))
+                    self.optimizer.zero_grad(set_to_none=True)
+                    for rows in mini.split(t.micro_batch_size):
+                        lp, ent = self._forward_logprobs(self.model, batch, rows, with_entropy=True,
+                                                         entropy_grad=a.entropy_coef != 0)
+                        length = lp.shape[1]
+                        mask = batch["loss_mask"][rows, :length].to(dev)
+                        adv = batch["adv"][rows, :length].to(dev)
+                        old = lp.detach() if on_policy else batch["old_lp"][rows, :length].to(dev)
+                        pg, clipped = ppo_policy_loss(lp, old, adv, a.clip_eps, a.dual_clip)
+                        agg = dict(mode=a.loss_agg, num_seqs=n_seqs, num_tokens=n_tokens)
+                        loss = agg_loss(pg, mask, **agg)
+                        stats["pg_loss"].append(float(loss.detach()))
+                        if a.kl_coef > 0:
+                            kl = kl_penalty(lp, batch["ref_lp"][rows, :length].to(dev), a.kl_type)
+                            kl_term = agg_loss(kl, mask, **agg)
+                            loss = loss + a.kl_coef * kl_term
+                            stats["kl"].append(float(kl_term.detach()))
+                        ent_term = agg_loss(ent, mask, **agg)
+                        if a.entropy_coef != 0:
+                            loss = loss - a.entropy_coef * ent_term
+                        stats["entropy"].append(float(ent_term.detach()))
+                        stats["clip_frac"].append(float((clipped * mask).sum() / mask.sum().clamp(min=1)))
+                        loss.backward()
+                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                        [p for p in self.model.parameters() if p.requires_grad], t.grad_clip)
+                    if not torch.isfinite(grad_norm):
+                        self.optimizer.zero_grad(set_to_none=True)
+                        stats["skipped_updates"].append(1.0)
+                    else:
+                        self.optimizer.step()
+                    self.scheduler.step()
+                    stats["grad_norm"].append(float(grad_norm))
+        # pg/kl/entropy terms were aggregated against the whole mini-batch: sum over its micro-batches
+        n_mini = t.ppo_epochs * t.mini_batches
+        out = {k: sum(v) / n_mini for k, v in stats.items() if k in ("pg_loss", "kl", "entropy")}
+        out.update({k: float(np.mean(v)) for k, v in stats.items() if k in ("clip_frac", "grad_norm")})
+        out["skipped_updates"] = sum(stats.get("skipped_updates", []))
+        return out
+
+    # ------------------------------------------------------------------ one step
+    def train_step(self) -> dict:
+        a = self.cfg.algorithm
+        step = self.step
+        timer = Timer()
+        trajs = self.collect(step, timer)
+        if a.estimator in NEEDS_BELIEFS:
+            self.score_beliefs(trajs, timer)
+        if self.cfg.trainer.check_invariants:
+            for b, tr in enumerate(trajs):
+                check_no_probe_leak(tr, self.tok, a.scaffold, self.fmt.scaffold_ids, self.answer_ids(tr.example),
+                                    f"step {step}, rollout {b}")
+        rewards, turn_mask, outcomes = self.turn_rewards(trajs)
+        groups = [tr.group for tr in trajs]
+        turn_adv = compute_turn_advantages(
+            rewards, turn_mask, groups, a.estimator, gamma=a.gamma, norm=a.norm, std=a.std,
+            gate_threshold=a.gate_threshold, step=step, curriculum_steps=a.curriculum_steps,
+        )
+        for name, value in (("turn rewards", rewards), ("advantages", turn_adv)):
+            if not torch.isfinite(value).all():
+                raise InvariantError(f"step {step}: non-finite {name}")
+        batch = self.batch_tensors(trajs)
+        batch["prompt_len"] = torch.tensor([tr.prompt_len for tr in trajs])
+        batch["adv"] = turn_to_token_advantages(turn_adv, batch["turns"], batch["loss_mask"])
+        if self.cfg.trainer.check_invariants:
+            check_batch_tokens(trajs, batch["ids"], batch["loss_mask"])
+        losses = self.update(batch, timer)
+        self.step += 1
+        return self._metrics(step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer)
+
+    def _metrics(self, step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer: Timer) -> dict:
+        a = self.cfg.algorithm
+        n = len(trajs)
+        f1 = [answer_f1(tr.answer, tr.example.answers, a.f1_mode) if tr.answer is not None else 0.0 for tr in trajs]
+        em = [answer_em(tr.answer, tr.example.answers, a.f1_mode) if tr.answer is not None else 0.0 for tr in trajs]
+        finish = Counter(tr.finish for tr in trajs)
+        calls = [t for tr in trajs for t in tr.turns if t.action.kind == "tool_call" and t.tool_result is not None]
+        errors = Counter(t.tool_error for t in calls if t.tool_error)
+        by_group = defaultdict(list)
+        for tr, o in zip(trajs, outcomes):
+            by_group[tr.group].append(o)
+        zero_var = sum(1 for v in by_group.values() if max(v) - min(v) < 1e-9) / len(by_group)
+        gen_tokens = sum(t.gen_end - t.gen_start for tr in trajs for t in tr.turns)
+        all_tokens = sum(len(tr.ids) for tr in trajs)
+        m = {
+            "step": step,
+            "outcome_reward": float(np.mean(outcomes)),
+            "f1": float(np.mean(f1)),
+            "em": float(np.mean(em)),
+            "turns": float(np.mean([tr.num_turns for tr in trajs])),
+            "format_error_rate": finish["format_error"] / n,
+            "finish": dict(sorted(finish.items())),
+            "tool_calls": len(calls),
+            "tool_error_rate": sum(errors.values()) / max(len(calls), 1),
+            "tool_errors": dict(sorted(errors.items())),
+            "zero_variance_groups": zero_var,
+            "adv_abs_mean": float(turn_adv[turn_mask].abs().mean()),
+            "generated_tokens": gen_tokens,
+            "tokens": all_tokens,
+            **losses,
+            "lr": self.scheduler.get_last_lr()[0],
+            "seconds": {k: round(v, 4) for k, v in timer.seconds.items()},
+        }
+        believed = [tr for tr in trajs if tr.beliefs is not None]
+        if believed:
+            m["p0_mean"] = float(np.mean([np.exp(tr.beliefs[0]) for tr in believed]))
+        T = rewards.shape[1]
+        for k in range(T - 1):
+            vals = [float(rewards[b, k]) for b, tr in enumerate(trajs) if tr.beliefs is not None and k < tr.num_turns - 1]
+            if vals:
+                m[f"ig_turn{k + 1}_mean"] = float(np.mean(vals))
+                m[f"ig_turn{k + 1}_std"] = float(np.std(vals))
+        sec = timer.seconds
+        m["tokens_per_s"] = {
+            "rollout": gen_tokens / sec["rollout"] if sec.get("rollout") else None,
+            "update": all_tokens * self.cfg.trainer.ppo_epochs / sec["update"] if sec.get("update") else None,
+        }
+        if sec.get("beliefs"):
+            m["tokens_per_s"]["beliefs"] = sum(len(tr.ids) for tr in believed) / sec["beliefs"]
+        stats = getattr(getattr(self.toolbox.tools.get("search"), "retriever", None), "stats", None)
+        if callable(stats):
+            m["retrieval"] = stats()
+        return m
+
+    # ------------------------------------------------------------------ loop
+    def fit(self, progress=None) -> list[dict]:
+        t = self.cfg.trainer
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(dump_config(self.cfg))
+        self._truncate_metrics()
+        history = []
+        with (self.out / "metrics.jsonl").open("a") as f:
+            while self.step < t.steps:
+                m = self.train_step()
+                f.write(json.dumps(m) + "\n")
+                f.flush()
+                history.append(m)
+                if progress is not None:
+                    progress(m)
+                if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
+                    self.save()
+        return history
+
+    def _truncate_metrics(self) -> None:
+        """Drop metric rows of steps after the checkpoint we resumed from: they will be run again."""
+        path = self.out / "metrics.jsonl"
+        if not path.exists():
+            return
+        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < self.step]
+        path.write_text("".join(line + "\n" for line in keep))
+
+    def save(self) -> Path:
+        return ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
+                                    self.cfg.trainer.keep_last)
