@@ -80,17 +80,16 @@ class HTTPRetriever:
         if not queries:
             return []
         self._count(searches=1, queries=len(queries))
-        index = self._index()
+        caching = self.cache_dir is not None
+        index = self._index() if caching else None
         results: list[list[Hit] | None] = [None] * len(queries)
         if index is not None:
-            for i, q in enumerate(queries):
-                results[i] = self._cache_get(index, q, topk)
+            results = [self._cache_get(index, q, topk) for q in queries]
+            self._count(cache_hits=sum(r is not None for r in results), cache_misses=sum(r is None for r in results))
         missing = [i for i, r in enumerate(results) if r is None]
-        self._count(cache_hits=len(queries) - len(missing), cache_misses=len(missing) if index else 0)
         if missing:
             fetched = self._fetch([queries[i] for i in missing], topk)
-            if self.cache_dir is not None:
-                index = self._index_id  # the answer may have named the index for the first time
+            index = self._index_id if caching else None  # the answer may have named the index for the first time
             for i, hits in zip(missing, fetched):
                 results[i] = hits
                 if index is not None:
@@ -213,7 +212,7 @@ class HTTPRetriever:
 
     def _index(self) -> str | None:
         """The id of the served index: asked once of `/health`; else the one this URL served last; else None."""
-        if self._index_id is not None or self.cache_dir is None or self._probed:
+        if self._index_id is not None or self._probed:
             return self._index_id
         self._probed = True  # once: a hanging server must not cost every search a timeout
         try:
