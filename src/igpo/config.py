@@ -127,16 +127,12 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _coherent(self) -> "Config":
-        group_estimators = {"igpo", "igpo_ig_only", "igpo_outcome_only", "grpo", "rloo", "gated", "igpo_curriculum"}
-        if self.algorithm.estimator == "rloo" and self.rollout.group_size < 2:
-            raise ValueError("rollout.group_size must be >= 2 for estimator rloo (leave-one-out needs a group)")
-        if self.algorithm.estimator in group_estimators - {"rloo"} and self.rollout.group_size < 2:
-            # z-normalising one rollout's outcome gives 0: no learning signal from the outcome.
-            if self.algorithm.estimator in ("grpo", "igpo_outcome_only", "gated"):
-                raise ValueError(
-                    f"rollout.group_size must be >= 2 for estimator {self.algorithm.estimator} "
-                    "(a group of one has zero advantage)"
-                )
+        # These estimators learn only from differences between a question's rollouts: a group of one gives
+        # every advantage 0. (IGPO still learns from IG differences between turns.)
+        needs_group = {"grpo", "rloo", "igpo_outcome_only", "gated", "reinforce_pp_baseline"}
+        if self.algorithm.estimator in needs_group and self.rollout.group_size < 2:
+            raise ValueError(f"rollout.group_size must be >= 2 for estimator {self.algorithm.estimator} "
+                             "(a group of one has zero advantage)")
         return self
 
 

@@ -19,7 +19,7 @@ from igpo.retrieval.server import create_app, index_info
 
 from .conftest import QUERIES, free_port
 
-FAST = dict(retries=2, backoff_s=0.01, timeout_s=2.0)
+FAST = {"retries": 2, "backoff_s": 0.01, "timeout_s": 2.0}
 GOOD_ANSWER = {"result": [[{"document": {"id": "d1", "contents": '"Some Title"\nsome text'}, "score": 1.5}]]}
 
 

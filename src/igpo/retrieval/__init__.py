@@ -1,5 +1,8 @@
-"""Retrieval: the `Retriever` interface, the embedded BM25 index, and result rendering for the policy."""
-from igpo.retrieval.base import Hit, Retriever
+"""Retrieval: the `Retriever` interface, embedded and saved indexes, the HTTP server and client, rendering.
+
+`make_retriever(cfg.retrieval)` (in `igpo.retrieval.factory`) builds the one a config asks for.
+"""
+from igpo.retrieval.base import Hit, RetrievalError, Retriever
 from igpo.retrieval.render import render_hits
 
-__all__ = ["Hit", "Retriever", "render_hits"]
+__all__ = ["Hit", "RetrievalError", "Retriever", "render_hits"]

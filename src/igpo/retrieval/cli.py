@@ -4,7 +4,7 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -17,7 +17,7 @@ def build(
     out: Annotated[Path, typer.Option(help="Index directory to write.")],
     kind: Annotated[str, typer.Option(help="bm25 or dense.")] = "bm25",
     encoder: Annotated[
-        Optional[str], typer.Option(help="Dense: sentence-transformers model directory (default all-MiniLM-L6-v2).")
+        str | None, typer.Option(help="Dense: sentence-transformers model directory (default all-MiniLM-L6-v2).")
     ] = None,
     faiss_factory: Annotated[str, typer.Option(help="Dense: FAISS index factory string (Flat = exact).")] = "Flat",
     batch_size: Annotated[int, typer.Option(help="Dense: passages per encoder batch.")] = 64,
@@ -46,10 +46,10 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to bind; loopback unless you mean to expose it.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to bind.")] = 8000,
     api_key_env: Annotated[
-        Optional[str], typer.Option(help="Environment variable holding an API key that requests must send.")
+        str | None, typer.Option(help="Environment variable holding an API key that requests must send.")
     ] = None,
     corpus: Annotated[
-        Optional[Path], typer.Option(help="Refuse to serve unless the index was built from this corpus.")
+        Path | None, typer.Option(help="Refuse to serve unless the index was built from this corpus.")
     ] = None,
     max_queries: Annotated[int, typer.Option(help="Most queries in one request.")] = 256,
     max_query_chars: Annotated[int, typer.Option(help="Longest query, in characters.")] = 4096,

@@ -22,6 +22,7 @@ import threading
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Self
 
 import httpx
 
@@ -106,7 +107,7 @@ class HTTPRetriever:
     def close(self) -> None:
         self._http.close()
 
-    def __enter__(self) -> HTTPRetriever:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -277,7 +278,7 @@ def _parse(result, n: int, topk: int) -> list[list[Hit]]:
             raise TypeError("a `result` row is not a list")
         hits = []
         for item in row[:topk]:
-            doc = item["document"] if "document" in item else item
+            doc = item.get("document", item)
             if isinstance(doc.get("title"), str) and isinstance(doc.get("text"), str):
                 title, text = doc["title"], doc["text"]
             else:

@@ -16,7 +16,7 @@ import json
 import logging
 import shutil
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Literal, overload
 
@@ -119,7 +119,7 @@ def build_index(
         "format": FORMAT,
         "kind": kind,
         "corpus": {"path": str(corpus.resolve()), "sha256": file_sha256(corpus), "n_passages": len(passages)},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "meta.json").unlink(missing_ok=True)  # an interrupted rebuild must not look like a finished index

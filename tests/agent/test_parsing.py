@@ -1,0 +1,50 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from igpo.agent.parsing import parse_generation
+
+
+def test_tool_call_after_reasoning():
+    a = parse_generation('<think>need the capital</think>\n<tool_call>\n{"name": "search", "arguments": {"query": "France"}}\n</tool_call>')
+    assert (a.kind, a.name, a.arguments, a.error) == ("tool_call", "search", {"query": "France"}, None)
+
+
+def test_answer_and_first_tag_wins():
+    assert parse_generation("so <answer> Paris </answer>").answer == "Paris"
+    a = parse_generation('<answer>Paris</answer> <tool_call>{"name": "search"}</tool_call>')
+    assert a.kind == "answer"
+    b = parse_generation('<tool_call>{"name": "search", "arguments": {"query": "x"}}</tool_call><answer>P</answer>')
+    assert b.kind == "tool_call"
+
+
+def test_malformed_tool_calls_are_tool_calls_with_an_error():
+    for text, fragment in [
+        ('<tool_call>{"name": "search", "arguments": {"query": }</tool_call>', "not valid JSON"),
+        ('<tool_call>{"name": "search"', "not closed"),
+        ("<tool_call>[1, 2]</tool_call>", "JSON object"),
+        ('<tool_call>{"arguments": {}}</tool_call>', 'no "name"'),
+        ('<tool_call>{"name": "search", "arguments": "oops"}</tool_call>', "not a JSON object"),
+    ]:
+        a = parse_generation(text)
+        assert a.kind == "tool_call" and fragment in a.error, (text, a)
+
+
+def test_string_encoded_arguments_are_accepted():
+    a = parse_generation('<tool_call>{"name": "search", "arguments": "{\\"query\\": \\"x\\"}"}</tool_call>')
+    assert a.arguments == {"query": "x"} and a.error is None
+
+
+def test_format_errors():
+    assert parse_generation("Paris").kind == "format_error"
+    assert parse_generation("<answer>Paris").kind == "format_error"
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from(list('<>/{}":,[] \\answertoolcalname_x1')) | st.characters(), max_size=200))
+def test_parser_never_raises(text):
+    a = parse_generation(text)
+    assert a.kind in ("tool_call", "answer", "format_error")
+    if a.kind == "answer":
+        assert a.answer is not None
+    if a.kind == "tool_call":
+        assert (a.error is None) == (a.name is not None and isinstance(a.arguments, dict)) or a.error

@@ -1,0 +1,73 @@
+import pytest
+import torch
+
+from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss
+from igpo.algo.rewards import answer_em, answer_f1, information_gain, normalize_answer, outcome_reward, reduce_aliases
+
+
+def test_official_normalisation_and_set_f1():
+    assert normalize_answer("  The Eiffel-Tower, Paris! ") == "the eiffel tower paris"
+    # sets: {paris, paris} == {paris}: precision 1, recall 1
+    assert answer_f1("Paris Paris", ["Paris"]) == 1.0
+    assert answer_f1("Paris Paris", ["Paris"], mode="squad") == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert answer_f1("the Beatles", ["Beatles"]) == pytest.approx(2 * 0.5 * 1 / 1.5)
+    assert answer_f1("the Beatles", ["Beatles"], mode="squad") == 1.0
+    assert answer_f1("New York City", ["new york", "NYC"]) == pytest.approx(2 * (2 / 3) * 1 / (2 / 3 + 1))
+    assert answer_f1("Rome", ["Paris"]) == 0.0
+
+
+def test_em_max_over_aliases():
+    assert answer_em("paris.", ["London", "Paris"]) == 1.0
+    assert answer_em("the Paris", ["Paris"]) == 0.0
+    assert answer_em("the Paris", ["Paris"], mode="squad") == 1.0
+
+
+def test_outcome_reward_format_penalty():
+    assert outcome_reward(None, ["x"], format_penalty=-2.0) == -2.0
+    assert outcome_reward("x", ["x"]) == 1.0
+
+
+def test_information_gain_prob_and_log_diff():
+    lp = torch.log(torch.tensor([0.1, 0.4, 0.3]))
+    torch.testing.assert_close(information_gain(lp, "prob_diff"), torch.tensor([0.3, -0.1]))
+    torch.testing.assert_close(information_gain(lp, "log_prob_diff"), torch.tensor([4.0, 0.75]).log())
+    m = torch.tensor([[-3.0, -1.0], [-2.0, -4.0]])
+    torch.testing.assert_close(reduce_aliases(m, "max"), torch.tensor([-1.0, -2.0]))
+    torch.testing.assert_close(reduce_aliases(m, "first"), torch.tensor([-3.0, -2.0]))
+
+
+def test_ppo_clip_and_dual_clip():
+    old = torch.zeros(1, 4)
+    lp = torch.log(torch.tensor([[1.5, 0.5, 5.0, 1.0]]))
+    adv = torch.tensor([[1.0, 1.0, -1.0, -2.0]])
+    loss, clipped = ppo_policy_loss(lp, old, adv, clip_eps=0.2, dual_clip=3.0)
+    # ratio 1.5, A=1: min(1.5, 1.2) objective -> loss -1.2 (clipped)
+    # ratio 0.5, A=1: min(0.5, 0.8) -> loss -0.5 (not clipped)
+    # ratio 5, A=-1: max(5, 1.2)=5 -> loss 5, dual clip caps at -A*c = 3
+    # ratio 1, A=-2: loss 2
+    torch.testing.assert_close(loss, torch.tensor([[-1.2, -0.5, 3.0, 2.0]]))
+    torch.testing.assert_close(clipped, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    loss_nodual, _ = ppo_policy_loss(lp, old, adv, dual_clip=None)
+    assert loss_nodual[0, 2] == pytest.approx(5.0)
+
+
+def test_low_var_kl_is_k3_and_zero_at_equality():
+    lp = torch.tensor([[-1.0, -2.0]])
+    assert torch.all(kl_penalty(lp, lp) == 0)
+    ref = torch.tensor([[-1.5, -1.0]])
+    r = torch.exp(ref - lp)
+    torch.testing.assert_close(kl_penalty(lp, ref), r - (ref - lp) - 1)
+    assert torch.all(kl_penalty(lp, ref) >= 0)
+
+
+def test_aggregation_modes_and_microbatch_normalisers():
+    v = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
+    m = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+    assert agg_loss(v, m, "token-mean") == pytest.approx(10 / 4)
+    assert agg_loss(v, m, "seq-mean-token-mean") == pytest.approx((2 + 4) / 2)
+    assert agg_loss(v, m, "seq-mean-token-sum") == pytest.approx((6 + 4) / 2)
+    # Split into micro-batches with the mini-batch normalisers, the parts add up to the whole.
+    for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"):
+        whole = agg_loss(v, m, mode)
+        parts = sum(agg_loss(v[i:i + 1], m[i:i + 1], mode, num_seqs=2, num_tokens=4) for i in range(2))
+        assert parts == pytest.approx(float(whole))

@@ -1,0 +1,34 @@
+import pytest
+
+from igpo.config import ConfigError, load_config
+
+
+def test_defaults_yaml_and_overrides(tmp_path):
+    p = tmp_path / "c.yaml"
+    p.write_text("rollout:\n  group_size: 8\nalgorithm:\n  estimator: grpo\n")
+    cfg = load_config(p, ["trainer.lr=3e-6", "algorithm.dual_clip=null", "model.lora.enabled=true"])
+    assert cfg.rollout.group_size == 8 and cfg.algorithm.estimator == "grpo"
+    assert cfg.trainer.lr == 3e-6 and cfg.algorithm.dual_clip is None and cfg.model.lora.enabled
+    assert cfg.algorithm.gamma == 1.0 and cfg.algorithm.kl_coef == 0.001 and cfg.algorithm.format_penalty == -2.0
+
+
+@pytest.mark.parametrize("override, fragment", [
+    (["rollout.group_sise=4"], "rollout.group_sise: unknown key"),
+    (["rollout.group_size=abc"], "rollout.group_size"),
+    (["algorithm.estimator=ppo"], "algorithm.estimator"),
+    (["trainer.lr=-1"], "trainer.lr"),
+    (["nonsense"], "key=value"),
+    (["rollout.group_size=1", "algorithm.estimator=grpo"], "rollout.group_size must be >= 2"),
+])
+def test_bad_config_names_the_key(override, fragment):
+    with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
+        load_config(None, override)
+
+
+def test_missing_and_malformed_files(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("- a list\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(bad)
