@@ -130,3 +130,38 @@ def test_search_error_is_a_500_and_the_server_stays_up(serve, bm25_index):
     r = httpx.post(f"{s.url}/retrieve", json={"queries": ["explode"]})
     assert r.status_code == 500 and "index on fire" in r.json()["detail"]
     assert httpx.post(f"{s.url}/retrieve", json={"queries": ["Puccini"]}).status_code == 200
+
+
+def test_igpo_serve_command(bm25_index, corpus_path, tmp_path):
+    """The real command in its own process: loopback, API key from the environment, the corpus check."""
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import free_port
+
+    port = free_port()
+    env = os.environ | {"IGPO_TEST_RETRIEVAL_KEY": "k3y"}
+    cmd = [sys.executable, "-m", "igpo", "serve", "--index", str(bm25_index), "--port", str(port)]
+    proc = subprocess.Popen([*cmd, "--api-key-env", "IGPO_TEST_RETRIEVAL_KEY"], env=env, stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, "igpo serve did not start"
+                time.sleep(0.1)
+        payload = {"queries": ["Puccini"], "topk": 1}
+        assert httpx.post(f"{url}/retrieve", json=payload).status_code == 401
+        ok = httpx.post(f"{url}/retrieve", json=payload, headers={"Authorization": "Bearer k3y"})
+        assert ok.json()["result"][0][0]["id"] == "p7"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    other = tmp_path / "other.jsonl"
+    other.write_text(corpus_path.read_text().replace("Paris", "Lyon"))
+    refused = subprocess.run([*cmd, "--corpus", str(other)], capture_output=True, text=True, timeout=60, check=False)
+    assert refused.returncode == 1 and "built from another corpus" in refused.stderr
