@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import random
 from collections import Counter, defaultdict
 from dataclasses import dataclass
@@ -28,8 +27,6 @@ from igpo.data import sources
 from igpo.data.answers import contains_answer, normalize
 from igpo.data.loaders import DataError, Passage
 from igpo.data.wiki import Article, Work, birth_year, parse_articles, parse_work, place_country
-
-log = logging.getLogger(__name__)
 
 BUILDER_VERSION = "1.0.0"
 DEFAULT_SEED = 13
