@@ -88,6 +88,7 @@ class Trainer:
         warm = cfg.trainer.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.step = 0
+        self._eval_set: list[QAExample] | None = None
         if resume is not None:
             state = resume[1]
             self.optimizer.load_state_dict(state["optimizer"])
@@ -390,9 +391,23 @@ class Trainer:
                 history.append(m)
                 if progress is not None:
                     progress(m)
+                if t.eval_every and self.step % t.eval_every == 0 and self.cfg.data.eval:
+                    self.evaluate_to_file()
                 if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
                     self.save()
         return history
+
+    def evaluate_to_file(self) -> dict:
+        """Greedy evaluation on the first `trainer.eval_size` questions of `data.eval`, appended to eval.jsonl."""
+        from igpo.eval.evaluate import evaluate
+
+        if self._eval_set is None:
+            self._eval_set = load_qa(self.cfg.data.eval, skip_bad_rows=self.cfg.data.skip_bad_rows)[: self.cfg.trainer.eval_size]
+        res = evaluate(self.generator, self.fmt, self.toolbox, self._eval_set, self.cfg)
+        row = {"step": self.step, "overall": res["overall"], "by_source": res["by_source"]}
+        with (self.out / "eval.jsonl").open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        return row
 
     def _truncate_metrics(self) -> None:
         """Drop metric rows of steps after the checkpoint we resumed from: they will be run again."""
