@@ -6,6 +6,7 @@ tool itself (retrieval failed) becomes the result text the policy reads, with `e
 """
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Protocol
@@ -14,6 +15,7 @@ from igpo.agent.parsing import Action
 from igpo.retrieval.base import RetrievalError, Retriever
 from igpo.retrieval.render import render_hits
 
+log = logging.getLogger(__name__)
 _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
 
 
@@ -34,9 +36,13 @@ class Tool(Protocol):
 
 
 class SearchTool:
-    """`search(query)`: the top-k passages of a retriever, rendered as a compact numbered list."""
+    """`search(query)`: the top-k passages of a retriever, rendered as a compact numbered list.
+
+    Queries are cut to `max_query_chars`, so that one runaway query cannot make a server refuse the whole
+    batch. A failed search tells the policy only that it failed; the cause goes to the log."""
 
     name = "search"
+    max_query_chars = 512
 
     def __init__(self, retriever: Retriever, topk: int = 3, max_words: int = 60):
         self.retriever, self.topk, self.max_words = retriever, topk, max_words
@@ -57,9 +63,10 @@ class SearchTool:
 
     def run_batch(self, arguments: list[dict]) -> list[ToolResult]:
         try:
-            hits = self.retriever.search([a["query"] for a in arguments], self.topk)
+            hits = self.retriever.search([a["query"][: self.max_query_chars] for a in arguments], self.topk)
         except RetrievalError as e:
-            return [ToolResult(f"Search failed: {e}. Try again or answer.", "tool_failed") for _ in arguments]
+            log.warning("search failed for %d queries: %s", len(arguments), e)
+            return [ToolResult("Search failed. Try again or answer.", "tool_failed") for _ in arguments]
         return [ToolResult(render_hits(h, self.max_words)) for h in hits]
 
 

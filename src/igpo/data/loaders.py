@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,8 +84,6 @@ def _answers(value: Any, key: str) -> list[str]:
 
 
 def _qa_from_row(row: Any, row_no: int) -> QAExample:
-    if isinstance(row, Exception):
-        raise row
     if not isinstance(row, dict):
         raise DataError(f"row is a {type(row).__name__}, not an object")
     if "prompt" in row and "reward_model" in row:  # Search-R1 / verl / IGPO parquet
@@ -111,15 +109,14 @@ def _qa_from_row(row: Any, row_no: int) -> QAExample:
     return QAExample(str(row.get("id", row_no)), question.strip(), answers, str(row.get("source") or "unknown"), meta)
 
 
-def load_qa(path: str | Path, skip_bad_rows: bool = False) -> list[QAExample]:
-    """All QA examples of a parquet or JSONL file, in file order."""
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"QA file not found: {path}")
+def _parse_rows(path: Path, parse: Callable[[Any, int], Any], skip_bad_rows: bool, empty: str) -> list:
+    """Parse every row; a bad row raises with the file and row number, or is skipped and counted."""
     out, bad = [], 0
     for row_no, row in _rows(path):
         try:
-            out.append(_qa_from_row(row, row_no))
+            if isinstance(row, Exception):
+                raise row
+            out.append(parse(row, row_no))
         except DataError as e:
             if not skip_bad_rows:
                 raise DataError(f"{path}: row {row_no}: {e}") from None
@@ -127,8 +124,16 @@ def load_qa(path: str | Path, skip_bad_rows: bool = False) -> list[QAExample]:
     if bad:
         log.warning("%s: skipped %d malformed rows", path, bad)
     if not out:
-        raise DataError(f"{path}: no QA examples")
+        raise DataError(f"{path}: {empty}")
     return out
+
+
+def load_qa(path: str | Path, skip_bad_rows: bool = False) -> list[QAExample]:
+    """All QA examples of a parquet or JSONL file, in file order."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"QA file not found: {path}")
+    return _parse_rows(path, _qa_from_row, skip_bad_rows, "no QA examples")
 
 
 def load_corpus(path: str | Path, skip_bad_rows: bool = False) -> list[Passage]:
@@ -136,31 +141,22 @@ def load_corpus(path: str | Path, skip_bad_rows: bool = False) -> list[Passage]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"corpus file not found: {path}")
-    out, seen, bad = [], set(), 0
-    for row_no, row in _rows(path):
-        try:
-            if isinstance(row, Exception):
-                raise row
-            if not isinstance(row, dict) or "id" not in row:
-                raise DataError("no `id`")
-            if "contents" in row and isinstance(row["contents"], str):
-                title, _, text = row["contents"].partition("\n")
-                title, text = (title, text) if text else ("", title)
-            elif isinstance(row.get("text"), str):
-                title, text = str(row.get("title") or ""), row["text"]
-            else:
-                raise DataError("no `contents` or `text` string")
-            pid = str(row["id"])
-            if pid in seen:
-                raise DataError(f"duplicate id {pid!r}")
-            seen.add(pid)
-            out.append(Passage(pid, title.strip().strip('"'), text.strip()))
-        except DataError as e:
-            if not skip_bad_rows:
-                raise DataError(f"{path}: row {row_no}: {e}") from None
-            bad += 1
-    if bad:
-        log.warning("%s: skipped %d malformed rows", path, bad)
-    if not out:
-        raise DataError(f"{path}: the corpus is empty")
-    return out
+    seen: set[str] = set()
+
+    def parse(row: Any, row_no: int) -> Passage:
+        if not isinstance(row, dict) or "id" not in row:
+            raise DataError("no `id`")
+        if "contents" in row and isinstance(row["contents"], str):
+            title, _, text = row["contents"].partition("\n")
+            title, text = (title, text) if text else ("", title)
+        elif isinstance(row.get("text"), str):
+            title, text = str(row.get("title") or ""), row["text"]
+        else:
+            raise DataError("no `contents` or `text` string")
+        pid = str(row["id"])
+        if pid in seen:
+            raise DataError(f"duplicate id {pid!r}")
+        seen.add(pid)
+        return Passage(pid, title.strip().strip('"'), text.strip())
+
+    return _parse_rows(path, parse, skip_bad_rows, "the corpus is empty")
