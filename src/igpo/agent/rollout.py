@@ -53,7 +53,8 @@ class HFGenerator:
             out = self.model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=params.max_new_tokens,
                 do_sample=sample, temperature=params.temperature if sample else None,
-                top_p=params.top_p if sample else None, top_k=None if sample else None,
+                # top_k=0: no hidden top-k from the model's generation_config; the policy is sampled as scored.
+                top_p=params.top_p if sample else None, top_k=0 if sample else None,
                 eos_token_id=stop_ids, pad_token_id=self.pad_id,
             )
         finally:
