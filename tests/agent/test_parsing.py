@@ -46,5 +46,7 @@ def test_parser_never_raises(text):
     assert a.kind in ("tool_call", "answer", "format_error")
     if a.kind == "answer":
         assert a.answer is not None
-    if a.kind == "tool_call":
-        assert (a.error is None) == (a.name is not None and isinstance(a.arguments, dict)) or a.error
+    if a.kind == "tool_call" and a.error is None:
+        assert isinstance(a.name, str) and a.name and isinstance(a.arguments, dict)
+    if a.kind == "format_error":
+        assert a.error

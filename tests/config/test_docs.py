@@ -6,7 +6,7 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 
 
 def keys(model, prefix=""):
-    for name, field in type(model).model_fields.items():
+    for name in type(model).model_fields:
         value = getattr(model, name)
         if hasattr(type(value), "model_fields"):
             yield from keys(value, f"{prefix}{name}.")

@@ -5,8 +5,7 @@ import json
 import pytest
 
 from igpo.config import load_config
-from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
-from tests.conftest import QUESTIONS
+from igpo.train.trainer import Trainer, make_chat_format
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS
 

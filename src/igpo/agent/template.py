@@ -124,10 +124,8 @@ class ChatFormat:
 
     def close_generation(self, generated: list[int]) -> list[int]:
         """Template ids that complete an assistant message after the sampled ids (not trained on)."""
-        if generated and generated[-1] in self.stop_ids and self.eot_ids and generated[-1] == self.eot_ids[0]:
+        if generated and generated[-1] in self.stop_ids:  # the sampled stop token stands for eot_ids[0]
             return self.eot_ids[1:]
-        if generated and generated[-1] in self.stop_ids:
-            return self.eot_ids[1:] if self.eot_ids else []
         return list(self.eot_ids)
 
     def tool_message_ids(self, result: str) -> list[int]:

@@ -108,10 +108,10 @@ def belief_logprobs_packed(
             input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
             logits_to_keep=keep_idx.to(dev),
         ).logits
-        for r, (tokens, positions, base_len, blocks) in enumerate(packed):
+        for r, (_, _, _, blocks) in enumerate(packed):
             q = chunk[r]
             res = torch.empty(len(q.prefixes) * len(q.answers))
-            for b, (start, end, p, a0, alen) in enumerate(blocks):
+            for b, (*_, a0, alen) in enumerate(blocks):
                 rows = [col[c] for c in range(a0 - 1, a0 - 1 + alen)]
                 lp = _answer_logprobs(logits[r, rows], ids[r, a0 : a0 + alen].to(dev))
                 res[b] = lp.mean().cpu()
