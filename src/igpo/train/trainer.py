@@ -24,7 +24,7 @@ from igpo.agent.trajectory import Trajectory
 from igpo.algo.advantages import NEEDS_BELIEFS, compute_turn_advantages, turn_to_token_advantages
 from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss
 from igpo.algo.rewards import answer_em, answer_f1, information_gain, outcome_reward, reduce_aliases
-from igpo.config import Config, dump_config
+from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
 from igpo.policy.loading import load_policy
 from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
@@ -100,7 +100,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _load_train(self) -> list[QAExample]:
         if not self.cfg.data.train:
-            raise ValueError("data.train: a QA file is required for training")
+            raise ConfigError("data.train: a QA file is required for training")
         return load_qa(self.cfg.data.train, skip_bad_rows=self.cfg.data.skip_bad_rows)
 
     def _load_weights(self, path: Path) -> None:
