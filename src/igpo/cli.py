@@ -82,7 +82,7 @@ def eval_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from igpo.agent.rollout import HFGenerator
+    from igpo.agent.engine import make_generator
     from igpo.config import load_config
     from igpo.data.loaders import load_qa
     from igpo.eval.evaluate import evaluate
@@ -100,7 +100,7 @@ def eval_cmd(
         fmt = make_chat_format(cfg, tok, toolbox)
     except _user_errors() as e:
         _fail(e)
-    res = evaluate(HFGenerator(model, tok.pad_token_id), fmt, toolbox, examples, cfg)
+    res = evaluate(make_generator(cfg.rollout.engine, model, tok.pad_token_id), fmt, toolbox, examples, cfg)
     table = Table("source", "n", "F1", "EM", "format err", "tool calls")
     for name, s in [*res["by_source"].items(), ("overall", res["overall"])]:
         table.add_row(name, str(s["n"]), f"{s['f1']:.3f}", f"{s['em']:.3f}", f"{s['format_error_rate']:.2f}",

@@ -73,6 +73,8 @@ class RolloutConfig(_Strict):
     temperature: float = Field(1.0, ge=0)  # 0 = greedy
     top_p: float = Field(1.0, gt=0, le=1)
     system_prompt: str | None = None  # None = the built-in search-agent instructions
+    # cached: KV-cache engine (each episode's cache kept across turns); hf: `model.generate` over the full context
+    engine: Literal["cached", "hf"] = "cached"
 
 
 class AlgorithmConfig(_Strict):

@@ -27,6 +27,9 @@ class SamplingParams:
 
 
 class Generator(Protocol):
+    """Samples continuations. A generator that keeps state between calls (KV caches) may also define
+    `release()`, which `rollout` calls when the rollout ends."""
+
     def generate(self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[int]]:
         """For each context, the sampled continuation ids, ending at (and including) the first stop id."""
 
@@ -80,6 +83,15 @@ def rollout(
     max_context: int,
 ) -> list[Trajectory]:
     """One episode per example (repeat an example G times for a group). Never raises on model output."""
+    try:
+        return _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context)
+    finally:
+        release = getattr(generator, "release", None)
+        if release is not None:
+            release()
+
+
+def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context) -> list[Trajectory]:
     trajs = []
     for ex, g in zip(examples, groups):
         ids = fmt.prompt_ids(ex.question)

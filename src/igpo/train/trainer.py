@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igpo.agent.rollout import Generator, HFGenerator, SamplingParams, rollout
+from igpo.agent.engine import make_generator
+from igpo.agent.rollout import Generator, SamplingParams, rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import SearchTool, Toolbox
 from igpo.agent.trajectory import Trajectory
@@ -77,7 +78,7 @@ class Trainer:
         self.model, self.tok = model, tokenizer
         self.toolbox = toolbox or make_toolbox(cfg)
         self.fmt = make_chat_format(cfg, tokenizer, self.toolbox)
-        self.generator = generator or HFGenerator(model, tokenizer.pad_token_id)
+        self.generator = generator or make_generator(cfg.rollout.engine, model, tokenizer.pad_token_id)
         self.train_set = train_set if train_set is not None else self._load_train()
         # The reference is the initial policy: copied before any checkpoint weights are loaded.
         self.ref = self._make_reference() if cfg.algorithm.kl_coef > 0 else None

@@ -1,0 +1,204 @@
+"""The KV-cache rollout engine: each episode's keys and values are kept from one turn to the next.
+
+`model.generate` over the full context (`HFGenerator`) prefills every episode's whole conversation again at
+every turn and keeps finished episodes in the batch until the longest one stops. `CachedGenerator` is a
+drop-in `Generator` that instead
+- keeps, after each call, the KV cache of every context it generated for, keyed by its token ids. A context of
+  the next call reuses the cache of its longest stored prefix, so only the new ids (the close of the last
+  generation, the tool message, the next assistant opening) are prefilled. Matching is by token ids, so a
+  context that is not a continuation simply gets no reuse;
+- prefills a prefix shared by all fresh contexts (the system prompt and tool schemas) once, not once a row;
+- decodes all active contexts together, one forward per step, and drops a context from the batch as soon as
+  it samples a stop id.
+
+Layout of one call's batch (B rows, W = Wc + Wn columns, then one column per decoding step):
+    row i: [pad ... | cached ids of row i]  [pad ... | new ids of row i]  [decoded ids ...]
+           <------------- Wc ------------>  <----------- Wn ----------->
+Pads (in the cache part and before the new ids) are masked holes; position ids count the real ids before a
+token (cumulative sum of the attention mask), so a token gets the same position, and the same keys, as in
+an unpadded forward over its context.
+
+Caches hold the weights of the moment: they live for one rollout, and `release()` (called by `rollout` when it
+ends) drops them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+from transformers.generation.logits_process import (
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
+
+from igpo.agent.rollout import Generator, HFGenerator, SamplingParams
+
+MIN_SHARED_PREFIX = 16  # shorter common prefixes of fresh contexts are not worth a separate forward
+
+
+@dataclass
+class _Stored:
+    """The keys/values of `ids` (every id that was fed to the model) for one context."""
+
+    ids: np.ndarray  # [n]
+    kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, heads, n, head_dim]
+
+
+def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    diff = np.flatnonzero(a[:n] != b[:n])
+    return int(diff[0]) if len(diff) else n
+
+
+class CachedGenerator:
+    """A `Generator` that reuses each episode's KV cache across turns (see the module docstring)."""
+
+    def __init__(self, model, pad_id: int):
+        self.model, self.pad_id = model, pad_id
+        self._stored: list[_Stored] = []
+        # Ids whose keys were computed (prefill, decoding) vs taken from a stored cache, over this object's life.
+        self.stats = {"computed_ids": 0, "reused_ids": 0}
+
+    def release(self) -> None:
+        """Drop every stored cache (they hold the current weights' keys; the rollout is over)."""
+        self._stored = []
+
+    @torch.no_grad()
+    def generate(self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[int]]:
+        was_training = self.model.training
+        self.model.eval()
+        try:
+            return self._generate([np.asarray(c, dtype=np.int64) for c in contexts], params, stop_ids)
+        finally:
+            self.model.train(was_training)
+
+    # ------------------------------------------------------------------ cache reuse
+    def _reuse(self, ctx: np.ndarray, stored: list[_Stored]) -> tuple[_Stored | None, int]:
+        """The stored cache sharing the longest prefix with `ctx`, and how many of its ids to reuse.
+
+        At least the last id of `ctx` is always fed: its logits give the first new token.
+        """
+        best, n = None, 0
+        for s in stored:
+            k = _common_prefix(ctx, s.ids)
+            if k > n:
+                best, n = s, k
+        return best, min(n, len(ctx) - 1)
+
+    def _shared_prefix(self, contexts: list[np.ndarray], reuse: list[int]) -> _Stored | None:
+        """For fresh contexts (nothing reused), prefill the prefix common to all of them once."""
+        if len(contexts) < 2 or max(reuse) > 0:
+            return None
+        n = min(len(c) for c in contexts) - 1
+        for c in contexts[1:]:
+            n = min(n, _common_prefix(contexts[0], c))
+        if n < MIN_SHARED_PREFIX:
+            return None
+        ids = contexts[0][:n]
+        out = self.model(input_ids=torch.as_tensor(ids[None], device=self._device), use_cache=True, logits_to_keep=1)
+        self.stats["computed_ids"] += n
+        kv = [(k, v) for k, v, *_ in out.past_key_values]
+        return _Stored(ids, kv)
+
+    # ------------------------------------------------------------------ one call
+    @property
+    def _device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    def _generate(self, contexts: list[np.ndarray], params: SamplingParams, stop_ids: list[int]) -> list[list[int]]:
+        dev = self._device
+        stored = self._stored
+        matches = [self._reuse(c, stored) for c in contexts]
+        shared = self._shared_prefix(contexts, [n for _, n in matches])
+        if shared is not None:
+            matches = [self._reuse(c, [shared]) for c in contexts]
+        B = len(contexts)
+        reuse = [n for _, n in matches]
+        new = [len(c) - n for c, n in zip(contexts, reuse)]
+        Wc, Wn = max(reuse), max(new)
+        self.stats["reused_ids"] += sum(reuse)
+        self.stats["computed_ids"] += sum(new)
+
+        # Cache part: row i's reused keys/values right-aligned in Wc columns.
+        layers = []
+        template = next((s.kv for s in (m for m, _ in matches) if s is not None), None)
+        for li in range(len(template) if template is not None else 0):
+            k0, v0 = template[li]
+            keys = k0.new_zeros((B, k0.shape[1], Wc, k0.shape[3]))
+            values = v0.new_zeros((B, v0.shape[1], Wc, v0.shape[3]))
+            for i, (s, n) in enumerate(matches):
+                if n:
+                    keys[i, :, Wc - n:] = s.kv[li][0][0, :, :n]
+                    values[i, :, Wc - n:] = s.kv[li][1][0, :, :n]
+            layers.append((keys, values))
+        cache = DynamicCache(layers or None, config=self.model.config)
+        mask = torch.zeros((B, Wc + Wn), dtype=torch.long)
+        ids = torch.full((B, Wn), self.pad_id, dtype=torch.long)
+        for i, (c, n) in enumerate(zip(contexts, reuse)):
+            mask[i, Wc - n:Wc] = 1
+            mask[i, Wc + Wn - new[i]:] = 1
+            ids[i, Wn - new[i]:] = torch.as_tensor(c[n:])
+        mask, ids = mask.to(dev), ids.to(dev)
+        # The stored caches are copied into the batch: let them go before decoding.
+        del matches, layers, template, stored, shared
+        self._stored = []
+
+        warpers = []
+        if params.temperature > 0:
+            warpers.append(TemperatureLogitsWarper(params.temperature))
+            if params.top_p < 1.0:
+                warpers.append(TopPLogitsWarper(params.top_p))
+        stops = torch.tensor(sorted(set(stop_ids)), device=dev)
+        rows = list(range(B))  # batch row -> context index
+        outputs: list[list[int]] = [[] for _ in range(B)]
+        kept: list[_Stored | None] = [None] * B
+        step_ids = ids
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, Wc:]
+        for step in range(params.max_new_tokens):
+            logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
+                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+            if warpers:
+                for w in warpers:
+                    logits = w(None, logits)
+                tokens = torch.multinomial(torch.softmax(logits, dim=-1), 1)[:, 0]
+            else:
+                tokens = logits.argmax(-1)
+            self.stats["computed_ids"] += len(rows) if step else 0
+            done = torch.isin(tokens, stops)
+            if step == params.max_new_tokens - 1:
+                done[:] = True
+            for r, tok in enumerate(tokens.tolist()):
+                outputs[rows[r]].append(tok)
+            if done.any():
+                for r in done.nonzero()[:, 0].tolist():
+                    kept[rows[r]] = self._keep(cache, mask, r, contexts[rows[r]], outputs[rows[r]])
+                live = (~done).nonzero()[:, 0]
+                if len(live) == 0:
+                    break
+                cache.batch_select_indices(live)
+                mask, tokens, positions = mask[live], tokens[live], positions[live]
+                rows = [rows[r] for r in live.tolist()]
+            mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
+            positions = positions[:, -1:] + 1
+            step_ids = tokens[:, None]
+        self._stored = [s for s in kept if s is not None]
+        return outputs
+
+    @staticmethod
+    def _keep(cache: DynamicCache, mask: torch.Tensor, r: int, ctx: np.ndarray, out: list[int]) -> _Stored:
+        """Row r's keys/values without the padding holes: those of ctx + out[:-1] (the last token was not fed)."""
+        cols = mask[r].nonzero()[:, 0]
+        kv = [(k[r:r + 1].index_select(2, cols), v[r:r + 1].index_select(2, cols)) for k, v, *_ in cache]
+        return _Stored(np.concatenate([ctx, np.asarray(out[:-1], dtype=np.int64)]), kv)
+
+
+ENGINES = {"cached": CachedGenerator, "hf": HFGenerator}
+
+
+def make_generator(engine: str, model, pad_id: int) -> Generator:
+    """The rollout engine named by `rollout.engine`."""
+    if engine not in ENGINES:
+        raise ValueError(f"rollout.engine: unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
+    return ENGINES[engine](model, pad_id)

@@ -1,0 +1,94 @@
+"""The KV-cache rollout engine generates what `model.generate` over the full context generates."""
+import pytest
+import torch
+
+from igpo.agent.engine import CachedGenerator, make_generator
+from igpo.agent.rollout import HFGenerator, SamplingParams, rollout
+from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
+from igpo.agent.tools import Toolbox
+from igpo.data.loaders import QAExample
+from tests.conftest import make_tiny_llama
+
+VOCAB = 600
+
+
+@pytest.fixture(scope="module")
+def model():
+    """A tiny random Llama with large weights, so that greedy outputs vary instead of repeating one token."""
+    m = make_tiny_llama(VOCAB, seed=3)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(20.0)
+    return m.eval()
+
+
+def random_ids(g, n):
+    return torch.randint(3, VOCAB, (n,), generator=g).tolist()
+
+
+def contexts(g):
+    shared = random_ids(g, 30)  # like a system prompt
+    return [shared + random_ids(g, n) for n in (5, 12, 1, 20)]
+
+
+def test_greedy_matches_generate_over_the_full_context_across_turns(model):
+    g = torch.Generator().manual_seed(1)
+    ctx = contexts(g)
+    hf, engine = HFGenerator(model, 0), CachedGenerator(model, 0)
+    params = SamplingParams(12, temperature=0.0)
+    dry = hf.generate(ctx, params, [VOCAB + 1])
+    stops = [dry[0][3], dry[1][6], dry[2][9]]  # tokens the model does emit: rows stop at different steps
+    ref, ours = [list(c) for c in ctx], [list(c) for c in ctx]
+    lengths = set()
+    for turn in range(4):
+        a, b = hf.generate(ref, params, stops), engine.generate(ours, params, stops)
+        assert a == b, f"turn {turn}"
+        lengths.update(len(x) for x in a)
+        for i in range(len(ctx)):
+            gen = a[i][:-2] if (turn, i) == (1, 3) else a[i]  # a generation cut short, as a budget cut does
+            result = random_ids(g, 3 + 7 * i + turn)  # tool results of different lengths
+            ref[i] += gen + result
+            ours[i] += gen + result
+    assert len(lengths) > 2  # episodes stopped at different steps, so rows left the batch at different times
+    # Every turn after the first prefilled only the new ids: far fewer than the contexts' total length.
+    assert engine.stats["reused_ids"] > engine.stats["computed_ids"]
+
+
+def test_identical_prompts_share_one_prefill_and_match(model):
+    g = torch.Generator().manual_seed(2)
+    prompt = random_ids(g, 40)
+    params = SamplingParams(8, temperature=0.0)
+    engine = CachedGenerator(model, 0)
+    out = engine.generate([prompt] * 3 + [prompt[:35]], params, [])
+    assert out == HFGenerator(model, 0).generate([prompt] * 3 + [prompt[:35]], params, [])
+    # The 35 shared ids were computed once; each row then fed the rest of its prompt and 7 decoded ids.
+    assert engine.stats["computed_ids"] == 34 + (6 * 3 + 1) + 7 * 4
+
+
+def test_sampling_matches_generate_and_is_reproducible(model):
+    g = torch.Generator().manual_seed(3)
+    ctx = contexts(g)
+    engine = CachedGenerator(model, 0)
+    params = SamplingParams(10, temperature=0.7, top_p=0.9)
+    for c in ctx[:2]:  # one row: the same random draws as `model.generate`, so the same tokens
+        torch.manual_seed(11)
+        a = HFGenerator(model, 0).generate([c], params, [])
+        torch.manual_seed(11)
+        assert engine.generate([c], params, []) == a
+    runs = []
+    for seed in (5, 5, 6):
+        engine.release()
+        torch.manual_seed(seed)
+        runs.append(engine.generate(ctx, params, []))
+    assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+def test_rollout_releases_caches_and_engine_is_selectable(model, tokenizer):
+    fmt = ChatFormat(tokenizer, DEFAULT_SYSTEM_PROMPT, [], "\n<answer>\n")
+    engine = make_generator("cached", model, 0)
+    assert isinstance(make_generator("hf", model, 0), HFGenerator) and isinstance(engine, CachedGenerator)
+    ex = QAExample("q", "What is the capital of Italy?", ["Rome"])
+    trajs = rollout([ex] * 2, [0, 0], engine, fmt, Toolbox([]), SamplingParams(6, temperature=0.0), 2, 4096)
+    assert len(trajs) == 2 and trajs[0].ids == trajs[1].ids
+    assert engine._stored == []  # no keys of these weights outlive the rollout
