@@ -6,9 +6,10 @@ end of turn) cannot change those log-probs under a causal model, so they are not
 
 Two implementations that must agree (tests assert 1e-4):
 - `belief_logprobs_reference`: one plain forward per (prefix, alias). Easy to read, T·K forwards.
-- `belief_logprobs_packed`: the trajectory once, followed by every probe block; a block attends to its prefix
-  and to itself only (4-D additive mask, explicit position ids), and logits are computed only at the
-  positions that predict answer tokens. Cost ≈ one forward over the trajectory.
+- `belief_logprobs_packed`: the trajectory once, then per prefix the scaffold once and every alias after it; a
+  scaffold attends to its prefix and itself, an alias to its prefix, its scaffold and itself (4-D additive mask,
+  explicit position ids), and logits are computed only at the positions that predict answer ids.
+  Cost ≈ one forward over the trajectory.
 """
 from __future__ import annotations
 
@@ -55,20 +56,39 @@ def belief_logprobs_reference(model, scaffold: list[int], queries: Sequence[Beli
     return out
 
 
-def _pack(q: BeliefQuery, scaffold: list[int]):
-    """One packed row: (tokens, positions, block starts/ends/prefix per block, answer spans)."""
+@dataclass
+class _Packed:
+    """One packed row: the trajectory, then per prefix the scaffold, then per alias its answer.
+
+    A segment [start, end) attends causally to itself and to the column spans in `sees`; `scores` holds, per
+    (prefix, alias) in row-major order, the columns whose logits predict the answer ids, and those ids.
+    """
+
+    tokens: list[int]
+    positions: list[int]
+    segments: list[tuple[int, int, list[tuple[int, int]]]]
+    scores: list[tuple[list[int], list[int]]]
+
+
+def _pack(q: BeliefQuery, scaffold: list[int]) -> _Packed:
     base_len = max(q.prefixes)
-    tokens = list(q.ids[:base_len])
-    positions = list(range(base_len))
-    blocks = []  # (start col, end col, prefix, answer start col, answer len)
+    row = _Packed(list(q.ids[:base_len]), list(range(base_len)), [(0, base_len, [])], [])
+
+    def append(ids: list[int], first_pos: int, sees: list[tuple[int, int]]) -> int:
+        start = len(row.tokens)
+        row.tokens += ids
+        row.positions += range(first_pos, first_pos + len(ids))
+        row.segments.append((start, len(row.tokens), sees))
+        return start
+
     for p in q.prefixes:
+        # The scaffold is the same for every alias: it is fed once per prefix and the aliases attend to it.
+        s0 = append(scaffold, p, [(0, p)])
+        s1 = s0 + len(scaffold)
         for ans in q.answers:
-            start = len(tokens)
-            block = scaffold + ans
-            tokens += block
-            positions += range(p, p + len(block))
-            blocks.append((start, len(tokens), p, start + len(scaffold), len(ans)))
-    return tokens, positions, base_len, blocks
+            a0 = append(ans, p + len(scaffold), [(0, p), (s0, s1)])
+            row.scores.append(([s1 - 1] + list(range(a0, a0 + len(ans) - 1)), list(ans)))
+    return row
 
 
 @torch.no_grad()
@@ -83,22 +103,23 @@ def belief_logprobs_packed(
     for lo in range(0, len(queries), max_rows):
         chunk = queries[lo : lo + max_rows]
         packed = [_pack(q, scaffold) for q in chunk]
-        width = max(len(t) for t, *_ in packed)
+        width = max(len(r.tokens) for r in packed)
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
         pos = torch.zeros((len(chunk), width), dtype=torch.long)
         allowed = torch.zeros((len(chunk), width, width), dtype=torch.bool)
         causal = torch.ones((width, width), dtype=torch.bool).tril()
         keep: set[int] = set()
-        for r, (tokens, positions, base_len, blocks) in enumerate(packed):
-            n = len(tokens)
-            ids[r, :n] = torch.tensor(tokens)
-            pos[r, :n] = torch.tensor(positions)
+        for r, row in enumerate(packed):
+            n = len(row.tokens)
+            ids[r, :n] = torch.tensor(row.tokens)
+            pos[r, :n] = torch.tensor(row.positions)
             pos[r, n:] = torch.arange(width - n)
-            allowed[r, :base_len, :base_len] = causal[:base_len, :base_len]
-            for start, end, p, a0, alen in blocks:
-                allowed[r, start:end, :p] = True
+            for start, end, sees in row.segments:
                 allowed[r, start:end, start:end] = causal[: end - start, : end - start]
-                keep.update(range(a0 - 1, a0 - 1 + alen))
+                for a, b in sees:
+                    allowed[r, start:end, a:b] = True
+            for cols, _ in row.scores:
+                keep.update(cols)
             # Padding rows attend to themselves only: no fully masked row, no NaN.
             allowed[r, n:, n:] = torch.eye(width - n, dtype=torch.bool)
         keep_idx = torch.tensor(sorted(keep), dtype=torch.long)
@@ -108,12 +129,10 @@ def belief_logprobs_packed(
             input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
             logits_to_keep=keep_idx.to(dev),
         ).logits
-        for r, (_, _, _, blocks) in enumerate(packed):
-            q = chunk[r]
-            res = torch.empty(len(q.prefixes) * len(q.answers))
-            for b, (*_, a0, alen) in enumerate(blocks):
-                rows = [col[c] for c in range(a0 - 1, a0 - 1 + alen)]
-                lp = _answer_logprobs(logits[r, rows], ids[r, a0 : a0 + alen].to(dev))
+        for r, (q, row) in enumerate(zip(chunk, packed)):
+            res = torch.empty(len(row.scores))
+            for b, (cols, targets) in enumerate(row.scores):
+                lp = _answer_logprobs(logits[r, [col[c] for c in cols]], torch.tensor(targets, device=dev))
                 res[b] = lp.mean().cpu()
             out.append(res.view(len(q.prefixes), len(q.answers)))
     return out
@@ -130,18 +149,18 @@ def token_logprobs(
     padding) and, if asked, the entropy of the predictive distribution of each scored token [B, L]
     (carrying gradient only when `entropy_grad`).
     """
-    B, L = ids.shape
+    L = ids.shape[1]
     start = max(1, min(start, L - 1))
-    logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=L - start + 1).logits
-    logits = logits[:, :-1].float()  # [B, L - start, V]: position j predicts token j + 1
-    targets = ids[:, start:]
-    lse = torch.logsumexp(logits, dim=-1)
-    lp = logits.gather(-1, targets[..., None]).squeeze(-1) - lse
+    # Positions start-1 .. L-2 predict tokens start .. L-1. An index tensor (not a count) keeps the gathered hidden
+    # states contiguous, so the LM head is one matrix product, and skips the last position's useless logits.
+    keep = torch.arange(start - 1, L - 1, device=ids.device)
+    logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=keep).logits  # [B, L - start, V]
+    logp = torch.log_softmax(logits.float(), dim=-1)  # one fused pass over the vocabulary
+    lp = logp.gather(-1, ids[:, start:, None]).squeeze(-1)
     lp = torch.nn.functional.pad(lp, (start, 0)) * attention_mask
     ent = None
     if with_entropy:
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
-            probs = torch.softmax(logits, dim=-1)
-            ent = lse - (probs * logits).sum(-1)
+            ent = -(logp.exp() * logp).sum(-1)
             ent = torch.nn.functional.pad(ent, (start, 0)) * attention_mask
     return lp, ent
