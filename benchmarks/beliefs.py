@@ -1,22 +1,29 @@
 """Belief scoring cost: packed (ours) vs reference vs the official code's way vs one plain forward.
 
-(a) packed: `belief_logprobs_packed`, one forward per trajectory batch with probe blocks;
-(b) reference: one forward per (prefix, alias);
-(c) official: for every turn and alias, a fresh forward over the full context + probe for every row of the
-    batch, finished rows included (as the authors' code does);
-(d) floor: one plain forward over the trajectories.
-Trajectories are realistic synthetic ones built with the real chat format: a prompt and `turns` turns, each a
-tool call and a ~100-token search result. Writes JSON with the timings and the ratios, and asserts (a) == (b).
+(a) packed: `belief_logprobs_packed`, one forward per `--rows` trajectories: each trajectory once, then per prefix
+    the scaffold once and every alias after it;
+(b) reference: `belief_logprobs_reference`, one forward per (prefix, alias);
+(c) official: for every turn and alias, one padded forward over every row's context up to that turn plus the probe,
+    for every row of the batch (rows with fewer turns, i.e. finished ones, included), full logits, as the authors'
+    code does;
+(d) floor: one plain forward over the trajectories (`--rows` a batch, last-position logits only).
+Trajectories are realistic synthetic ones in the real chat format: the prompt, `--tool-turns` turns each a
+generation (a short think and a search call) and a search result of `--result-words` words, then an answer turn;
+beliefs are taken after the prompt and after each tool turn. The methods run interleaved, `--repeats` times, in a
+rotating order; medians are reported. Asserts that (a) and (b) agree to 1e-4.
 
-    python benchmarks/beliefs.py --trajectories 8 --turns 4 --aliases 1 3 --out benchmarks/results/beliefs.json
+    python benchmarks/beliefs.py --out benchmarks/results/beliefs.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
+import statistics
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -24,25 +31,36 @@ import torch
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.config import ModelConfig
 from igpo.policy.loading import load_policy
-from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference
+from igpo.policy.scoring import (
+    BeliefQuery,
+    belief_logprobs_packed,
+    belief_logprobs_reference,
+)
 
-WORDS = ("the country capital river mountain population anthem founded century city museum president national "
-         "language border island currency treaty empire composer born film directed novel written").split()
+WORDS = ["the", "country", "capital", "river", "mountain", "population", "anthem", "founded", "century", "city",
+         "museum", "president", "national", "language", "border", "island", "currency", "treaty", "empire",
+         "composer", "born", "film", "directed", "novel", "written"]
 SCHEMA = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {
     "query": {"type": "string"}}, "required": ["query"]}}}]
 
 
-def synthetic(fmt: ChatFormat, rng: random.Random, turns: int, result_words: int, n_alias: int) -> BeliefQuery:
-    ids = fmt.prompt_ids("What is the " + " ".join(rng.choices(WORDS, k=12)) + "?")
+def synthetic(fmt: ChatFormat, rng: random.Random, tool_turns: int, result_words: int, n_alias: int) -> BeliefQuery:
+    def words(k: int) -> str:
+        return " ".join(rng.choices(WORDS, k=k))
+
+    def generation(text: str) -> list[int]:
+        return fmt.encode_text(text) + [fmt.eot_ids[0]]  # as sampled: ends with the stop token
+
+    ids = fmt.prompt_ids(f"What is the {words(12)}?")
     prefixes = [len(ids)]
-    for t in range(turns):
-        call = '<tool_call>{"name": "search", "arguments": {"query": "%s"}}</tool_call>' % " ".join(rng.choices(WORDS, k=5))
-        gen = fmt.encode_text("<think>" + " ".join(rng.choices(WORDS, k=15)) + "</think>\n" + call) + [fmt.eot_ids[0]]
-        ids = ids + gen + fmt.close_generation(gen)
-        if t < turns - 1:
-            ids = ids + fmt.tool_message_ids(" ".join(rng.choices(WORDS, k=result_words)))
-            prefixes.append(len(ids))
-    answers = [fmt.encode_text(" ".join(rng.choices(WORDS, k=1 + k))) for k in range(n_alias)]
+    for _ in range(tool_turns):
+        call = json.dumps({"name": "search", "arguments": {"query": words(5)}})
+        gen = generation(f"<think>{words(15)}</think>\n<tool_call>{call}</tool_call>")
+        ids = ids + gen + fmt.close_generation(gen) + fmt.tool_message_ids(words(result_words))
+        prefixes.append(len(ids))
+    gen = generation(f"<think>{words(8)}</think>\n<answer>{words(2)}</answer>")
+    ids = ids + gen + fmt.close_generation(gen)
+    answers = [fmt.encode_text(words(1 + k)) for k in range(n_alias)]
     return BeliefQuery(ids, prefixes, answers)
 
 
@@ -71,50 +89,63 @@ def plain_forward(model, queries, rows: int):
         model(input_ids=ids, attention_mask=mask, logits_to_keep=1)
 
 
-def timed(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t)
-    return best, out
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trajectories", type=int, default=8)
-    ap.add_argument("--turns", type=int, default=4)
-    ap.add_argument("--result-words", type=int, default=80)
+    ap.add_argument("--tool-turns", type=int, default=4)
+    ap.add_argument("--result-words", type=int, default=30)
     ap.add_argument("--aliases", type=int, nargs="+", default=[1, 3])
-    ap.add_argument("--rows", type=int, default=4, help="trajectories per packed forward")
-    ap.add_argument("--repeats", type=int, default=1)
+    ap.add_argument("--rows", type=int, default=4, help="trajectories per packed (and floor) forward")
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-official", action="store_true")
+    # One thread: on a busy 2-core machine, two OpenMP threads per process stall each other (see README).
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/beliefs.json"))
     args = ap.parse_args()
 
-    torch.set_num_threads(torch.get_num_threads())
+    if args.threads:
+        torch.set_num_threads(args.threads)
     model, tok = load_policy(ModelConfig())
     model.eval()
     fmt = ChatFormat(tok, DEFAULT_SYSTEM_PROMPT, SCHEMA, "\nNow there's enough information to answer\n</think>\n<answer>\n")
     results = {"model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": torch.get_num_threads(),
-               "machine": platform.processor() or platform.machine(), "settings": vars(args) | {"out": str(args.out)},
-               "runs": []}
+               "machine": f"{os.cpu_count()}-core {platform.machine()}",
+               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "runs": []}
     for n_alias in args.aliases:
         rng = random.Random(0)
-        queries = [synthetic(fmt, rng, args.turns, args.result_words, n_alias) for _ in range(args.trajectories)]
-        plain_forward(model, queries[:1], 1)  # warm-up: first calls pay for allocation and kernel selection
-        run = {"aliases": n_alias, "mean_tokens": sum(len(q.ids) for q in queries) / len(queries)}
-        run["packed_s"], fast = timed(lambda: belief_logprobs_packed(model, fmt.scaffold_ids, queries, args.rows), args.repeats)
-        run["reference_s"], ref = timed(lambda: belief_logprobs_reference(model, fmt.scaffold_ids, queries), args.repeats)
-        run["max_abs_diff"] = max(float((a - b).abs().max()) for a, b in zip(fast, ref))
-        assert run["max_abs_diff"] < 1e-4, run
-        run["floor_s"], _ = timed(lambda: plain_forward(model, queries, args.rows), args.repeats)
+        queries = [synthetic(fmt, rng, args.tool_turns, args.result_words, n_alias) for _ in range(args.trajectories)]
+        methods = {
+            "packed": partial(belief_logprobs_packed, model, fmt.scaffold_ids, queries, args.rows),
+            "reference": partial(belief_logprobs_reference, model, fmt.scaffold_ids, queries),
+            "floor": partial(plain_forward, model, queries, args.rows),
+        }
         if not args.skip_official:
-            run["official_s"], _ = timed(lambda: official_way(model, fmt.scaffold_ids, queries), args.repeats)
-            run["official_over_packed"] = run["official_s"] / run["packed_s"]
-        run["reference_over_packed"] = run["reference_s"] / run["packed_s"]
-        run["packed_over_floor"] = run["packed_s"] / run["floor_s"]
-        print(json.dumps(run))
+            methods["official"] = partial(official_way, model, fmt.scaffold_ids, queries)
+        plain_forward(model, queries[:1], 1)  # warm-up: first calls pay for allocation and kernel selection
+        wall = {k: [] for k in methods}
+        cpu = {k: [] for k in methods}
+        loads, outputs = [], {}
+        for r in range(args.repeats):
+            names = list(methods)
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                loads.append(os.getloadavg()[0])
+                t, c = time.perf_counter(), time.process_time()
+                outputs[name] = methods[name]()
+                wall[name].append(time.perf_counter() - t)
+                cpu[name].append(time.process_time() - c)
+        diff = max(float((a - b).abs().max()) for a, b in zip(outputs["packed"], outputs["reference"]))
+        assert diff < 1e-4, f"packed and reference beliefs differ by {diff}"
+        med = {k: statistics.median(v) for k, v in wall.items()}
+        run = {
+            "aliases": n_alias, "trajectories": len(queries), "beliefs_per_trajectory": len(queries[0].prefixes),
+            "mean_tokens": sum(len(q.ids) for q in queries) / len(queries), "max_abs_diff_packed_reference": diff,
+            "median_s": med, "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+            "seconds": wall, "cpu_seconds": cpu, "load_avg_during": [round(x, 2) for x in loads],
+            "packed_over_floor": med["packed"] / med["floor"], "reference_over_packed": med["reference"] / med["packed"],
+        }
+        if "official" in med:
+            run["official_over_packed"] = med["official"] / med["packed"]
+        print(json.dumps({k: v for k, v in run.items() if k not in ("seconds", "cpu_seconds")}), flush=True)
         results["runs"].append(run)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))
