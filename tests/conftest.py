@@ -80,17 +80,23 @@ def tiny_model_dir(tokenizer, tmp_path):
     return d
 
 
-@pytest.fixture
-def corpus_file(tmp_path):
-    p = tmp_path / "corpus.jsonl"
+def write_corpus(p):
     p.write_text("".join(json.dumps({"id": i, "contents": f"{t}\n{x}"}) + "\n" for i, t, x in FACTS))
     return p
 
 
-@pytest.fixture
-def qa_file(tmp_path):
-    p = tmp_path / "qa.jsonl"
+def write_qa(p):
     rows = [{"id": i, "question": q, "answers": a, "source": "toy" if n % 2 else "toy2"}
             for n, (i, q, a) in enumerate(QUESTIONS)]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    return write_corpus(tmp_path / "corpus.jsonl")
+
+
+@pytest.fixture
+def qa_file(tmp_path):
+    return write_qa(tmp_path / "qa.jsonl")

@@ -64,6 +64,13 @@ class RetrievalConfig(_Strict):
     cache_dir: str | None = None  # default ~/.cache/igpo/retrieval
 
 
+class VLLMConfig(_Strict):
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"  # the engine's weights and compute
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # share of the GPU the engine may take (weights + KV cache)
+    enforce_eager: bool = False  # no CUDA graphs: slower decoding, less memory and start-up time
+    check_weights: bool = True  # after every weight push, compare a fingerprint of the engine's weights with ours
+
+
 class RolloutConfig(_Strict):
     group_size: int = Field(4, ge=1)  # G rollouts per question
     questions_per_step: int = Field(4, ge=1)
@@ -73,6 +80,8 @@ class RolloutConfig(_Strict):
     temperature: float = Field(1.0, ge=0)  # 0 = greedy
     top_p: float = Field(1.0, gt=0, le=1)
     system_prompt: str | None = None  # None = the built-in search-agent instructions
+    backend: Literal["hf", "vllm"] = "hf"  # hf: transformers' generate; vllm: a vLLM engine (GPU, `igpo[vllm]`)
+    vllm: VLLMConfig = VLLMConfig()
 
 
 class AlgorithmConfig(_Strict):
@@ -97,6 +106,9 @@ class AlgorithmConfig(_Strict):
     kl_type: Literal["low_var_kl", "kl", "abs", "mse"] = "low_var_kl"
     entropy_coef: float = 0.0
     loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum"] = "seq-mean-token-mean"
+    # Truncated importance sampling: the PG loss of each token times min(π_old / π_rollout, tis_cap), where
+    # π_rollout is the engine's sampling probability (needs a backend that records it: vllm). None = off.
+    tis_cap: float | None = Field(None, gt=0)
 
 
 class TrainerConfig(_Strict):
@@ -115,6 +127,8 @@ class TrainerConfig(_Strict):
     eval_every: int = Field(0, ge=0)
     eval_size: int = Field(100, ge=1)
     check_invariants: bool = True
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes (torchrun): replicate (DDP) or shard (FSDP2)
+    fsdp_param_dtype: Literal["bfloat16", "float16"] | None = None  # FSDP compute dtype; shards keep model.dtype
 
 
 class Config(_Strict):
@@ -133,6 +147,11 @@ class Config(_Strict):
         if self.algorithm.estimator in needs_group and self.rollout.group_size < 2:
             raise ValueError(f"rollout.group_size must be >= 2 for estimator {self.algorithm.estimator} "
                              "(a group of one has zero advantage)")
+        if self.model.lora.enabled and self.rollout.backend == "vllm":
+            raise ValueError("rollout.backend=vllm pushes whole weights to the engine: not available with "
+                             "model.lora.enabled")
+        if self.model.lora.enabled and self.trainer.parallel == "fsdp":
+            raise ValueError("trainer.parallel=fsdp is not available with model.lora.enabled (use ddp)")
         return self
 
 

@@ -23,17 +23,19 @@ def checkpoint_dirs(out_dir: Path) -> list[Path]:
     return sorted(p for p in root.glob("step_*") if p.is_dir() and not p.name.endswith(".tmp"))
 
 
-def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int) -> Path:
+def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int, *,
+                    model_state: dict | None = None, optimizer_state: dict | None = None) -> Path:
+    """`model_state` / `optimizer_state` replace the live objects' state dicts (a sharded model's, gathered)."""
     root = Path(out_dir) / "checkpoints"
     final = root / f"step_{step:06d}"
     tmp = root / f"step_{step:06d}.tmp"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    model.save_pretrained(tmp)
+    model.save_pretrained(tmp, **({} if model_state is None else {"state_dict": model_state}))
     tokenizer.save_pretrained(tmp)
     torch.save({
         "step": step,
-        "optimizer": optimizer.state_dict(),
+        "optimizer": optimizer_state if optimizer_state is not None else optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()},
     }, tmp / STATE)

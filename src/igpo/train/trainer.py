@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +22,14 @@ from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import SearchTool, Toolbox
 from igpo.agent.trajectory import Trajectory
 from igpo.algo.advantages import NEEDS_BELIEFS, compute_turn_advantages, turn_to_token_advantages
-from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss
+from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss, tis_weights
 from igpo.algo.rewards import answer_em, answer_f1, information_gain, outcome_reward, reduce_aliases
 from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
 from igpo.policy.loading import load_policy
 from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
 from igpo.train import checkpoint as ckpt
+from igpo.train import distributed
 from igpo.train.invariants import InvariantError, check_batch_tokens, check_ig_telescopes, check_no_probe_leak
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,11 @@ def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919) % (2**31)
 
 
+def episode_seed(seed: int, step: int, question: int, k: int) -> int:
+    """The sampling seed of rollout k of the step's question: the same on any rank and in any batch."""
+    return (step_seed(seed, step) * 1_000_033 + question * 4099 + k) % (2**62)
+
+
 class Timer:
     def __init__(self):
         self.seconds: dict[str, float] = defaultdict(float)
@@ -68,6 +74,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, model=None, tokenizer=None, toolbox: Toolbox | None = None,
                  train_set: list[QAExample] | None = None, generator: Generator | None = None):
+        self.dist, cfg = distributed.setup(cfg)
         self.cfg = cfg
         self.out = Path(cfg.trainer.out_dir)
         torch.manual_seed(cfg.trainer.seed)
@@ -77,12 +84,16 @@ class Trainer:
         self.model, self.tok = model, tokenizer
         self.toolbox = toolbox or make_toolbox(cfg)
         self.fmt = make_chat_format(cfg, tokenizer, self.toolbox)
-        self.generator = generator or HFGenerator(model, tokenizer.pad_token_id)
+        self.generator = generator or self._make_generator()
+        self._pushed_step = -1  # the step whose weights the generator holds, when it keeps its own copy
         self.train_set = train_set if train_set is not None else self._load_train()
         # The reference is the initial policy: copied before any checkpoint weights are loaded.
         self.ref = self._make_reference() if cfg.algorithm.kl_coef > 0 else None
         if resume is not None:
             self._load_weights(resume[0])
+        # The forward that trains goes through DDP's wrapper; FSDP shards `model` in place.
+        self.train_model = self.dist.wrap(model, cfg.trainer.fsdp_param_dtype)
+        self.dist.shard_frozen(self.ref)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
         warm = cfg.trainer.warmup_steps
@@ -91,13 +102,34 @@ class Trainer:
         self._eval_set: list[QAExample] | None = None
         if resume is not None:
             state = resume[1]
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             ckpt.restore_rng(state)
             self.step = state["step"]
             log.info("resumed from %s (step %d)", resume[0], self.step)
 
     # ------------------------------------------------------------------ setup
+    def _make_generator(self) -> Generator:
+        if self.cfg.rollout.backend == "vllm":
+            from igpo.policy.vllm_engine import VLLMGenerator
+
+            return VLLMGenerator.from_config(self.cfg, self.dist.enabled)
+        return HFGenerator(self.model, self.tok.pad_token_id)
+
+    def _push_weights(self, timer: Timer | None = None) -> None:
+        """Hands the current weights to a generator that holds its own copy (vLLM), once per update."""
+        push = getattr(self.generator, "push_weights", None)
+        if push is not None and self._pushed_step != self.step:
+            with (timer or Timer())("weight_push"):
+                push(self.dist.full_parameters(self.model))
+            self._pushed_step = self.step
+
+    def _generation_weights(self):
+        """Whole weights for the generator when it samples from the trainer's model (FSDP gathers them)."""
+        if hasattr(self.generator, "push_weights"):  # it holds its own copy
+            return nullcontext()
+        return self.dist.gathered(self.model)
+
     def _load_train(self) -> list[QAExample]:
         if not self.cfg.data.train:
             raise ConfigError("data.train: a QA file is required for training")
@@ -147,15 +179,19 @@ class Trainer:
     def collect(self, step: int, timer: Timer) -> list[Trajectory]:
         g = self.cfg.rollout.group_size
         questions = self.batch_examples(step)
-        examples = [ex for ex in questions for _ in range(g)]
-        groups = [step * len(questions) + j for j in range(len(questions)) for _ in range(g)]
+        mine = self.dist.shard(len(questions))  # this rank's questions, each with all its G rollouts
+        examples = [questions[j] for j in mine for _ in range(g)]
+        groups = [step * len(questions) + j for j in mine for _ in range(g)]
+        seeds = [episode_seed(self.cfg.trainer.seed, step, j, k) for j in mine for k in range(g)]
         seed = step_seed(self.cfg.trainer.seed, step)
         torch.manual_seed(seed)
         random.seed(seed)
         r = self.cfg.rollout
-        with timer("rollout"):
+        self._push_weights(timer)
+        with timer("rollout"), self._generation_weights():
             return rollout(examples, groups, self.generator, self.fmt, self.toolbox,
-                           SamplingParams(r.max_new_tokens, r.temperature, r.top_p), r.max_turns, r.max_context)
+                           SamplingParams(r.max_new_tokens, r.temperature, r.top_p), r.max_turns, r.max_context,
+                           seeds=seeds)
 
     def answer_ids(self, ex: QAExample) -> list[list[int]]:
         a = self.cfg.algorithm
@@ -171,7 +207,7 @@ class Trainer:
         impl = belief_logprobs_packed if self.cfg.algorithm.belief_impl == "packed" else belief_logprobs_reference
         was_training = self.model.training
         self.model.eval()
-        with timer("beliefs"):
+        with timer("beliefs"), self.dist.gathered(self.model):
             per_alias = impl(self.model, self.fmt.scaffold_ids, queries)
         self.model.train(was_training)
         for tr, lp in zip(todo, per_alias):
@@ -211,7 +247,13 @@ class Trainer:
             attn[b, :n] = 1
             loss_mask[b, :n] = torch.tensor(tr.loss_mask())
             turns[b, :n] = torch.tensor(tr.token_turns())
-        return {"ids": ids, "attn": attn, "loss_mask": loss_mask, "turns": turns}
+        out = {"ids": ids, "attn": attn, "loss_mask": loss_mask, "turns": turns}
+        sampled = [tr.rollout_logprobs() for tr in trajs]
+        if all(lp is not None for lp in sampled):  # the engine's log-probs, for TIS and the mismatch metric
+            out["rollout_lp"] = torch.zeros((B, L))
+            for b, lp in enumerate(sampled):
+                out["rollout_lp"][b, : len(lp)] = torch.tensor(lp)
+        return out
 
     def _forward_logprobs(self, model, batch, rows, with_entropy=False, entropy_grad=False):
         dev = next(self.model.parameters()).device
@@ -232,6 +274,41 @@ class Trainer:
             out[rows, : lp.shape[1]] = lp.float().cpu()
         return out
 
+    def _micro_batch_loss(self, batch, rows, on_policy: bool, agg: dict, stats: dict[str, list[float]]) -> torch.Tensor:
+        """The loss of a micro-batch's rows, aggregated against the whole (global) mini-batch (`agg`)."""
+        a = self.cfg.algorithm
+        dev = next(self.model.parameters()).device
+        lp, ent = self._forward_logprobs(self.train_model, batch, rows, with_entropy=True,
+                                         entropy_grad=a.entropy_coef != 0)
+        length = lp.shape[1]
+        mask = batch["loss_mask"][rows, :length].to(dev)
+        adv = batch["adv"][rows, :length].to(dev)
+        old = lp.detach() if on_policy else batch["old_lp"][rows, :length].to(dev)
+        pg, clipped = ppo_policy_loss(lp, old, adv, a.clip_eps, a.dual_clip)
+        if "rollout_lp" in batch:
+            rollout_lp = batch["rollout_lp"][rows, :length].to(dev)
+            stats["rollout_lp_abs_diff"].append(float(((old - rollout_lp).abs() * mask).sum() / mask.sum().clamp(min=1)))
+            if a.tis_cap is not None:
+                w = tis_weights(old, rollout_lp, a.tis_cap)
+                pg = pg * w
+                stats["tis_weight"].append(float((w * mask).sum() / mask.sum().clamp(min=1)))
+        elif a.tis_cap is not None:
+            raise ConfigError("algorithm.tis_cap: the rollout backend recorded no sampling log-probs "
+                              "(rollout.backend=vllm records them)")
+        loss = agg_loss(pg, mask, **agg)
+        stats["pg_loss"].append(float(loss.detach()))
+        if a.kl_coef > 0:
+            kl = kl_penalty(lp, batch["ref_lp"][rows, :length].to(dev), a.kl_type)
+            kl_term = agg_loss(kl, mask, **agg)
+            loss = loss + a.kl_coef * kl_term
+            stats["kl"].append(float(kl_term.detach()))
+        ent_term = agg_loss(ent, mask, **agg)
+        if a.entropy_coef != 0:
+            loss = loss - a.entropy_coef * ent_term
+        stats["entropy"].append(float(ent_term.detach()))
+        stats["clip_frac"].append(float((clipped * mask).sum() / mask.sum().clamp(min=1)))
+        return loss
+
     def update(self, batch: dict[str, torch.Tensor], timer: Timer) -> dict[str, float]:
         a, t = self.cfg.algorithm, self.cfg.trainer
         B = batch["ids"].shape[0]
@@ -245,38 +322,22 @@ class Trainer:
                 batch["ref_lp"] = self._logprobs_all(ref, batch)
         self.model.train()
         stats: dict[str, list[float]] = defaultdict(list)
-        dev = next(self.model.parameters()).device
         with timer("update"):
             for epoch in range(t.ppo_epochs):
                 perm = torch.randperm(B, generator=torch.Generator().manual_seed(step_seed(t.seed, self.step) + epoch))
                 for mini in perm.chunk(t.mini_batches):
                     mask_all = batch["loss_mask"][mini]
-                    n_seqs = float((mask_all.sum(1) > 0).sum().clamp(min=1))
-                    n_tokens = float(mask_all.sum().clamp(min=1))
+                    # Normalisers of the global mini-batch: the sum over ranks of their shares.
+                    n_seqs, n_tokens = self.dist.all_sum([float((mask_all.sum(1) > 0).sum()), float(mask_all.sum())])
+                    n_seqs, n_tokens = max(n_seqs, 1.0), max(n_tokens, 1.0)
                     self.optimizer.zero_grad(set_to_none=True)
-                    for rows in mini.split(t.micro_batch_size):
-                        lp, ent = self._forward_logprobs(self.model, batch, rows, with_entropy=True,
-                                                         entropy_grad=a.entropy_coef != 0)
-                        length = lp.shape[1]
-                        mask = batch["loss_mask"][rows, :length].to(dev)
-                        adv = batch["adv"][rows, :length].to(dev)
-                        old = lp.detach() if on_policy else batch["old_lp"][rows, :length].to(dev)
-                        pg, clipped = ppo_policy_loss(lp, old, adv, a.clip_eps, a.dual_clip)
-                        agg = dict(mode=a.loss_agg, num_seqs=n_seqs, num_tokens=n_tokens)
-                        loss = agg_loss(pg, mask, **agg)
-                        stats["pg_loss"].append(float(loss.detach()))
-                        if a.kl_coef > 0:
-                            kl = kl_penalty(lp, batch["ref_lp"][rows, :length].to(dev), a.kl_type)
-                            kl_term = agg_loss(kl, mask, **agg)
-                            loss = loss + a.kl_coef * kl_term
-                            stats["kl"].append(float(kl_term.detach()))
-                        ent_term = agg_loss(ent, mask, **agg)
-                        if a.entropy_coef != 0:
-                            loss = loss - a.entropy_coef * ent_term
-                        stats["entropy"].append(float(ent_term.detach()))
-                        stats["clip_frac"].append(float((clipped * mask).sum() / mask.sum().clamp(min=1)))
-                        loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                    micro = mini.split(t.micro_batch_size)
+                    agg = dict(mode=a.loss_agg, num_seqs=n_seqs, num_tokens=n_tokens)
+                    for i, rows in enumerate(micro):
+                        with self.dist.grad_sync(self.train_model, sync=i == len(micro) - 1):
+                            loss = self._micro_batch_loss(batch, rows, on_policy, agg, stats)
+                            (loss * self.dist.grad_scale).backward()
+                    grad_norm = self.dist.clip_grad_norm(
                         [p for p in self.model.parameters() if p.requires_grad], t.grad_clip)
                     if not torch.isfinite(grad_norm):
                         self.optimizer.zero_grad(set_to_none=True)
@@ -288,7 +349,8 @@ class Trainer:
         # pg/kl/entropy terms were aggregated against the whole mini-batch: sum over its micro-batches
         n_mini = t.ppo_epochs * t.mini_batches
         out = {k: sum(v) / n_mini for k, v in stats.items() if k in ("pg_loss", "kl", "entropy")}
-        out.update({k: float(np.mean(v)) for k, v in stats.items() if k in ("clip_frac", "grad_norm")})
+        out.update({k: float(np.mean(v)) for k, v in stats.items()
+                    if k in ("clip_frac", "grad_norm", "rollout_lp_abs_diff", "tis_weight")})
         out["skipped_updates"] = sum(stats.get("skipped_updates", []))
         return out
 
@@ -320,6 +382,13 @@ class Trainer:
             check_batch_tokens(trajs, batch["ids"], batch["loss_mask"])
         losses = self.update(batch, timer)
         self.step += 1
+        if self.dist.enabled:  # rank 0 reports the whole step
+            merged = distributed.gather_step(self.dist, trajs, rewards, turn_mask, outcomes, turn_adv, losses,
+                                             dict(timer.seconds))
+            if merged is None:
+                return {"step": step}
+            trajs, rewards, turn_mask, outcomes, turn_adv, losses, seconds = merged
+            timer.seconds.update(seconds)
         return self._metrics(step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer)
 
     def _metrics(self, step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer: Timer) -> dict:
@@ -378,35 +447,55 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
     def fit(self, progress=None) -> list[dict]:
+        """Runs the remaining steps; returns the metric rows (on rank 0: the whole steps; elsewhere: steps only)."""
         t = self.cfg.trainer
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.cfg))
-        self._truncate_metrics()
         history = []
-        with (self.out / "metrics.jsonl").open("a") as f:
+        with self._metrics_file() as f:
             while self.step < t.steps:
                 m = self.train_step()
-                f.write(json.dumps(m) + "\n")
-                f.flush()
                 history.append(m)
-                if progress is not None:
-                    progress(m)
+                if f is not None:
+                    f.write(json.dumps(m) + "\n")
+                    f.flush()
+                    if progress is not None:
+                        progress(m)
                 if t.eval_every and self.step % t.eval_every == 0 and self.cfg.data.eval:
                     self.evaluate_to_file()
                 if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
                     self.save()
         return history
 
-    def evaluate_to_file(self) -> dict:
-        """Greedy evaluation on the first `trainer.eval_size` questions of `data.eval`, appended to eval.jsonl."""
+    @contextmanager
+    def _metrics_file(self):
+        """metrics.jsonl opened for appending on rank 0 (after writing config.yaml); None on other ranks."""
+        if not self.dist.is_main:
+            yield None
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "config.yaml").write_text(dump_config(self.cfg))
+        self._truncate_metrics()
+        with (self.out / "metrics.jsonl").open("a") as f:
+            yield f
+
+    def evaluate_to_file(self) -> dict | None:
+        """Greedy evaluation on the first `trainer.eval_size` questions of `data.eval`, appended to eval.jsonl.
+
+        Rank 0 evaluates (every rank must call: FSDP gathers the weights); the row, or None on other ranks.
+        """
         from igpo.eval.evaluate import evaluate
 
-        if self._eval_set is None:
-            self._eval_set = load_qa(self.cfg.data.eval, skip_bad_rows=self.cfg.data.skip_bad_rows)[: self.cfg.trainer.eval_size]
-        res = evaluate(self.generator, self.fmt, self.toolbox, self._eval_set, self.cfg)
-        row = {"step": self.step, "overall": res["overall"], "by_source": res["by_source"]}
-        with (self.out / "eval.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        row = None
+        self._push_weights()
+        with self._generation_weights():
+            if self.dist.is_main:
+                if self._eval_set is None:
+                    self._eval_set = load_qa(self.cfg.data.eval,
+                                             skip_bad_rows=self.cfg.data.skip_bad_rows)[: self.cfg.trainer.eval_size]
+                res = evaluate(self.generator, self.fmt, self.toolbox, self._eval_set, self.cfg)
+                row = {"step": self.step, "overall": res["overall"], "by_source": res["by_source"]}
+                with (self.out / "eval.jsonl").open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+        self.dist.barrier()
         return row
 
     def _truncate_metrics(self) -> None:
@@ -417,6 +506,13 @@ class Trainer:
         keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < self.step]
         path.write_text("".join(line + "\n" for line in keep))
 
-    def save(self) -> Path:
-        return ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
-                                    self.cfg.trainer.keep_last)
+    def save(self) -> Path | None:
+        """Writes a checkpoint from rank 0 (every rank must call: FSDP gathers the state); its path on rank 0."""
+        model_state, optim_state = self.dist.full_state(self.model, self.optimizer)
+        path = None
+        if self.dist.is_main:
+            path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
+                                        self.cfg.trainer.keep_last, model_state=model_state,
+                                        optimizer_state=optim_state)
+        self.dist.barrier()
+        return path
