@@ -36,3 +36,20 @@ def test_bad_input_exits_2_naming_the_problem(args, fragment):
     res = runner.invoke(app, args)
     assert res.exit_code == 2
     assert fragment in res.output
+
+
+def test_nproc_runs_torchrun_on_the_same_arguments(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    calls = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd) or subprocess.CompletedProcess(cmd, 3))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("trainer:\n  steps: 2\n")
+    res = runner.invoke(app, ["train", "--nproc", "2", "--config", str(cfg), "rollout.questions_per_step=4"])
+    assert res.exit_code == 3  # torchrun's exit status
+    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                      "igpo", "train", "--config", str(cfg), "rollout.questions_per_step=4"]]
+    res = runner.invoke(app, ["train", "--nproc", "2", "rollout.questions_per_step=3"])
+    assert res.exit_code == 2 and "multiple of the number of processes (2)" in res.output and len(calls) == 1

@@ -40,17 +40,38 @@ def _fail(e: Exception) -> None:
     raise typer.Exit(2)
 
 
+def torchrun_command(nproc: int, config: Optional[Path], overrides: list[str]) -> list[str]:
+    """`igpo train --nproc N ...` as the torchrun command it stands for (one machine, N processes)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "igpo", "train", *(["--config", str(config)] if config else []), *overrides]
+
+
 @app.command()
 def train(
     overrides: Optional[list[str]] = typer.Argument(None, help="config overrides, e.g. trainer.steps=20"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+    nproc: int = typer.Option(1, "--nproc", min=1,
+                              help="processes on this machine (torchrun); see trainer.parallel and docs/scaling.md"),
 ) -> None:
     """Train a policy with IGPO (or a baseline estimator) and write metrics and checkpoints to trainer.out_dir."""
+    import os
+    import subprocess
+
     from rich.console import Console
 
     from igpo.config import load_config
     from igpo.train.trainer import Trainer
 
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from igpo.train.distributed import check_world
+
+        try:  # config errors once, here, rather than from every process
+            check_world(load_config(config, overrides), nproc)
+        except _user_errors() as e:
+            _fail(e)
+        raise typer.Exit(subprocess.run(torchrun_command(nproc, config, overrides or []), check=False).returncode)
     console = Console()
     try:
         cfg = load_config(config, overrides)
@@ -64,7 +85,12 @@ def train(
                       f"turns={m['turns']:.2f}  format_err={m['format_error_rate']:.2f}  {secs}")
 
     trainer.fit(progress=show)
-    console.print(f"done: {cfg.trainer.out_dir}")
+    if trainer.dist.is_main:
+        console.print(f"done: {cfg.trainer.out_dir}")
+    if trainer.dist.enabled:
+        import torch.distributed
+
+        torch.distributed.destroy_process_group()
 
 
 @app.command("eval")

@@ -98,7 +98,7 @@ def _max_diff(a: dict, b: dict) -> float:
 
 @pytest.mark.parametrize("name", ["ddp", "fsdp_resumed"])
 def test_two_processes_equal_one_process(runs, name):
-    root, init, single, ranks = runs
+    _, init, single, ranks = runs
     assert _max_diff(single, init) > 1e-3  # the three steps moved the weights
     r0, r1 = ranks[name]
     assert _max_diff(r0, r1) == 0.0  # identical on both ranks

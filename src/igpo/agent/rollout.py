@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
-from transformers import LogitsProcessor, LogitsProcessorList, TemperatureLogitsWarper, TopPLogitsWarper
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from igpo.agent.parsing import Action, parse_generation
 from igpo.agent.template import ChatFormat
@@ -68,13 +73,13 @@ class HFGenerator:
         sample = params.temperature > 0
         if sample and params.seeds is not None:
             # Per-row streams: HF's own sampler draws for the whole batch from one generator.
-            mode = dict(do_sample=False, temperature=None, top_p=None, top_k=None,
-                        logits_processor=LogitsProcessorList([SeededSampler(params.seeds, params.temperature,
-                                                                            params.top_p)]))
+            sampler = SeededSampler(params.seeds, params.temperature, params.top_p)
+            mode = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+                    "logits_processor": LogitsProcessorList([sampler])}
         else:
             # top_k=0: no hidden top-k from the model's generation_config; the policy is sampled as scored.
-            mode = dict(do_sample=sample, temperature=params.temperature if sample else None,
-                        top_p=params.top_p if sample else None, top_k=0 if sample else None)
+            mode = {"do_sample": sample, "temperature": params.temperature if sample else None,
+                    "top_p": params.top_p if sample else None, "top_k": 0 if sample else None}
         was_training = self.model.training
         self.model.eval()
         try:

@@ -2,8 +2,9 @@
 
 The engine runs in the trainer's process, one per rank, on the rank's GPU (colocated, tensor parallel 1). It
 holds its own copy of the weights, so after every update the trainer pushes its weights (`push_weights`), and
-then checks that the push took: a fingerprint (a fixed sample of elements of a few tensors) is read back from
-the engine and compared with the trainer's tensors cast to the engine's dtype. A push that silently did not
+then checks that the push took: a fingerprint (a fixed sample of 4096 elements of every tensor the engine stores
+unfused: embeddings, attention output and MLP down projections, norms) is read back from the engine and
+compared with the trainer's tensors cast to the engine's dtype. A push that silently did not
 land (renamed parameters skipped by the loader, a stale copy) is an error, not a quietly off-policy run.
 
 Each generation carries the engine's log-prob of every sampled token (temperature 1, before top-p, i.e. the
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from typing import Protocol
 
 import torch
@@ -26,7 +27,7 @@ from igpo.config import Config
 from igpo.policy.loading import ModelLoadError
 
 # Tensors that vLLM's loaders for Llama/Qwen/Mistral-style models copy unchanged (q/k/v and gate/up are fused
-# there, so their layout differs): the fingerprint is read from these.
+# there, so their layout differs): the fingerprint is read from all of these.
 FINGERPRINT_NAME = re.compile(r"(embed_tokens|o_proj|down_proj|norm|layernorm)\.weight$")
 
 
@@ -57,14 +58,6 @@ def weight_fingerprint(t: torch.Tensor, dtype: torch.dtype, n: int) -> torch.Ten
     flat = t.detach().to(dtype).reshape(-1)
     step = max(1, flat.numel() // n)
     return flat[::step][:n].double().cpu()
-
-
-def fingerprint_names(names: Sequence[str], k: int = 6) -> list[str]:
-    """Up to k names spread over the model (first, last, and between) among those vLLM keeps as they are."""
-    ok = [n for n in names if FINGERPRINT_NAME.search(n)]
-    if len(ok) <= k:
-        return ok
-    return [ok[round(i * (len(ok) - 1) / (k - 1))] for i in range(k)]
 
 
 class VLLMGenerator:
@@ -105,7 +98,7 @@ class VLLMGenerator:
         self.pushes += 1
         if not self.check_weights:
             return
-        names = fingerprint_names(list(candidates))
+        names = list(candidates)
         if not names:
             raise WeightSyncError("no parameter to fingerprint (embed_tokens, o_proj, down_proj or norm weights)")
         got = self.engine.fingerprints({n: candidates[n][1] for n in names}, self.n)
@@ -135,9 +128,9 @@ class VLLMEngine:
                 f"machine ({e})") from None
         # The engine core in this process, so that apply_model reaches the model without serialising weights.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        kwargs = dict(model=model_path, dtype=dtype, max_model_len=max_model_len, seed=seed,
-                      gpu_memory_utilization=gpu_memory_utilization, enforce_eager=enforce_eager,
-                      logprobs_mode="raw_logprobs", tensor_parallel_size=1)
+        kwargs = {"model": model_path, "dtype": dtype, "max_model_len": max_model_len, "seed": seed,
+                  "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager,
+                  "logprobs_mode": "raw_logprobs", "tensor_parallel_size": 1}
         if distributed:  # one engine per torchrun rank, on the rank's GPU
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = vllm.LLM(**kwargs)

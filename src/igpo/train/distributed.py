@@ -97,10 +97,10 @@ class Dist:
         dev = next(model.parameters()).device
         return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
 
-    def shard_frozen(self, module) -> None:
+    def shard_frozen(self, module, param_dtype: str | None = None) -> None:
         """FSDP shards a frozen module (the reference) too; DDP keeps a whole copy per rank."""
         if self.fsdp and module is not None:
-            shard_module(module)
+            shard_module(module, param_dtype)
 
     @contextmanager
     def gathered(self, model) -> Iterator[None]:
@@ -172,7 +172,10 @@ class Dist:
         if not self.fsdp:
             optimizer.load_state_dict(state)
             return
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
+        from torch.distributed.checkpoint.state_dict import (
+            StateDictOptions,
+            set_optimizer_state_dict,
+        )
 
         # Positions follow the optimizer's parameter order, which is the model's order of trainable parameters.
         names = [n for n, p in model.named_parameters() if p.requires_grad]
@@ -226,6 +229,13 @@ def shard_module(model, param_dtype: str | None = None) -> None:
     fully_shard(model, **kwargs)
 
 
+def check_world(cfg: Config, world_size: int) -> None:
+    q = cfg.rollout.questions_per_step
+    if q % world_size:
+        raise ConfigError(f"rollout.questions_per_step ({q}) must be a multiple of the number of processes "
+                          f"({world_size}): each process rolls out an equal share of the questions")
+
+
 def setup(cfg: Config) -> tuple[Dist, Config]:
     """Join the process group torchrun describes (WORLD_SIZE, RANK, LOCAL_RANK, MASTER_ADDR/PORT), if any.
 
@@ -243,10 +253,7 @@ def setup(cfg: Config) -> tuple[Dist, Config]:
     if not dist.is_initialized():
         return Dist(parallel=cfg.trainer.parallel), cfg
     d = Dist(dist.get_rank(), dist.get_world_size(), local_rank, cfg.trainer.parallel)
-    q = cfg.rollout.questions_per_step
-    if q % d.world_size:
-        raise ConfigError(f"rollout.questions_per_step ({q}) must be a multiple of the number of processes "
-                          f"({d.world_size}): each process rolls out an equal share of the questions")
+    check_world(cfg, d.world_size)
     if device == "cuda":
         cfg = cfg.model_copy(update={"model": cfg.model.model_copy(update={"device": f"cuda:{local_rank}"})})
     return d, cfg

@@ -93,7 +93,7 @@ class Trainer:
             self._load_weights(resume[0])
         # The forward that trains goes through DDP's wrapper; FSDP shards `model` in place.
         self.train_model = self.dist.wrap(model, cfg.trainer.fsdp_param_dtype)
-        self.dist.shard_frozen(self.ref)
+        self.dist.shard_frozen(self.ref, cfg.trainer.fsdp_param_dtype)
         params = [p for p in model.parameters() if p.requires_grad]
         self.optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay)
         warm = cfg.trainer.warmup_steps
