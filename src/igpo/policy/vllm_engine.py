@@ -24,7 +24,7 @@ import torch
 
 from igpo.agent.rollout import Generation, SamplingParams, cut_at_stop
 from igpo.config import Config
-from igpo.policy.loading import ModelLoadError
+from igpo.policy.loading import ModelLoadError, resolve_model_dir
 
 # Tensors that vLLM's loaders for Llama/Qwen/Mistral-style models copy unchanged (q/k/v and gate/up are fused
 # there, so their layout differs): the fingerprint is read from all of these.
@@ -70,8 +70,9 @@ class VLLMGenerator:
     @classmethod
     def from_config(cls, cfg: Config, distributed: bool) -> VLLMGenerator:
         v = cfg.rollout.vllm
-        engine = VLLMEngine(cfg.model.path, v.dtype, cfg.rollout.max_context, v.gpu_memory_utilization,
-                            v.enforce_eager, cfg.trainer.seed, distributed)
+        path, _ = resolve_model_dir(cfg.model)  # a GGUF (smollm2) is converted to a model directory first
+        engine = VLLMEngine(path, v.dtype, cfg.rollout.max_context, v.gpu_memory_utilization, v.enforce_eager,
+                            cfg.trainer.seed, distributed)
         return cls(engine, v.check_weights)
 
     def generate(self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[Generation]:

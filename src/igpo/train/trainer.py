@@ -285,13 +285,14 @@ class Trainer:
         adv = batch["adv"][rows, :length].to(dev)
         old = lp.detach() if on_policy else batch["old_lp"][rows, :length].to(dev)
         pg, clipped = ppo_policy_loss(lp, old, adv, a.clip_eps, a.dual_clip)
-        if "rollout_lp" in batch:
+        if "rollout_lp" in batch:  # the engine's sampling log-probs (vLLM)
             rollout_lp = batch["rollout_lp"][rows, :length].to(dev)
-            stats["rollout_lp_abs_diff"].append(float(((old - rollout_lp).abs() * mask).sum() / mask.sum().clamp(min=1)))
+            n = mask.sum().clamp(min=1)
+            stats["rollout_lp_abs_diff"].append(float(((old - rollout_lp).abs() * mask).sum() / n))
             if a.tis_cap is not None:
                 w = tis_weights(old, rollout_lp, a.tis_cap)
                 pg = pg * w
-                stats["tis_weight"].append(float((w * mask).sum() / mask.sum().clamp(min=1)))
+                stats["tis_weight"].append(float((w * mask).sum() / n))
         elif a.tis_cap is not None:
             raise ConfigError("algorithm.tis_cap: the rollout backend recorded no sampling log-probs "
                               "(rollout.backend=vllm records them)")
@@ -332,7 +333,7 @@ class Trainer:
                     n_seqs, n_tokens = max(n_seqs, 1.0), max(n_tokens, 1.0)
                     self.optimizer.zero_grad(set_to_none=True)
                     micro = mini.split(t.micro_batch_size)
-                    agg = dict(mode=a.loss_agg, num_seqs=n_seqs, num_tokens=n_tokens)
+                    agg = {"mode": a.loss_agg, "num_seqs": n_seqs, "num_tokens": n_tokens}
                     for i, rows in enumerate(micro):
                         with self.dist.grad_sync(self.train_model, sync=i == len(micro) - 1):
                             loss = self._micro_batch_loss(batch, rows, on_policy, agg, stats)
