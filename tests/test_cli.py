@@ -31,6 +31,7 @@ def test_train_then_eval(tmp_path, tiny_model_dir, corpus_file, qa_file):
     (["train", "data.train=/nonexistent.jsonl", "retrieval.corpus=/nonexistent.jsonl", "model.path=/nonexistent"],
      "/nonexistent"),
     (["eval", "trainer.lr=abc"], "trainer.lr"),
+    (["report", "/nonexistent-run"], "no metrics.jsonl"),
 ])
 def test_bad_input_exits_2_naming_the_problem(args, fragment):
     res = runner.invoke(app, args)

@@ -258,6 +258,23 @@ def demo(
                   f"(EM {summary['em_before']:.3f} → {summary['em_after']:.3f}) in {total / 60:.1f} min; report: {where}")
 
 
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a run folder (trainer.out_dir) holding metrics.jsonl"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: RUN_DIR/report.html)"),
+    max_samples: int = typer.Option(400, min=0, help="most trajectories embedded (whole steps, spread over the run)"),
+) -> None:
+    """A self-contained HTML page: training curves, evaluation per source, a trajectory viewer with IG per turn."""
+    from igpo.report.build import build_report
+    from igpo.report.runlog import RunFileError
+
+    try:
+        path = build_report(run_dir, out, max_samples)
+    except (RunFileError, *_user_errors()) as e:
+        _fail(e)
+    typer.echo(f"report: {path}")
+
+
 def main() -> None:
     app()
 

@@ -115,6 +115,8 @@ class TrainerConfig(_Strict):
     eval_every: int = Field(0, ge=0)
     eval_size: int = Field(100, ge=1)
     check_invariants: bool = True
+    log_samples: int = Field(8, ge=0)  # trajectories per step to samples.jsonl (0: none)
+    tensorboard: bool = True
 
 
 class SftConfig(_Strict):

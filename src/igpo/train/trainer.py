@@ -28,6 +28,8 @@ from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
 from igpo.policy.loading import load_policy
 from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
+from igpo.report.records import sample_records
+from igpo.report.runlog import RunLog
 from igpo.train import checkpoint as ckpt
 from igpo.train.batching import collate
 from igpo.train.invariants import InvariantError, check_batch_tokens, check_ig_telescopes, check_no_probe_leak
@@ -302,6 +304,7 @@ class Trainer:
         for name, value in (("turn rewards", rewards), ("advantages", turn_adv)):
             if not torch.isfinite(value).all():
                 raise InvariantError(f"step {step}: non-finite {name}")
+        self.samples = sample_records(trajs, rewards, turn_adv, outcomes, step, self.cfg.trainer.log_samples, a.f1_mode)
         batch = self.batch_tensors(trajs)
         batch["adv"] = turn_to_token_advantages(turn_adv, batch["turns"], batch["loss_mask"])
         if self.cfg.trainer.check_invariants:
@@ -371,16 +374,17 @@ class Trainer:
         (self.out / "config.yaml").write_text(dump_config(self.cfg))
         self._truncate_metrics()
         history = []
-        with (self.out / "metrics.jsonl").open("a") as f:
+        with (self.out / "metrics.jsonl").open("a") as f, RunLog(self.out, self.step, t.tensorboard) as run_log:
             while self.step < t.steps:
                 m = self.train_step()
                 f.write(json.dumps(m) + "\n")
                 f.flush()
+                run_log.step(m, self.samples)
                 history.append(m)
                 if progress is not None:
                     progress(m)
                 if t.eval_every and self.step % t.eval_every == 0 and self.cfg.data.eval:
-                    self.evaluate_to_file()
+                    run_log.eval(self.evaluate_to_file())
                 if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
                     self.save()
         return history
