@@ -11,6 +11,7 @@ none (Search-R1's) is identified by its URL.
 """
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Self
 
@@ -108,7 +109,7 @@ class HTTPRetriever:
         for start in range(0, len(queries), self.max_queries_per_request):
             chunk = queries[start : start + self.max_queries_per_request]
             payload = {"queries": chunk, "topk": topk, "return_scores": True}
-            hits += self._client.post("/retrieve", payload, lambda r, n=len(chunk): self._parse_answer(r, n, topk),
+            hits += self._client.post("/retrieve", payload, partial(self._parse_answer, n=len(chunk), topk=topk),
                                       attempts)
         return hits
 

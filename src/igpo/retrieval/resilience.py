@@ -83,7 +83,7 @@ class ResilientHTTP:
         return out
 
     def post(self, path: str, payload, parse: Callable[[httpx.Response], T], attempts: int) -> T:
-        """POST `payload` as JSON, retrying; `parse` turns a 200 answer into the result and raises ValueError,
+        """POST `payload` as JSON to `path` (below the base URL, or a full URL), retrying; `parse` turns a 200 answer into the result and raises ValueError,
         KeyError, TypeError or AttributeError on one of the wrong shape (retried as a bad response)."""
         last = "no attempt"
         wait = 0.0
