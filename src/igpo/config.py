@@ -44,7 +44,19 @@ class DataConfig(_Strict):
     skip_bad_rows: bool = False
 
 
+class WebSearchConfig(_Strict):
+    # serper: Google through the Serper API; local: the retriever `retrieval.kind` describes, behind the same tool
+    backend: Literal["serper", "local"] = "local"
+    endpoint: str = "https://google.serper.dev/search"
+    api_key_env: str = "SERPER_API_KEY"  # name of the environment variable holding the Serper key (never the key)
+    max_queries: int = Field(3, ge=1, le=10)  # queries in one web_search call (the paper: up to 3)
+    max_calls: int | None = Field(None, ge=0)  # queries sent to the backend in a run; None = no bound
+    cost_per_call: float = Field(0.001, ge=0)  # price of one query sent, for `estimated_spend` (Serper: ~$1 / 1k)
+
+
 class RetrievalConfig(_Strict):
+    # search: `search(query)` over one query; web_search: `web_search(query=[...])` over 1..web.max_queries queries
+    tool: Literal["search", "web_search"] = "search"
     # bm25: build BM25 in-process from `corpus`; index: load a saved index (`igpo index build`) from `index_dir`;
     # http: query a retrieval server at `url` (`igpo serve`, or Search-R1's retrieval server)
     kind: Literal["bm25", "index", "http"] = "bm25"
@@ -62,6 +74,7 @@ class RetrievalConfig(_Strict):
     breaker_cooldown_s: float = Field(30.0, ge=0)  # how long an open circuit fails fast before one trial call
     cache: bool = True  # on-disk cache of results keyed by (index, query, topk): reproducible, resumable runs
     cache_dir: str | None = None  # default ~/.cache/igpo/retrieval
+    web: WebSearchConfig = WebSearchConfig()
 
 
 class RolloutConfig(_Strict):

@@ -21,6 +21,14 @@ DEFAULT_SYSTEM_PROMPT = (
     "for the results. Search as often as you need, one query at a time. When you know the answer, write it as "
     "<answer>short answer</answer>, with no other text inside the tags."
 )
+# The same instructions for the paper's web_search tool, which takes a list of queries.
+WEB_SEARCH_SYSTEM_PROMPT = (
+    "You are a research assistant that answers questions by searching the web. "
+    "Think briefly, then either call the web_search tool or give the final answer. "
+    'To search, write <tool_call>{"name": "web_search", "arguments": {"query": ["your query"]}}</tool_call> '
+    "with one to three queries in the list, and wait for the results. Search as often as you need. When you know "
+    "the answer, write it as <answer>short answer</answer>, with no other text inside the tags."
+)
 
 # ChatML with Hermes-style tools; used only when the tokenizer has no chat template at all.
 CHATML_TOOLS_TEMPLATE = (

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from igpo.agent.rollout import Generator, HFGenerator, SamplingParams, rollout
-from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
-from igpo.agent.tools import SearchTool, Toolbox
+from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, WEB_SEARCH_SYSTEM_PROMPT, ChatFormat
+from igpo.agent.tools import SearchTool, Toolbox, WebSearchTool
 from igpo.agent.trajectory import Trajectory
 from igpo.algo.advantages import NEEDS_BELIEFS, compute_turn_advantages, turn_to_token_advantages
 from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss
@@ -38,15 +38,17 @@ log = logging.getLogger(__name__)
 
 
 def make_toolbox(cfg: Config) -> Toolbox:
-    from igpo.retrieval.factory import make_retriever
+    from igpo.retrieval.factory import make_retriever, make_web_search
 
-    retriever = make_retriever(cfg.retrieval)
-    return Toolbox([SearchTool(retriever, cfg.retrieval.topk, cfg.retrieval.max_passage_words)])
+    r = cfg.retrieval
+    if r.tool == "web_search":
+        return Toolbox([WebSearchTool(make_web_search(r), r.topk, r.max_passage_words, r.web.max_queries)])
+    return Toolbox([SearchTool(make_retriever(r), r.topk, r.max_passage_words)])
 
 
 def make_chat_format(cfg: Config, tokenizer, toolbox: Toolbox) -> ChatFormat:
-    return ChatFormat(tokenizer, cfg.rollout.system_prompt or DEFAULT_SYSTEM_PROMPT, toolbox.schemas(),
-                      cfg.algorithm.scaffold)
+    default = WEB_SEARCH_SYSTEM_PROMPT if "web_search" in toolbox.tools else DEFAULT_SYSTEM_PROMPT
+    return ChatFormat(tokenizer, cfg.rollout.system_prompt or default, toolbox.schemas(), cfg.algorithm.scaffold)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -362,9 +364,10 @@ class Trainer:
         }
         if sec.get("beliefs"):
             m["tokens_per_s"]["beliefs"] = sum(len(tr.ids) for tr in believed) / sec["beliefs"]
-        stats = getattr(getattr(self.toolbox.tools.get("search"), "retriever", None), "stats", None)
-        if callable(stats):
-            m["retrieval"] = stats()
+        for tool in self.toolbox.tools.values():
+            stats = getattr(tool, "stats", None)
+            if callable(stats) and (s := stats()) is not None:
+                m["retrieval"] = s
         return m
 
     # ------------------------------------------------------------------ loop
