@@ -275,6 +275,38 @@ def report(
     typer.echo(f"report: {path}")
 
 
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that train (see benchmarks/ for speed).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("learning")
+def bench_learning(
+    overrides: Optional[list[str]] = typer.Argument(None, help="overrides: bench.seeds=[0], trainer.steps=20, ..."),
+    config: Path = typer.Option(Path("benchmarks/learning.yaml"), "--config", "-c", help="benchmark YAML"),
+    small: bool = typer.Option(False, "--small", help="igpo and grpo, one seed"),
+) -> None:
+    """IGPO vs GRPO and ablations from one shared SFT checkpoint; resumable; writes results.json and learning.png."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from igpo.bench.learning import load_bench_config, run_learning_bench
+
+    console = Console()
+    try:
+        bench, cfg = load_bench_config(config, overrides, small=small)
+        result = run_learning_bench(bench, cfg, log=console.print)
+    except _user_errors() as e:
+        _fail(e)
+    table = Table("estimator", "seeds", "test F1 (mean ± std)", "final dev F1", "steps to GRPO's dev F1", "zero-var groups")
+    for est, s in result["summary"].items():
+        test = f"{s['test_f1_mean']:.3f} ± {s['test_f1_std']:.3f}" if s["test_f1_mean"] is not None else "-"
+        zv = f"{s['zero_variance_share']:.2f}" if s["zero_variance_share"] is not None else "-"
+        table.add_row(est, str(s["seeds"]), test, f"{s['final_dev_f1_mean']:.3f}",
+                      str(s["steps_to_grpo_final_dev_f1"]), zv)
+    console.print(table)
+    console.print(f"results: {Path(bench.out_dir) / 'results.json'}")
+
+
 def main() -> None:
     app()
 

@@ -186,37 +186,51 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _format(err: ValidationError) -> str:
+def _format(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        loc = prefix + (".".join(str(x) for x in e["loc"]) or "config")
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"{loc}: {msg}")
     return "invalid config: " + "; ".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Config from a YAML file (optional) and `a.b=value` overrides (values parsed as YAML)."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+def read_yaml(path: str | Path) -> dict:
+    """The mapping at the top of a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return tree
+
+
+def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
+    """`a.b=value` overrides (values parsed as YAML) applied to `tree` in place."""
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         _set_dotted(tree, key.strip(), _parse_value(value))
+    return tree
+
+
+def validate(model: type[BaseModel], tree: dict, prefix: str = ""):
+    """`model` validated from `tree`; errors name the dotted key (with `prefix`)."""
     try:
-        return Config.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format(e)) from None
+        raise ConfigError(_format(e, prefix)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from a YAML file (optional) and `a.b=value` overrides (values parsed as YAML)."""
+    tree = read_yaml(path) if path is not None else {}
+    return validate(Config, apply_overrides(tree, overrides))
 
 
 def dump_config(cfg: Config) -> str:

@@ -14,16 +14,7 @@ from igpo.retrieval.bm25 import BM25Retriever
 from igpo.train.batching import collate
 from igpo.train.sft import TeacherGenerator, play_demos, plan_demos, sft_loss, train_sft
 from igpo.train.trainer import make_chat_format
-
-PLANS = [  # question, answers, bridge, oracle queries
-    ("q1", "What is the capital of the country where the Eiffel Tower is?", ["Paris"], "France",
-     ["Eiffel Tower", "France capital"]),
-    ("q2", "What is the capital of the country where the Colosseum is?", ["Rome"], "Italy", ["Colosseum", "Italy capital"]),
-    ("q3", "In which city is Big Ben?", ["London"], None, ["Big Ben"]),
-    ("q4", "What is the anthem of the country where the Eiffel Tower is?", ["Marseillaise"], "France",
-     ["Eiffel Tower", "Colosseum"]),  # the second search does not find the answer: not grounded
-]
-
+from tests.conftest import PLANS
 
 def _examples():
     return [QAExample(i, q, a, "toy", {"bridge": b, "oracle_queries": oq}) for i, q, a, b, oq in PLANS]
@@ -114,10 +105,8 @@ def test_training_lowers_the_loss(setup, tiny_model, tokenizer):
 
 
 @pytest.mark.integration
-def test_igpo_sft_command_writes_model_and_heldout_format_report(tmp_path, tiny_model_dir, corpus_file):
-    qa = tmp_path / "qa.jsonl"
-    qa.write_text("".join(json.dumps({"id": i, "question": q, "answers": a, "source": "toy", "bridge": b,
-                                      "oracle_queries": oq}) + "\n" for i, q, a, b, oq in PLANS))
+def test_igpo_sft_command_writes_model_and_heldout_format_report(tmp_path, tiny_model_dir, corpus_file, plans_file):
+    qa = plans_file
     out = tmp_path / "sft"
     args = [f"model.path={tiny_model_dir}", f"retrieval.corpus={corpus_file}", "retrieval.topk=1",
             f"data.train={qa}", f"data.eval={qa}", f"sft.out_dir={out}", "sft.eval_size=2", "sft.epochs=2",
