@@ -35,9 +35,30 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ConfigError, DataError, ModelLoadError, TemplateError, FileNotFoundError)
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception, code: int = 2) -> None:
     typer.secho(f"error: {e}", fg="red", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def _fit(trainer, console) -> None:
+    """Run the training loop, a line a step; a run stopped by a fault exits 1 with the error that stopped it."""
+    from igpo.train.faults import TooManyBadSteps
+    from igpo.train.invariants import InvariantError
+
+    total = trainer.cfg.trainer.steps
+
+    def show(m: dict) -> None:
+        if "skipped" in m:
+            console.print(f"step {m['step'] + 1}/{total}  skipped: {m['skipped']['error']}")
+            return
+        secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
+        console.print(f"step {m['step'] + 1}/{total}  reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  "
+                      f"turns={m['turns']:.2f}  format_err={m['format_error_rate']:.2f}  {secs}")
+
+    try:
+        trainer.fit(progress=show)
+    except (TooManyBadSteps, InvariantError) as e:
+        _fail(e, code=1)
 
 
 @app.command()
@@ -58,12 +79,7 @@ def train(
     except _user_errors() as e:
         _fail(e)
 
-    def show(m: dict) -> None:
-        secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
-        console.print(f"step {m['step'] + 1}/{cfg.trainer.steps}  reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  "
-                      f"turns={m['turns']:.2f}  format_err={m['format_error_rate']:.2f}  {secs}")
-
-    trainer.fit(progress=show)
+    _fit(trainer, console)
     console.print(f"done: {cfg.trainer.out_dir}")
 
 
@@ -154,9 +170,7 @@ def demo(
 
     before = run_eval("before")
     t = time.perf_counter()
-    trainer.fit(progress=lambda m: console.print(
-        f"step {m['step'] + 1}/{cfg.trainer.steps}  reward {m['outcome_reward']:+.3f}  f1 {m['f1']:.3f}  "
-        f"turns {m['turns']:.2f}  " + " ".join(f"{k} {v:.1f}s" for k, v in m["seconds"].items())))
+    _fit(trainer, console)
     times["train"] = time.perf_counter() - t
     after = run_eval("after")
     out = Path(cfg.trainer.out_dir)

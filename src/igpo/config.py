@@ -16,7 +16,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN or inf is never a meaningful setting (a NaN format penalty would poison every advantage).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(_Strict):
@@ -115,6 +116,7 @@ class TrainerConfig(_Strict):
     eval_every: int = Field(0, ge=0)
     eval_size: int = Field(100, ge=1)
     check_invariants: bool = True
+    max_bad_steps: int = Field(3, ge=1)  # steps in a row skipped for NaN/inf before the run stops
 
 
 class Config(_Strict):

@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import random
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -26,6 +24,7 @@ from typing import Self
 
 import httpx
 
+from igpo.files import atomic_write_text
 from igpo.retrieval.base import Hit, RetrievalError
 
 DEFAULT_CACHE_DIR = Path("~/.cache/igpo/retrieval")
@@ -103,6 +102,16 @@ class HTTPRetriever:
             out = dict(self._counts)
             out["circuit"] = self._circuit_state()
         return out
+
+    def cache_pointer(self) -> dict:
+        """What a checkpoint records to resume with this cache: where it is and which index it answers for.
+
+        Asks no server: the index is the one already seen, else the one this URL served last."""
+        index = self._index_id
+        if index is None and self.cache_dir is not None and self._endpoint_file().is_file():
+            index = self._endpoint_file().read_text().strip() or None
+        return {"url": self.base_url, "index_id": index,
+                "cache_dir": str(self.cache_dir) if self.cache_dir is not None else None}
 
     def close(self) -> None:
         self._http.close()
@@ -233,7 +242,7 @@ class HTTPRetriever:
     def _remember_index(self, index_id: str) -> None:
         self._index_id = index_id
         if self.cache_dir is not None:
-            _atomic_write(self._endpoint_file(), index_id)
+            atomic_write_text(self._endpoint_file(), index_id)
 
     def _endpoint_file(self) -> Path:
         assert self.cache_dir is not None
@@ -256,16 +265,7 @@ class HTTPRetriever:
 
     def _cache_put(self, index: str, query: str, topk: int, hits: list[Hit]) -> None:
         rows = [[h.id, h.title, h.text, h.score] for h in hits]
-        _atomic_write(self._cache_path(index, query, topk), json.dumps(rows, ensure_ascii=False))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # Several processes (data-parallel ranks) may share one cache: write aside, then rename into place.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        atomic_write_text(self._cache_path(index, query, topk), json.dumps(rows, ensure_ascii=False))
 
 
 def _parse(result, n: int, topk: int) -> list[list[Hit]]:
