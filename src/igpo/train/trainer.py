@@ -80,6 +80,9 @@ class Trainer:
         self.model, self.tok = model, tokenizer
         self.toolbox = toolbox or make_toolbox(cfg)
         self.fmt = make_chat_format(cfg, tokenizer, self.toolbox)
+        if (fixed := len(self.fmt.prompt_ids(""))) >= cfg.rollout.max_context:
+            raise ConfigError(f"rollout.max_context: {cfg.rollout.max_context} tokens cannot hold the prompt, whose "
+                              f"system part and tool schemas alone take {fixed}")
         self.generator = generator or HFGenerator(model, tokenizer.pad_token_id)
         self.train_set = train_set if train_set is not None else self._load_train()
         # The reference is the initial policy: copied before any checkpoint weights are loaded.
