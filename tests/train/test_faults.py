@@ -10,7 +10,7 @@ import torch
 from fastapi.responses import PlainTextResponse, Response
 
 import igpo.train.trainer as trainer_module
-from igpo.agent.tools import SearchTool, ToolResult, Toolbox
+from igpo.agent.tools import SearchTool, Toolbox, ToolResult
 from igpo.data.loaders import Passage
 from igpo.retrieval.bm25 import BM25Retriever
 from igpo.retrieval.server import create_app

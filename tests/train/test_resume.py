@@ -115,6 +115,23 @@ def test_unreadable_metrics_rows_are_dropped_on_resume(tmp_path, caplog):
     assert not (tmp_path / "absent.jsonl").exists()
 
 
+def test_a_resume_that_cannot_replay_exactly_is_warned_about(tmp_path, caplog):
+    from igpo.retrieval.client import HTTPRetriever
+
+    client = HTTPRetriever("http://127.0.0.1:9", cache_dir=tmp_path / "cache")
+    client._remember_index("index-b")  # what this URL served last, as the cache remembers it
+    saved = {"step": 3, "data": {"questions_per_step": 4, "examples_seen": 12},
+             "retrieval": {"url": client.base_url, "index_id": "index-a", "cache_dir": str(tmp_path / "cache")}}
+    with caplog.at_level(logging.WARNING):
+        ckpt.check_resume_state(saved, 2, client)
+    assert "rollout.questions_per_step was 4 and is now 2" in caplog.text
+    assert "the retrieval index_id was index-a and is now index-b" in caplog.text
+    caplog.clear()
+    ckpt.check_resume_state({**saved, "data": {"questions_per_step": 2}, "retrieval": client.cache_pointer()}, 2, client)
+    assert caplog.text == ""
+    client.close()
+
+
 # --------------------------------------------------------------------------------- SIGKILL, in a real process
 KILL_POINTS = ["rollout", "ref_logprobs", "update", "metrics", "save.model", "save.state", "save.manifest",
                "save.prune"]
@@ -140,11 +157,13 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
     env.pop(KILL_ENV, None)
 
     def start(out_dir=None, kill_at=None):
+        """The process and the path of its output."""
         cmd = [sys.executable, "-m", "igpo.cli", "train", "--config", str(config)]
         cmd += [f"trainer.out_dir={out_dir}"] if out_dir else []
-        log = open(tmp_path / f"log{time.monotonic_ns()}.txt", "w+")
-        proc = subprocess.Popen(cmd, env={**env, KILL_ENV: kill_at} if kill_at else env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=tmp_path)
+        log = tmp_path / f"log{time.monotonic_ns()}.txt"
+        with log.open("w") as out:  # the child keeps its own handle
+            proc = subprocess.Popen(cmd, env={**env, KILL_ENV: kill_at} if kill_at else env, stdout=out,
+                                    stderr=subprocess.STDOUT, cwd=tmp_path)
         return proc, log
 
     reference, ref_log = start(out_dir=tmp_path / "reference")  # runs beside the interrupted one
@@ -163,19 +182,19 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
         resumed_at.append(newest())
         if kill.startswith("external"):
             proc, log = start()
-            while not any(line.startswith("step ") for line in open(log.name)):  # training, not importing
-                assert proc.poll() is None, open(log.name).read()
+            while not any(line.startswith("step ") for line in log.read_text().splitlines()):  # training
+                assert proc.poll() is None, log.read_text()
                 time.sleep(0.02)
             time.sleep(float(kill.split()[-1][:-1]))
             proc.send_signal(signal.SIGKILL)
         else:
             proc, log = start(kill_at=kill)
-        assert proc.wait(timeout=300) == -signal.SIGKILL, (kill, open(log.name).read())
+        assert proc.wait(timeout=300) == -signal.SIGKILL, (kill, log.read_text())
 
     resumed_at.append(newest())
     final, log = start()
-    assert final.wait(timeout=300) == 0, open(log.name).read()
-    assert reference.wait(timeout=300) == 0, open(ref_log.name).read()
+    assert final.wait(timeout=300) == 0, log.read_text()
+    assert reference.wait(timeout=300) == 0, ref_log.read_text()
 
     run = tmp_path / "run"
     assert [r["step"] for r in rows_of(run)] == list(range(STEPS))  # none repeated, none skipped

@@ -92,7 +92,7 @@ def load_tokenizer(cfg: ModelConfig):
     path, _ = resolve_model_dir(cfg) if cfg.tokenizer is None else (cfg.tokenizer, None)
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except Exception as e:  # noqa: BLE001 - missing, truncated or malformed files raise many types
+    except Exception as e:  # missing, truncated or malformed files raise many types
         raise ModelLoadError(f"model.tokenizer: cannot load a tokenizer from {path}: {type(e).__name__}: {e}") from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -108,7 +108,7 @@ def load_policy(cfg: ModelConfig):
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=_DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, local_files_only=True
         )
-    except Exception as e:  # noqa: BLE001 - a truncated safetensors file raises SafetensorError, bad JSON ValueError
+    except Exception as e:  # a truncated safetensors file raises SafetensorError, bad JSON ValueError
         raise ModelLoadError(f"model.path: cannot load a causal LM from {path}: {type(e).__name__}: {e}") from e
     model.to(cfg.device)
     if cfg.lora.enabled:
