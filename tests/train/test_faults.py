@@ -114,10 +114,10 @@ class FaultyServer(ThreadServer):
 
 def test_twenty_steps_against_a_server_failing_a_fifth_of_requests(tmp_path, tiny_model_dir, corpus_file, qa_file,
                                                                   tokenizer):
-    server = FaultyServer(rate=0.2, seed=3, hang_s=2.5)
+    server = FaultyServer(rate=0.2, seed=3, hang_s=1.2)
     try:
         cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "retrieval.kind=http",
-                       f"retrieval.url={server.url}", "retrieval.timeout_s=1.0", "retrieval.retries=0",
+                       f"retrieval.url={server.url}", "retrieval.timeout_s=0.5", "retrieval.retries=0",
                        "retrieval.cache=false", "trainer.steps=20", "trainer.save_every=10")
         trainer = make_trainer(cfg, tokenizer)
         trainer.fit()

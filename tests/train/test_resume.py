@@ -133,14 +133,14 @@ def test_a_resume_that_cannot_replay_exactly_is_warned_about(tmp_path, caplog):
 
 
 # --------------------------------------------------------------------------------- SIGKILL, in a real process
-KILL_POINTS = ["rollout", "ref_logprobs", "update", "metrics", "save.model", "save.state", "save.manifest",
-               "save.prune"]
+STEP_POINTS = ["rollout", "ref_logprobs", "update", "metrics"]  # mid-step: nothing of the step is saved yet
+SAVE_POINTS = ["save.model", "save.state", "save.manifest", "save.prune"]  # while a checkpoint is written
 STEPS = 12
 
 
 def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, tiny_model_dir, corpus_file, qa_file):
-    """`igpo train --config cfg.yaml`, SIGKILLed three times (at two kill points drawn at random, one of them while
-    a checkpoint is written, and once from outside at a random moment), then run to the end with the same command."""
+    """`igpo train --config cfg.yaml`, SIGKILLed three times (at a kill point inside a step and one inside a save,
+    both drawn at random, and once from outside at a random moment), then run to the end with the same command."""
     config = tmp_path / "cfg.yaml"
     config.write_text(yaml.safe_dump({
         "model": {"path": str(tiny_model_dir)},
@@ -168,9 +168,10 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
 
     reference, ref_log = start(out_dir=tmp_path / "reference")  # runs beside the interrupted one
 
-    rng = random.Random(20260)
-    save_points = [p for p in KILL_POINTS if p.startswith("save.")]
-    plan = [f"{rng.choice(save_points)}@1", f"{rng.choice(KILL_POINTS)}@{rng.randint(1, 3)}"]
+    rng = random.Random(20264)
+    # Each kill comes after the process has made progress (its second save; its second to fourth step; its third
+    # step line), so that the restarts resume from checkpoints, not only from scratch.
+    plan = [f"{rng.choice(SAVE_POINTS)}@2", f"{rng.choice(STEP_POINTS)}@{rng.randint(2, 4)}"]
     rng.shuffle(plan)
     plan.append(f"external after {rng.uniform(0.0, 0.4):.2f}s")
     resumed_at = []  # the checkpoint each process starts from, for the summary
@@ -182,7 +183,7 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
         resumed_at.append(newest())
         if kill.startswith("external"):
             proc, log = start()
-            while not any(line.startswith("step ") for line in log.read_text().splitlines()):  # training
+            while sum(line.startswith("step ") for line in log.read_text().splitlines()) < 3:
                 assert proc.poll() is None, log.read_text()
                 time.sleep(0.02)
             time.sleep(float(kill.split()[-1][:-1]))
@@ -190,6 +191,8 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
         else:
             proc, log = start(kill_at=kill)
         assert proc.wait(timeout=300) == -signal.SIGKILL, (kill, log.read_text())
+        if kill.startswith("save.") and not kill.startswith("save.prune"):  # killed before the rename
+            assert list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
 
     resumed_at.append(newest())
     final, log = start()
@@ -198,6 +201,7 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
 
     run = tmp_path / "run"
     assert [r["step"] for r in rows_of(run)] == list(range(STEPS))  # none repeated, none skipped
+    assert resumed_at[1] and resumed_at[-1]  # restarts resumed from checkpoints
     assert rows_of(run) == rows_of(tmp_path / "reference")
     assert_same_final_state(run, tmp_path / "reference")
     assert [c.name for c in ckpt.checkpoint_dirs(run)] == ["step_000008", "step_000012"]
