@@ -156,6 +156,8 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
            "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
     env.pop(KILL_ENV, None)
 
+    started = []
+
     def start(out_dir=None, kill_at=None):
         """The process and the path of its output."""
         cmd = [sys.executable, "-m", "igpo.cli", "train", "--config", str(config)]
@@ -164,40 +166,47 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
         with log.open("w") as out:  # the child keeps its own handle
             proc = subprocess.Popen(cmd, env={**env, KILL_ENV: kill_at} if kill_at else env, stdout=out,
                                     stderr=subprocess.STDOUT, cwd=tmp_path)
+        started.append(proc)
         return proc, log
 
-    reference, ref_log = start(out_dir=tmp_path / "reference")  # runs beside the interrupted one
+    try:
+        reference, ref_log = start(out_dir=tmp_path / "reference")  # runs beside the interrupted one
 
-    rng = random.Random(20264)
-    # Each kill comes after the process has made progress (its second save; its second to fourth step; its third
-    # step line), so that the restarts resume from checkpoints, not only from scratch.
-    plan = [f"{rng.choice(SAVE_POINTS)}@2", f"{rng.choice(STEP_POINTS)}@{rng.randint(2, 4)}"]
-    rng.shuffle(plan)
-    plan.append(f"external after {rng.uniform(0.0, 0.4):.2f}s")
-    resumed_at = []  # the checkpoint each process starts from, for the summary
+        rng = random.Random(20264)
+        # Each kill comes after the process has made progress (its second save; its second to fourth step; its third
+        # step line), so that the restarts resume from checkpoints, not only from scratch.
+        plan = [f"{rng.choice(SAVE_POINTS)}@2", f"{rng.choice(STEP_POINTS)}@{rng.randint(2, 4)}"]
+        rng.shuffle(plan)
+        plan.append(f"external after {rng.uniform(0.0, 0.4):.2f}s")
+        resumed_at = []  # the checkpoint each process starts from, for the summary
 
-    def newest():
-        return [c.name for c in ckpt.checkpoint_dirs(tmp_path / "run")][-1:]
+        def newest():
+            return [c.name for c in ckpt.checkpoint_dirs(tmp_path / "run")][-1:]
 
-    for kill in plan:
+        for kill in plan:
+            resumed_at.append(newest())
+            if kill.startswith("external"):
+                proc, log = start()
+                while sum(line.startswith("step ") for line in log.read_text().splitlines()) < 3:
+                    assert proc.poll() is None, log.read_text()
+                    time.sleep(0.02)
+                time.sleep(float(kill.split()[-1][:-1]))
+                proc.send_signal(signal.SIGKILL)
+            else:
+                proc, log = start(kill_at=kill)
+            assert proc.wait(timeout=300) == -signal.SIGKILL, (kill, log.read_text())
+            if kill.startswith("save.") and not kill.startswith("save.prune"):  # killed before the rename
+                assert list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
+
         resumed_at.append(newest())
-        if kill.startswith("external"):
-            proc, log = start()
-            while sum(line.startswith("step ") for line in log.read_text().splitlines()) < 3:
-                assert proc.poll() is None, log.read_text()
-                time.sleep(0.02)
-            time.sleep(float(kill.split()[-1][:-1]))
-            proc.send_signal(signal.SIGKILL)
-        else:
-            proc, log = start(kill_at=kill)
-        assert proc.wait(timeout=300) == -signal.SIGKILL, (kill, log.read_text())
-        if kill.startswith("save.") and not kill.startswith("save.prune"):  # killed before the rename
-            assert list((tmp_path / "run" / "checkpoints").glob("*.tmp"))
-
-    resumed_at.append(newest())
-    final, log = start()
-    assert final.wait(timeout=300) == 0, log.read_text()
-    assert reference.wait(timeout=300) == 0, ref_log.read_text()
+        final, log = start()
+        assert final.wait(timeout=300) == 0, log.read_text()
+        assert reference.wait(timeout=300) == 0, ref_log.read_text()
+    finally:  # a failed assertion leaves no process behind
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
 
     run = tmp_path / "run"
     assert [r["step"] for r in rows_of(run)] == list(range(STEPS))  # none repeated, none skipped
