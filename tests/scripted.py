@@ -3,17 +3,21 @@ from __future__ import annotations
 
 import random
 
+import torch
+
 
 class ScriptedGenerator:
     """Per question, a list of turns; each turn a list of alternative generations (chosen at random).
 
     The turn number is the number of tool messages already in the context. Generations are encoded once and
-    returned as ids ending with the end-of-turn token, exactly like a sampler would return them.
+    returned as ids ending with the end-of-turn token, exactly like a sampler would return them. With
+    `seed=None` the choices draw on torch's global RNG, like a sampler: the trainer seeds it each step, so a
+    resumed run makes the same choices as an uninterrupted one.
     """
 
-    def __init__(self, tokenizer, fmt, scripts: dict[str, list[list[str]]], seed: int = 0):
+    def __init__(self, tokenizer, fmt, scripts: dict[str, list[list[str]]], seed: int | None = 0):
         self.tok, self.fmt, self.scripts = tokenizer, fmt, scripts
-        self.rng = random.Random(seed)
+        self.rng = random.Random(seed) if seed is not None else None
         self.calls = 0
 
     def generate(self, contexts, params, stop_ids):
@@ -25,6 +29,7 @@ class ScriptedGenerator:
             question = next(q for q in self.scripts if q in text)
             turn = sum(1 for k in range(len(ctx) - len(pre) + 1) if ctx[k:k + len(pre)] == pre)
             options = self.scripts[question][min(turn, len(self.scripts[question]) - 1)]
-            ids = self.fmt.encode_text(self.rng.choice(options)) + [self.fmt.eot_ids[0]]
+            pick = self.rng.randrange(len(options)) if self.rng else int(torch.randint(len(options), ()))
+            ids = self.fmt.encode_text(options[pick]) + [self.fmt.eot_ids[0]]
             out.append(ids[: params.max_new_tokens])
         return out

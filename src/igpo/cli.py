@@ -35,9 +35,38 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ConfigError, DataError, ModelLoadError, TemplateError, FileNotFoundError)
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception, code: int = 2) -> None:
     typer.secho(f"error: {e}", fg="red", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def _fit(trainer, console, bar_label: str | None = None) -> None:
+    """Run the training loop: a line a step, or a progress bar when `bar_label` is given. A run stopped by a
+    fault exits 1 with the error that stopped it."""
+    from contextlib import nullcontext
+
+    from igpo.train.faults import TooManyBadSteps
+    from igpo.train.invariants import InvariantError
+
+    total = trainer.cfg.trainer.steps
+    with _bar() if bar_label else nullcontext() as bar:
+        task = bar.add_task(bar_label, total=total, completed=trainer.step, info="") if bar else None
+
+        def show(m: dict) -> None:
+            if "skipped" in m:
+                console.print(f"step {m['step'] + 1}/{total}  skipped: {m['skipped']['error']}")
+            elif bar is not None:
+                bar.update(task, completed=m["step"] + 1,
+                           info=f"reward {m['outcome_reward']:+.2f}  f1 {m['f1']:.2f}  turns {m['turns']:.1f}")
+            else:
+                secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
+                console.print(f"step {m['step'] + 1}/{total}  reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  "
+                              f"turns={m['turns']:.2f}  format_err={m['format_error_rate']:.2f}  {secs}")
+
+        try:
+            trainer.fit(progress=show)
+        except (TooManyBadSteps, InvariantError) as e:
+            _fail(e, code=1)
 
 
 @app.command()
@@ -58,12 +87,7 @@ def train(
     except _user_errors() as e:
         _fail(e)
 
-    def show(m: dict) -> None:
-        secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
-        console.print(f"step {m['step'] + 1}/{cfg.trainer.steps}  reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  "
-                      f"turns={m['turns']:.2f}  format_err={m['format_error_rate']:.2f}  {secs}")
-
-    trainer.fit(progress=show)
+    _fit(trainer, console)
     console.print(f"done: {cfg.trainer.out_dir}")
 
 
@@ -250,11 +274,7 @@ def demo(
 
     before = run_eval("before")
     t = time.perf_counter()
-    with _bar() as bar:
-        task = bar.add_task("IGPO training", total=cfg.trainer.steps, completed=trainer.step, info="")
-        trainer.fit(progress=lambda m: bar.update(
-            task, completed=m["step"] + 1,
-            info=f"reward {m['outcome_reward']:+.2f}  f1 {m['f1']:.2f}  turns {m['turns']:.1f}"))
+    _fit(trainer, console, bar_label="IGPO training")
     times["train"] = time.perf_counter() - t
     after = run_eval("after")
     summary = {"f1_before": before["overall"]["f1"], "f1_after": after["overall"]["f1"],

@@ -16,7 +16,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN or inf is never a meaningful setting (a NaN format penalty would poison every advantage).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(_Strict):
@@ -130,6 +131,7 @@ class TrainerConfig(_Strict):
     check_invariants: bool = True
     log_samples: int = Field(8, ge=0)  # trajectories per step to samples.jsonl (0: none)
     tensorboard: bool = True
+    max_bad_steps: int = Field(3, ge=1)  # steps in a row skipped for NaN/inf before the run stops
 
 
 class SftConfig(_Strict):

@@ -95,8 +95,8 @@ def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_m
     t = time.perf_counter()
     trainer = Trainer(cfg)
     log(f"{run.name}: training from step {trainer.step} to {cfg.trainer.steps}")
-    trainer.fit(progress=lambda m: log(f"{run.name}: step {m['step'] + 1}/{cfg.trainer.steps} "
-                                       f"reward {m['outcome_reward']:+.3f} f1 {m['f1']:.3f}"))
+    trainer.fit(progress=lambda m: log(f"{run.name}: step {m['step'] + 1}/{cfg.trainer.steps} " + (
+        f"skipped: {m['skipped']['error']}" if "skipped" in m else f"reward {m['outcome_reward']:+.3f} f1 {m['f1']:.3f}")))
     train_s = time.perf_counter() - t
     test = {}
     if bench.test:
@@ -112,7 +112,7 @@ def _curve(run: Path, step0: dict | None) -> dict:
     evals = {row["step"]: row["overall"] for row in _read_jsonl(run / "eval.jsonl")}  # last row per step wins
     if step0 is not None:
         evals.setdefault(0, step0)
-    metrics = _read_jsonl(run / "metrics.jsonl")
+    metrics = [m for m in _read_jsonl(run / "metrics.jsonl") if "skipped" not in m]  # skipped steps trained nothing
     tokens = np.cumsum([m["generated_tokens"] for m in metrics]).tolist()
     steps = sorted(evals)
     return {

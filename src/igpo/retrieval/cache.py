@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
+from igpo.files import atomic_write_text
 from igpo.retrieval.base import Hit
 
 DEFAULT_CACHE_DIR = Path("~/.cache/igpo/retrieval")
@@ -37,7 +36,7 @@ class ResultCache:
 
     def put(self, source: str, query: str, topk: int, hits: list[Hit]) -> None:
         rows = [[h.id, h.title, h.text, h.score] + ([h.url] if h.url else []) for h in hits]
-        atomic_write(self._path(source, query, topk), json.dumps(rows, ensure_ascii=False))
+        atomic_write_text(self._path(source, query, topk), json.dumps(rows, ensure_ascii=False))
 
     def recall(self, kind: str, key: str) -> str | None:
         """A small fact remembered under (kind, key), e.g. the index a URL served last."""
@@ -47,7 +46,7 @@ class ResultCache:
             return None
 
     def remember(self, kind: str, key: str, value: str) -> None:
-        atomic_write(self._note(kind, key), value)
+        atomic_write_text(self._note(kind, key), value)
 
     def _path(self, source: str, query: str, topk: int) -> Path:
         key = hashlib.sha256(json.dumps([source, topk, query]).encode()).hexdigest()
@@ -56,10 +55,3 @@ class ResultCache:
     def _note(self, kind: str, key: str) -> Path:
         return self.directory / kind / hashlib.sha256(key.encode()).hexdigest()[:32]
 
-
-def atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)

@@ -93,6 +93,16 @@ class HTTPRetriever:
         """Counters since creation, plus the circuit state (closed, open, half_open)."""
         return self._client.stats()
 
+    def cache_pointer(self) -> dict:
+        """What a checkpoint records to resume with this cache: where it is and which index it answers for.
+
+        Asks no server: the index is the one already seen, else the one this URL served last."""
+        index = self._index_id
+        if index is None and self.cache is not None:
+            index = self.cache.recall("endpoints", self.base_url)
+        return {"url": self.base_url, "index_id": index,
+                "cache_dir": str(self.cache_dir) if self.cache_dir is not None else None}
+
     def close(self) -> None:
         self._client.close()
 

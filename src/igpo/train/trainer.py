@@ -26,13 +26,15 @@ from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss
 from igpo.algo.rewards import answer_em, answer_f1, information_gain, outcome_reward, reduce_aliases
 from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
+from igpo.files import atomic_write_text
 from igpo.policy.loading import load_policy
 from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
 from igpo.report.records import sample_records
 from igpo.report.runlog import RunLog
 from igpo.train import checkpoint as ckpt
+from igpo.train import faults
 from igpo.train.batching import collate
-from igpo.train.invariants import InvariantError, check_batch_tokens, check_ig_telescopes, check_no_probe_leak
+from igpo.train.invariants import check_batch_tokens, check_ig_telescopes, check_no_probe_leak
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +68,7 @@ class Timer:
             yield
         finally:
             self.seconds[phase] += time.perf_counter() - t
+        faults.kill_point(phase)
 
 
 class Trainer:
@@ -82,6 +85,9 @@ class Trainer:
         self.model, self.tok = model, tokenizer
         self.toolbox = toolbox or make_toolbox(cfg)
         self.fmt = make_chat_format(cfg, tokenizer, self.toolbox)
+        if (fixed := len(self.fmt.prompt_ids(""))) >= cfg.rollout.max_context:
+            raise ConfigError(f"rollout.max_context: {cfg.rollout.max_context} tokens cannot hold the prompt, whose "
+                              f"system part and tool schemas alone take {fixed}")
         self.generator = generator or HFGenerator(model, tokenizer.pad_token_id)
         self.train_set = train_set if train_set is not None else self._load_train()
         # The reference is the initial policy: copied before any checkpoint weights are loaded.
@@ -93,13 +99,19 @@ class Trainer:
         warm = cfg.trainer.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.step = 0
+        self.bad_steps = faults.BadStepGuard(cfg.trainer.max_bad_steps)
+        self.retrieval_counts = faults.PerStepCounts()
         self._eval_set: list[QAExample] | None = None
+        if cfg.trainer.eval_every and cfg.data.eval:  # a bad eval file fails now, not steps into the run
+            self._eval_set = load_qa(cfg.data.eval, skip_bad_rows=cfg.data.skip_bad_rows)[: cfg.trainer.eval_size]
         if resume is not None:
             state = resume[1]
             self.optimizer.load_state_dict(state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             ckpt.restore_rng(state)
             self.step = state["step"]
+            self.bad_steps.in_a_row = state.get("bad_steps_in_a_row", 0)
+            ckpt.check_resume_state(state, cfg.rollout.questions_per_step, self._retriever())
             log.info("resumed from %s (step %d)", resume[0], self.step)
 
     # ------------------------------------------------------------------ setup
@@ -120,6 +132,9 @@ class Trainer:
 
         loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(self.model.parameters()).dtype)
         self.model.load_state_dict(loaded.state_dict())
+
+    def _retriever(self):
+        return getattr(self.toolbox.tools.get("search"), "retriever", None)
 
     def _make_reference(self):
         if hasattr(self.model, "disable_adapter"):
@@ -266,23 +281,20 @@ class Trainer:
                         ent_term = agg_loss(ent, mask, **agg)
                         if a.entropy_coef != 0:
                             loss = loss - a.entropy_coef * ent_term
+                        faults.require_finite(loss.detach(), self.step, "loss", "loss")
                         stats["entropy"].append(float(ent_term.detach()))
                         stats["clip_frac"].append(float((clipped * mask).sum() / mask.sum().clamp(min=1)))
                         loss.backward()
                     grad_norm = torch.nn.utils.clip_grad_norm_(
                         [p for p in self.model.parameters() if p.requires_grad], t.grad_clip)
-                    if not torch.isfinite(grad_norm):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        stats["skipped_updates"].append(1.0)
-                    else:
-                        self.optimizer.step()
+                    faults.require_finite(grad_norm, self.step, "gradients", "gradient norm")
+                    self.optimizer.step()
                     self.scheduler.step()
                     stats["grad_norm"].append(float(grad_norm))
         # pg/kl/entropy terms were aggregated against the whole mini-batch: sum over its micro-batches
         n_mini = t.ppo_epochs * t.mini_batches
         out = {k: sum(v) / n_mini for k, v in stats.items() if k in ("pg_loss", "kl", "entropy")}
         out.update({k: float(np.mean(v)) for k, v in stats.items() if k in ("clip_frac", "grad_norm")})
-        out["skipped_updates"] = sum(stats.get("skipped_updates", []))
         return out
 
     # ------------------------------------------------------------------ one step
@@ -293,6 +305,7 @@ class Trainer:
         trajs = self.collect(step, timer)
         if a.estimator in NEEDS_BELIEFS:
             self.score_beliefs(trajs, timer)
+            faults.require_finite([p for tr in trajs for p in tr.beliefs or []], step, "beliefs", "beliefs")
         if self.cfg.trainer.check_invariants:
             for b, tr in enumerate(trajs):
                 check_no_probe_leak(tr, self.tok, a.scaffold, self.fmt.scaffold_ids, self.answer_ids(tr.example),
@@ -303,9 +316,8 @@ class Trainer:
             rewards, turn_mask, groups, a.estimator, gamma=a.gamma, norm=a.norm, std=a.std,
             gate_threshold=a.gate_threshold, step=step, curriculum_steps=a.curriculum_steps,
         )
-        for name, value in (("turn rewards", rewards), ("advantages", turn_adv)):
-            if not torch.isfinite(value).all():
-                raise InvariantError(f"step {step}: non-finite {name}")
+        faults.require_finite(rewards[turn_mask], step, "rewards", "turn rewards")
+        faults.require_finite(turn_adv[turn_mask], step, "advantages", "advantages")
         self.samples = sample_records(trajs, rewards, turn_adv, outcomes, step, self.cfg.trainer.log_samples, a.f1_mode)
         batch = self.batch_tensors(trajs)
         batch["adv"] = turn_to_token_advantages(turn_adv, batch["turns"], batch["loss_mask"])
@@ -331,6 +343,7 @@ class Trainer:
         all_tokens = sum(len(tr.ids) for tr in trajs)
         m = {
             "step": step,
+            "episodes": n,
             "outcome_reward": float(np.mean(outcomes)),
             "f1": float(np.mean(f1)),
             "em": float(np.mean(em)),
@@ -367,25 +380,35 @@ class Trainer:
         for tool in self.toolbox.tools.values():
             stats = getattr(tool, "stats", None)
             if callable(stats) and (s := stats()) is not None:
-                m["retrieval"] = s
+                # this step's counts: rows stay the same across a resume, and sum to the totals
+                m["retrieval"] = self.retrieval_counts(s)
         return m
 
     # ------------------------------------------------------------------ loop
     def fit(self, progress=None) -> list[dict]:
         t = self.cfg.trainer
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.cfg))
-        self._truncate_metrics()
+        atomic_write_text(self.out / "config.yaml", dump_config(self.cfg))
+        for rows in ("metrics.jsonl", "eval.jsonl"):  # rows after the checkpoint are written again
+            ckpt.truncate_rows(self.out / rows, self.step)
         history = []
         with (self.out / "metrics.jsonl").open("a") as f, RunLog(self.out, self.step, t.tensorboard) as run_log:
             while self.step < t.steps:
-                m = self.train_step()
+                try:
+                    m = self.train_step()
+                    self.bad_steps.passed()
+                except faults.NumericalFault as fault:  # no optimizer step from the faulty mini-batch on
+                    m = self.bad_steps.skipped(fault)
+                    self.samples = []
+                    self.step += 1
                 f.write(json.dumps(m) + "\n")
                 f.flush()
+                faults.kill_point("metrics")
                 run_log.step(m, self.samples)
                 history.append(m)
                 if progress is not None:
                     progress(m)
+                self.bad_steps.check()
                 if t.eval_every and self.step % t.eval_every == 0 and self.cfg.data.eval:
                     run_log.eval(self.evaluate_to_file())
                 if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
@@ -404,14 +427,10 @@ class Trainer:
             f.write(json.dumps(row) + "\n")
         return row
 
-    def _truncate_metrics(self) -> None:
-        """Drop metric rows of steps after the checkpoint we resumed from: they will be run again."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < self.step]
-        path.write_text("".join(line + "\n" for line in keep))
-
     def save(self) -> Path:
+        q = self.cfg.rollout.questions_per_step
+        extra = {"data": {"questions_per_step": q, "examples_seen": self.step * q},
+                 "bad_steps_in_a_row": self.bad_steps.in_a_row,
+                 "retrieval": ckpt.retrieval_pointer(self._retriever())}
         return ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
-                                    self.cfg.trainer.keep_last)
+                                    self.cfg.trainer.keep_last, extra)
