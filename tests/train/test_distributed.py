@@ -6,6 +6,7 @@ references run in the test process. Each scenario writes every rank's whole para
 import json
 import os
 import socket
+from contextlib import contextmanager, nullcontext
 
 import pytest
 import torch
@@ -13,6 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from transformers import AutoTokenizer
 
+import igpo.train.trainer as trainer_module
 from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
 from tests.conftest import make_tiny_llama, write_corpus, write_qa
 from tests.scripted import ScriptedGenerator
@@ -29,6 +31,8 @@ SCENARIOS = {  # name: (overrides, scripted generator?, steps of a first run tha
     "fsdp_resumed": (("trainer.parallel=fsdp", "trainer.save_every=1"), True, 2),
     # The real sampler under FSDP: generation and beliefs inside gathered weights, different lengths per rank.
     "fsdp_sampled": (("trainer.parallel=fsdp", "trainer.steps=1", "rollout.max_new_tokens=8"), False, None),
+    # Rank 1 alone sees NaN advantages in step 1 (`_nan_on_rank_one`): both ranks must skip that step.
+    "ddp_nan": (("trainer.parallel=ddp",), True, None),
 }
 
 
@@ -54,6 +58,21 @@ def _params(trainer) -> dict[str, torch.Tensor]:
     return {n: p.clone() for n, p in trainer.dist.full_parameters(trainer.model)}
 
 
+@contextmanager
+def _nan_on_rank_one(rank: int):
+    real = trainer_module.compute_turn_advantages
+
+    def advantages(*args, **kw):
+        adv = real(*args, **kw)
+        return adv * float("nan") if rank == 1 and kw["step"] == 1 else adv
+
+    trainer_module.compute_turn_advantages = advantages
+    try:
+        yield
+    finally:
+        trainer_module.compute_turn_advantages = real
+
+
 def _worker(rank: int, port: int, root):
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
                       WORLD_SIZE=str(WORLD))
@@ -61,7 +80,9 @@ def _worker(rank: int, port: int, root):
     dist.init_process_group("gloo")
     try:
         for name, (overrides, scripted, first) in SCENARIOS.items():
-            torch.save(_params(_run(root, name, overrides, scripted, first)), root / f"{name}.rank{rank}.pt")
+            with _nan_on_rank_one(rank) if name == "ddp_nan" else nullcontext():
+                trainer = _run(root, name, overrides, scripted, first)
+            torch.save(_params(trainer), root / f"{name}.rank{rank}.pt")
     finally:
         dist.destroy_process_group()
 
@@ -133,3 +154,20 @@ def test_sampling_is_per_episode_under_fsdp(runs):
     # (A random model only makes format errors: zero advantages, an update driven by rounding noise, which
     # Adam amplifies; so the weights are compared across ranks only.)
     assert _max_diff(ranks["fsdp_sampled"][0], ranks["fsdp_sampled"][1]) == 0.0
+
+
+def test_a_nan_on_one_rank_skips_the_step_on_every_rank(runs):
+    root, _, _, ranks = runs
+    rows = _metrics(root / "ddp_nan")
+    assert [m["step"] for m in rows] == [0, 1, 2] and "skipped" not in rows[0] and "skipped" not in rows[2]
+    assert rows[1]["skipped"]["phase"] == "advantages" and "other rank" in rows[1]["skipped"]["error"]
+    assert _max_diff(ranks["ddp_nan"][0], ranks["ddp_nan"][1]) == 0.0  # both skipped the update
+    assert _max_diff(ranks["ddp_nan"][0], ranks["ddp"][0]) > 0  # and it was skipped
+
+
+def test_rank_zero_alone_writes_samples_and_tensorboard(runs):
+    root, *_ = runs
+    samples = [json.loads(line) for line in (root / "ddp" / "samples.jsonl").read_text().splitlines()]
+    single = [json.loads(line) for line in (root / "single" / "samples.jsonl").read_text().splitlines()]
+    assert [(r["step"], r["group"], r["id"]) for r in samples] == [(r["step"], r["group"], r["id"]) for r in single]
+    assert len(list((root / "ddp").glob("events.out.tfevents.*"))) == 1

@@ -37,7 +37,7 @@ from igpo.config import Config, ConfigError
 # Loss terms of `Trainer.update`: each rank's value is its share of a globally normalised sum.
 SUMMED_LOSSES = ("pg_loss", "kl", "entropy")
 # Identical on every rank (computed from all-reduced or sharded-then-reduced gradients).
-SHARED_LOSSES = ("grad_norm", "skipped_updates")
+SHARED_LOSSES = ("grad_norm",)
 
 
 @dataclass

@@ -18,33 +18,39 @@ import numpy as np
 import torch
 
 from igpo.agent.rollout import Generator, HFGenerator, SamplingParams, rollout
-from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
-from igpo.agent.tools import SearchTool, Toolbox
+from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, WEB_SEARCH_SYSTEM_PROMPT, ChatFormat
+from igpo.agent.tools import SearchTool, Toolbox, WebSearchTool
 from igpo.agent.trajectory import Trajectory
 from igpo.algo.advantages import NEEDS_BELIEFS, compute_turn_advantages, turn_to_token_advantages
 from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss, tis_weights
 from igpo.algo.rewards import answer_em, answer_f1, information_gain, outcome_reward, reduce_aliases
 from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
+from igpo.files import atomic_write_text
 from igpo.policy.loading import load_policy
 from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
+from igpo.report.records import sample_records
+from igpo.report.runlog import RunLog
 from igpo.train import checkpoint as ckpt
-from igpo.train import distributed
-from igpo.train.invariants import InvariantError, check_batch_tokens, check_ig_telescopes, check_no_probe_leak
+from igpo.train import distributed, faults
+from igpo.train.batching import collate
+from igpo.train.invariants import check_batch_tokens, check_ig_telescopes, check_no_probe_leak
 
 log = logging.getLogger(__name__)
 
 
 def make_toolbox(cfg: Config) -> Toolbox:
-    from igpo.retrieval.factory import make_retriever
+    from igpo.retrieval.factory import make_retriever, make_web_search
 
-    retriever = make_retriever(cfg.retrieval)
-    return Toolbox([SearchTool(retriever, cfg.retrieval.topk, cfg.retrieval.max_passage_words)])
+    r = cfg.retrieval
+    if r.tool == "web_search":
+        return Toolbox([WebSearchTool(make_web_search(r), r.topk, r.max_passage_words, r.web.max_queries)])
+    return Toolbox([SearchTool(make_retriever(r), r.topk, r.max_passage_words)])
 
 
 def make_chat_format(cfg: Config, tokenizer, toolbox: Toolbox) -> ChatFormat:
-    return ChatFormat(tokenizer, cfg.rollout.system_prompt or DEFAULT_SYSTEM_PROMPT, toolbox.schemas(),
-                      cfg.algorithm.scaffold)
+    default = WEB_SEARCH_SYSTEM_PROMPT if "web_search" in toolbox.tools else DEFAULT_SYSTEM_PROMPT
+    return ChatFormat(tokenizer, cfg.rollout.system_prompt or default, toolbox.schemas(), cfg.algorithm.scaffold)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -67,6 +73,7 @@ class Timer:
             yield
         finally:
             self.seconds[phase] += time.perf_counter() - t
+        faults.kill_point(phase)
 
 
 class Trainer:
@@ -78,12 +85,19 @@ class Trainer:
         self.cfg = cfg
         self.out = Path(cfg.trainer.out_dir)
         torch.manual_seed(cfg.trainer.seed)
-        resume = ckpt.latest_checkpoint(self.out)
+        # Rank 0 looks first: it moves a corrupt checkpoint aside, then the others find the same good one.
+        resume = ckpt.latest_checkpoint(self.out) if self.dist.is_main else None
+        self.dist.barrier()
+        if not self.dist.is_main:
+            resume = ckpt.latest_checkpoint(self.out)
         if model is None:
             model, tokenizer = load_policy(cfg.model)
         self.model, self.tok = model, tokenizer
         self.toolbox = toolbox or make_toolbox(cfg)
         self.fmt = make_chat_format(cfg, tokenizer, self.toolbox)
+        if (fixed := len(self.fmt.prompt_ids(""))) >= cfg.rollout.max_context:
+            raise ConfigError(f"rollout.max_context: {cfg.rollout.max_context} tokens cannot hold the prompt, whose "
+                              f"system part and tool schemas alone take {fixed}")
         self.generator = generator or self._make_generator()
         self._pushed_step = -1  # the step whose weights the generator holds, when it keeps its own copy
         self.train_set = train_set if train_set is not None else self._load_train()
@@ -99,13 +113,19 @@ class Trainer:
         warm = cfg.trainer.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.step = 0
+        self.bad_steps = faults.BadStepGuard(cfg.trainer.max_bad_steps)
+        self.retrieval_counts = faults.PerStepCounts()
         self._eval_set: list[QAExample] | None = None
+        if cfg.trainer.eval_every and cfg.data.eval:  # a bad eval file fails now, not steps into the run
+            self._eval_set = load_qa(cfg.data.eval, skip_bad_rows=cfg.data.skip_bad_rows)[: cfg.trainer.eval_size]
         if resume is not None:
             state = resume[1]
             self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             ckpt.restore_rng(state)
             self.step = state["step"]
+            self.bad_steps.in_a_row = state.get("bad_steps_in_a_row", 0)
+            ckpt.check_resume_state(state, cfg.rollout.questions_per_step, self._retriever())
             log.info("resumed from %s (step %d)", resume[0], self.step)
 
     # ------------------------------------------------------------------ setup
@@ -147,6 +167,9 @@ class Trainer:
 
         loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(self.model.parameters()).dtype)
         self.model.load_state_dict(loaded.state_dict())
+
+    def _retriever(self):
+        return getattr(self.toolbox.tools.get("search"), "retriever", None)
 
     def _make_reference(self):
         if hasattr(self.model, "disable_adapter"):
@@ -235,25 +258,7 @@ class Trainer:
         return rewards, mask, outcomes
 
     def batch_tensors(self, trajs: list[Trajectory]) -> dict[str, torch.Tensor]:
-        L = max(len(tr.ids) for tr in trajs)
-        B = len(trajs)
-        ids = torch.full((B, L), self.tok.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        loss_mask = torch.zeros((B, L), dtype=torch.bool)
-        turns = torch.full((B, L), -1, dtype=torch.long)
-        for b, tr in enumerate(trajs):
-            n = len(tr.ids)
-            ids[b, :n] = torch.tensor(tr.ids)
-            attn[b, :n] = 1
-            loss_mask[b, :n] = torch.tensor(tr.loss_mask())
-            turns[b, :n] = torch.tensor(tr.token_turns())
-        out = {"ids": ids, "attn": attn, "loss_mask": loss_mask, "turns": turns}
-        sampled = [tr.rollout_logprobs() for tr in trajs]
-        if all(lp is not None for lp in sampled):  # the engine's log-probs, for TIS and the mismatch metric
-            out["rollout_lp"] = torch.zeros((B, L))
-            for b, lp in enumerate(sampled):
-                out["rollout_lp"][b, : len(lp)] = torch.tensor(lp)
-        return out
+        return collate(trajs, self.tok.pad_token_id)
 
     def _forward_logprobs(self, model, batch, rows, with_entropy=False, entropy_grad=False):
         dev = next(self.model.parameters()).device
@@ -334,17 +339,19 @@ class Trainer:
                     self.optimizer.zero_grad(set_to_none=True)
                     micro = mini.split(t.micro_batch_size)
                     agg = {"mode": a.loss_agg, "num_seqs": n_seqs, "num_tokens": n_tokens}
+                    bad_loss = None
                     for i, rows in enumerate(micro):
                         with self.dist.grad_sync(self.train_model, sync=i == len(micro) - 1):
                             loss = self._micro_batch_loss(batch, rows, on_policy, agg, stats)
+                            if bad_loss is None:
+                                bad_loss = faults.finite_or_fault(loss.detach(), self.step, "loss", "loss")
+                            # backward even so: under DDP/FSDP every rank must join the gradient reduction
                             (loss * self.dist.grad_scale).backward()
+                    faults.agree(bad_loss, self.step, self.dist.all_sum)
                     grad_norm = self.dist.clip_grad_norm(
                         [p for p in self.model.parameters() if p.requires_grad], t.grad_clip)
-                    if not torch.isfinite(grad_norm):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        stats["skipped_updates"].append(1.0)
-                    else:
-                        self.optimizer.step()
+                    faults.require_finite(grad_norm, self.step, "gradients", "gradient norm")
+                    self.optimizer.step()
                     self.scheduler.step()
                     stats["grad_norm"].append(float(grad_norm))
         # pg/kl/entropy terms were aggregated against the whole mini-batch: sum over its micro-batches
@@ -352,7 +359,6 @@ class Trainer:
         out = {k: sum(v) / n_mini for k, v in stats.items() if k in ("pg_loss", "kl", "entropy")}
         out.update({k: float(np.mean(v)) for k, v in stats.items()
                     if k in ("clip_frac", "grad_norm", "rollout_lp_abs_diff", "tis_weight")})
-        out["skipped_updates"] = sum(stats.get("skipped_updates", []))
         return out
 
     # ------------------------------------------------------------------ one step
@@ -367,17 +373,20 @@ class Trainer:
             for b, tr in enumerate(trajs):
                 check_no_probe_leak(tr, self.tok, a.scaffold, self.fmt.scaffold_ids, self.answer_ids(tr.example),
                                     f"step {step}, rollout {b}")
-        rewards, turn_mask, outcomes = self.turn_rewards(trajs)
-        groups = [tr.group for tr in trajs]
-        turn_adv = compute_turn_advantages(
-            rewards, turn_mask, groups, a.estimator, gamma=a.gamma, norm=a.norm, std=a.std,
-            gate_threshold=a.gate_threshold, step=step, curriculum_steps=a.curriculum_steps,
-        )
-        for name, value in (("turn rewards", rewards), ("advantages", turn_adv)):
-            if not torch.isfinite(value).all():
-                raise InvariantError(f"step {step}: non-finite {name}")
+        # Nothing below is collective until `faults.agree`: a rank that finds a NaN goes straight there, and
+        # every rank skips the step if any rank found one.
+        fault = faults.finite_or_fault([p for tr in trajs for p in tr.beliefs or []], step, "beliefs", "beliefs")
+        if fault is None:
+            rewards, turn_mask, outcomes = self.turn_rewards(trajs)
+            groups = [tr.group for tr in trajs]
+            turn_adv = compute_turn_advantages(
+                rewards, turn_mask, groups, a.estimator, gamma=a.gamma, norm=a.norm, std=a.std,
+                gate_threshold=a.gate_threshold, step=step, curriculum_steps=a.curriculum_steps,
+            )
+            fault = (faults.finite_or_fault(rewards[turn_mask], step, "rewards", "turn rewards")
+                     or faults.finite_or_fault(turn_adv[turn_mask], step, "advantages", "advantages"))
+        faults.agree(fault, step, self.dist.all_sum)
         batch = self.batch_tensors(trajs)
-        batch["prompt_len"] = torch.tensor([tr.prompt_len for tr in trajs])
         batch["adv"] = turn_to_token_advantages(turn_adv, batch["turns"], batch["loss_mask"])
         if self.cfg.trainer.check_invariants:
             check_batch_tokens(trajs, batch["ids"], batch["loss_mask"])
@@ -387,9 +396,11 @@ class Trainer:
             merged = distributed.gather_step(self.dist, trajs, rewards, turn_mask, outcomes, turn_adv, losses,
                                              dict(timer.seconds))
             if merged is None:
+                self.samples = []
                 return {"step": step}
             trajs, rewards, turn_mask, outcomes, turn_adv, losses, seconds = merged
             timer.seconds.update(seconds)
+        self.samples = sample_records(trajs, rewards, turn_adv, outcomes, step, self.cfg.trainer.log_samples, a.f1_mode)
         return self._metrics(step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer)
 
     def _metrics(self, step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer: Timer) -> dict:
@@ -408,6 +419,7 @@ class Trainer:
         all_tokens = sum(len(tr.ids) for tr in trajs)
         m = {
             "step": step,
+            "episodes": n,
             "outcome_reward": float(np.mean(outcomes)),
             "f1": float(np.mean(f1)),
             "em": float(np.mean(em)),
@@ -441,9 +453,11 @@ class Trainer:
         }
         if sec.get("beliefs"):
             m["tokens_per_s"]["beliefs"] = sum(len(tr.ids) for tr in believed) / sec["beliefs"]
-        stats = getattr(getattr(self.toolbox.tools.get("search"), "retriever", None), "stats", None)
-        if callable(stats):
-            m["retrieval"] = stats()
+        for tool in self.toolbox.tools.values():
+            stats = getattr(tool, "stats", None)
+            if callable(stats) and (s := stats()) is not None:
+                # this step's counts: rows stay the same across a resume, and sum to the totals
+                m["retrieval"] = self.retrieval_counts(s)
         return m
 
     # ------------------------------------------------------------------ loop
@@ -451,32 +465,46 @@ class Trainer:
         """Runs the remaining steps; returns the metric rows (on rank 0: the whole steps; elsewhere: steps only)."""
         t = self.cfg.trainer
         history = []
-        with self._metrics_file() as f:
+        with self._run_files() as (f, run_log):
             while self.step < t.steps:
-                m = self.train_step()
+                try:
+                    m = self.train_step()
+                    self.bad_steps.passed()
+                except faults.NumericalFault as fault:  # no optimizer step from the faulty mini-batch on
+                    m = self.bad_steps.skipped(fault)
+                    self.samples = []
+                    self.step += 1
                 history.append(m)
-                if f is not None:
+                if f is not None:  # rank 0
                     f.write(json.dumps(m) + "\n")
                     f.flush()
+                    faults.kill_point("metrics")
+                    run_log.step(m, self.samples)
                     if progress is not None:
                         progress(m)
+                self.bad_steps.check()  # skips are agreed by all ranks: every rank stops at the same step
                 if t.eval_every and self.step % t.eval_every == 0 and self.cfg.data.eval:
-                    self.evaluate_to_file()
+                    row = self.evaluate_to_file()
+                    if run_log is not None:
+                        run_log.eval(row)
                 if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
                     self.save()
         return history
 
     @contextmanager
-    def _metrics_file(self):
-        """metrics.jsonl opened for appending on rank 0 (after writing config.yaml); None on other ranks."""
+    def _run_files(self):
+        """On rank 0: metrics.jsonl opened for appending and the `RunLog` (samples, TensorBoard), after writing
+        config.yaml and dropping the rows of steps that run again. (None, None) on other ranks."""
         if not self.dist.is_main:
-            yield None
+            yield None, None
             return
         self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.cfg))
-        self._truncate_metrics()
-        with (self.out / "metrics.jsonl").open("a") as f:
-            yield f
+        atomic_write_text(self.out / "config.yaml", dump_config(self.cfg))
+        for rows in ("metrics.jsonl", "eval.jsonl"):  # rows after the checkpoint are written again
+            ckpt.truncate_rows(self.out / rows, self.step)
+        with (self.out / "metrics.jsonl").open("a") as f, \
+                RunLog(self.out, self.step, self.cfg.trainer.tensorboard) as run_log:
+            yield f, run_log
 
     def evaluate_to_file(self) -> dict | None:
         """Greedy evaluation on the first `trainer.eval_size` questions of `data.eval`, appended to eval.jsonl.
@@ -499,21 +527,17 @@ class Trainer:
         self.dist.barrier()
         return row
 
-    def _truncate_metrics(self) -> None:
-        """Drop metric rows of steps after the checkpoint we resumed from: they will be run again."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < self.step]
-        path.write_text("".join(line + "\n" for line in keep))
-
     def save(self) -> Path | None:
         """Writes a checkpoint from rank 0 (every rank must call: FSDP gathers the state); its path on rank 0."""
         model_state, optim_state = self.dist.full_state(self.model, self.optimizer)
         path = None
         if self.dist.is_main:
+            q = self.cfg.rollout.questions_per_step
+            extra = {"data": {"questions_per_step": q, "examples_seen": self.step * q},
+                     "bad_steps_in_a_row": self.bad_steps.in_a_row,
+                     "retrieval": ckpt.retrieval_pointer(self._retriever())}
             path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
-                                        self.cfg.trainer.keep_last, model_state=model_state,
+                                        self.cfg.trainer.keep_last, extra, model_state=model_state,
                                         optimizer_state=optim_state)
         self.dist.barrier()
         return path
