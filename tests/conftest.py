@@ -19,6 +19,15 @@ FACTS = [
     ("p5", "Big Ben", "Big Ben is the nickname of the Great Bell of the clock at Westminster, London."),
     ("p6", "United Kingdom", "United Kingdom - Government - Capital: London. Anthem: God Save the King."),
 ]
+# question id, text, answers, bridge entity, oracle queries (the plan SFT demonstrations follow)
+PLANS = [
+    ("q1", "What is the capital of the country where the Eiffel Tower is?", ["Paris"], "France",
+     ["Eiffel Tower", "France capital"]),
+    ("q2", "What is the capital of the country where the Colosseum is?", ["Rome"], "Italy", ["Colosseum", "Italy capital"]),
+    ("q3", "In which city is Big Ben?", ["London"], None, ["Big Ben"]),
+    ("q4", "What is the anthem of the country where the Eiffel Tower is?", ["Marseillaise"], "France",
+     ["Eiffel Tower", "Colosseum"]),  # the second search does not find the answer: not grounded
+]
 QUESTIONS = [
     ("q1", "What is the capital of the country where the Eiffel Tower is?", ["Paris"]),
     ("q2", "What is the anthem of the country where the Colosseum is?", ["Il Canto degli Italiani", "Inno di Mameli"]),
@@ -80,17 +89,32 @@ def tiny_model_dir(tokenizer, tmp_path):
     return d
 
 
-@pytest.fixture
-def corpus_file(tmp_path):
-    p = tmp_path / "corpus.jsonl"
+def write_corpus(p):
     p.write_text("".join(json.dumps({"id": i, "contents": f"{t}\n{x}"}) + "\n" for i, t, x in FACTS))
     return p
 
 
-@pytest.fixture
-def qa_file(tmp_path):
-    p = tmp_path / "qa.jsonl"
+def write_qa(p):
     rows = [{"id": i, "question": q, "answers": a, "source": "toy" if n % 2 else "toy2"}
             for n, (i, q, a) in enumerate(QUESTIONS)]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return p
+
+
+@pytest.fixture
+def corpus_file(tmp_path):
+    return write_corpus(tmp_path / "corpus.jsonl")
+
+
+@pytest.fixture
+def qa_file(tmp_path):
+    return write_qa(tmp_path / "qa.jsonl")
+
+
+@pytest.fixture
+def plans_file(tmp_path):
+    """QA JSONL whose rows carry `bridge` and `oracle_queries`, as VitalFactbook's do."""
+    p = tmp_path / "plans.jsonl"
+    p.write_text("".join(json.dumps({"id": i, "question": q, "answers": a, "source": "toy", "bridge": b,
+                                     "oracle_queries": oq}) + "\n" for i, q, a, b, oq in PLANS))
     return p

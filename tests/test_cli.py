@@ -31,8 +31,57 @@ def test_train_then_eval(tmp_path, tiny_model_dir, corpus_file, qa_file):
     (["train", "data.train=/nonexistent.jsonl", "retrieval.corpus=/nonexistent.jsonl", "model.path=/nonexistent"],
      "/nonexistent"),
     (["eval", "trainer.lr=abc"], "trainer.lr"),
+    (["report", "/nonexistent-run"], "no metrics.jsonl"),
 ])
 def test_bad_input_exits_2_naming_the_problem(args, fragment):
     res = runner.invoke(app, args)
     assert res.exit_code == 2
     assert fragment in res.output
+
+
+def test_nproc_runs_torchrun_on_the_same_arguments(monkeypatch, tmp_path):
+    import subprocess
+    import sys
+
+    calls = []
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    monkeypatch.setattr(subprocess, "run", lambda cmd, check: calls.append(cmd) or subprocess.CompletedProcess(cmd, 3))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("trainer:\n  steps: 2\n")
+    res = runner.invoke(app, ["train", "--nproc", "2", "--config", str(cfg), "rollout.questions_per_step=4"])
+    assert res.exit_code == 3  # torchrun's exit status
+    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2", "-m",
+                      "igpo", "train", "--config", str(cfg), "rollout.questions_per_step=4"]]
+    res = runner.invoke(app, ["train", "--nproc", "2", "rollout.questions_per_step=3"])
+    assert res.exit_code == 2 and "multiple of the number of processes (2)" in res.output and len(calls) == 1
+
+
+@pytest.mark.integration
+def test_demo_pipeline_at_tiny_scale_and_rerun_resumes(tmp_path, tiny_model_dir, corpus_file, plans_file):
+    import yaml
+
+    cfg = {
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train": str(plans_file), "eval": str(plans_file)},
+        "retrieval": {"kind": "index", "corpus": str(corpus_file), "index_dir": str(tmp_path / "bm25"), "topk": 1},
+        "rollout": {"group_size": 2, "questions_per_step": 1, "max_turns": 3, "max_new_tokens": 40},
+        "trainer": {"steps": 1, "out_dir": str(tmp_path / "demo"), "eval_size": 2},
+        "sft": {"examples": 4, "batch_size": 2, "eval_size": 0, "out_dir": str(tmp_path / "demo" / "sft")},
+    }
+    path = tmp_path / "demo.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    res = runner.invoke(app, ["demo", "--config", str(path), "--data-dir", str(tmp_path / "unused")])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "demo"
+    assert (tmp_path / "bm25" / "meta.json").is_file()  # the index was built
+    demo = json.loads((out / "demo.json").read_text())
+    assert demo["before"]["overall"]["n"] == 2 and "valid_generation_rate" in demo["after"]["overall"]
+    assert set(demo["seconds"]) >= {"data", "index", "sft", "eval_before", "train", "eval_after"}
+    assert (out / "report.html").is_file() and "dev F1" in res.output and "report.html" in res.output
+    assert not (tmp_path / "unused").exists()  # nothing to build: the config reads no VitalFactbook file
+
+    res = runner.invoke(app, ["demo", "--config", str(path)])  # rerun: SFT, "before" and training are reused
+    assert res.exit_code == 0, res.output
+    assert "reusing" in res.output
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    assert json.loads((out / "demo.json").read_text())["before"] == demo["before"]

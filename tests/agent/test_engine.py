@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from igpo.agent.engine import CachedGenerator, make_generator
-from igpo.agent.rollout import HFGenerator, SamplingParams, rollout
+from igpo.agent.rollout import HFGenerator, SamplingParams, rollout, turn_seed
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import Toolbox
 from igpo.data.loaders import QAExample
@@ -32,16 +32,24 @@ def contexts(g):
     return [shared + random_ids(g, n) for n in (5, 12, 1, 20)]
 
 
-def test_greedy_matches_generate_over_the_full_context_across_turns(model):
+def turn_params(seeded: bool, turn: int) -> SamplingParams:
+    if not seeded:
+        return SamplingParams(12, temperature=0.0)
+    # Per-episode streams, as the trainer asks for them: seeds 100..103, one derived seed per turn.
+    return SamplingParams(12, temperature=1.3, top_p=0.95, seeds=[turn_seed(100 + i, turn) for i in range(4)])
+
+
+@pytest.mark.parametrize("seeded", [False, True], ids=["greedy", "seeded_sampling"])
+def test_matches_generate_over_the_full_context_across_turns(model, seeded):
     g = torch.Generator().manual_seed(1)
     ctx = contexts(g)
     hf, engine = HFGenerator(model, 0), CachedGenerator(model, 0)
-    params = SamplingParams(12, temperature=0.0)
-    dry = hf.generate(ctx, params, [VOCAB + 1])
+    dry = hf.generate(ctx, turn_params(seeded, 0), [VOCAB + 1])
     stops = [dry[0][3], dry[1][6], dry[2][9]]  # tokens the model does emit: rows stop at different steps
     ref, ours = [list(c) for c in ctx], [list(c) for c in ctx]
     lengths = set()
     for turn in range(4):
+        params = turn_params(seeded, turn)
         a, b = hf.generate(ref, params, stops), engine.generate(ours, params, stops)
         assert a == b, f"turn {turn}"
         lengths.update(len(x) for x in a)
@@ -53,6 +61,8 @@ def test_greedy_matches_generate_over_the_full_context_across_turns(model):
     assert len(lengths) > 2  # episodes stopped at different steps, so rows left the batch at different times
     # Every turn after the first prefilled only the new ids: far fewer than the contexts' total length.
     assert engine.stats["reused_ids"] > engine.stats["computed_ids"]
+    if seeded:  # the streams really sampled: not the greedy continuation
+        assert dry != hf.generate(ctx, turn_params(False, 0), [VOCAB + 1])
 
 
 def test_identical_prompts_share_one_prefill_and_match(model):

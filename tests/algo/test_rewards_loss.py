@@ -1,7 +1,9 @@
+import math
+
 import pytest
 import torch
 
-from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss
+from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss, tis_weights
 from igpo.algo.rewards import answer_em, answer_f1, information_gain, normalize_answer, outcome_reward, reduce_aliases
 
 
@@ -71,3 +73,17 @@ def test_aggregation_modes_and_microbatch_normalisers():
         whole = agg_loss(v, m, mode)
         parts = sum(agg_loss(v[i:i + 1], m[i:i + 1], mode, num_seqs=2, num_tokens=4) for i in range(2))
         assert parts == pytest.approx(float(whole))
+
+
+def test_tis_weight_is_the_capped_ratio_without_gradient():
+    old = torch.tensor([[-1.0, -2.0, -0.5, -3.0]], requires_grad=True)
+    rollout = torch.tensor([[-1.0, -2.0 - 0.4, -0.5 + 0.3, -3.0 - 5.0]])
+    w = tis_weights(old, rollout, cap=2.0)
+    assert not w.requires_grad
+    torch.testing.assert_close(w, torch.tensor([[1.0, math.exp(0.4), math.exp(-0.3), 2.0]]))
+    # multiplied into the PG loss, it scales each token's gradient by its weight
+    lp = old.detach().clone().requires_grad_(True)
+    adv = torch.ones(1, 4)
+    pg, _ = ppo_policy_loss(lp, lp.detach(), adv)
+    (pg * w).sum().backward()
+    torch.testing.assert_close(lp.grad, -w)

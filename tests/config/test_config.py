@@ -19,6 +19,8 @@ def test_defaults_yaml_and_overrides(tmp_path):
     (["trainer.lr=-1"], "trainer.lr"),
     (["nonsense"], "key=value"),
     (["rollout.group_size=1", "algorithm.estimator=grpo"], "rollout.group_size must be >= 2"),
+    (["algorithm.format_penalty=.nan"], "algorithm.format_penalty: Input should be a finite number"),
+    (["trainer.max_bad_steps=0"], "trainer.max_bad_steps"),
 ])
 def test_bad_config_names_the_key(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):

@@ -9,7 +9,9 @@ drop-in `Generator` that instead
   context that is not a continuation simply gets no reuse;
 - prefills a prefix shared by all fresh contexts (the system prompt and tool schemas) once, not once a row;
 - decodes all active contexts together, one forward per step, and drops a context from the batch as soon as
-  it samples a stop id.
+  it samples a stop id;
+- given per-context seeds (`SamplingParams.seeds`), samples each context from its own stream exactly as
+  `HFGenerator` does (`SeededSampler`), so the engine choice does not change what a seeded rollout samples.
 
 Layout of one call's batch (B rows, W = Wc + Wn columns, then one column per decoding step):
     row i: [pad ... | cached ids of row i]  [pad ... | new ids of row i]  [decoded ids ...]
@@ -33,7 +35,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from igpo.agent.rollout import Generator, HFGenerator, SamplingParams
+from igpo.agent.rollout import Generator, HFGenerator, SamplingParams, SeededSampler
 
 MIN_SHARED_PREFIX = 16  # shorter common prefixes of fresh contexts are not worth a separate forward
 
@@ -145,8 +147,11 @@ class CachedGenerator:
         del matches, layers, template, stored, shared
         self._stored = []
 
-        warpers = []
-        if params.temperature > 0:
+        warpers, seeded = [], None
+        if params.temperature > 0 and params.seeds is not None:
+            # One stream per context, as `HFGenerator` draws them: same seeds, same tokens.
+            seeded = SeededSampler(params.seeds, params.temperature, params.top_p)
+        elif params.temperature > 0:
             warpers.append(TemperatureLogitsWarper(params.temperature))
             if params.top_p < 1.0:
                 warpers.append(TopPLogitsWarper(params.top_p))
@@ -159,7 +164,9 @@ class CachedGenerator:
         for step in range(params.max_new_tokens):
             logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
                                 past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
-            if warpers:
+            if seeded is not None:
+                tokens = seeded(None, logits).argmax(-1)
+            elif warpers:
                 for w in warpers:
                     logits = w(None, logits)
                 tokens = torch.multinomial(torch.softmax(logits, dim=-1), 1)[:, 0]
@@ -179,6 +186,8 @@ class CachedGenerator:
                     break
                 cache.batch_select_indices(live)
                 mask, tokens, positions = mask[live], tokens[live], positions[live]
+                if seeded is not None:
+                    seeded.keep(live.tolist())
                 rows = [rows[r] for r in live.tolist()]
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
             positions = positions[:, -1:] + 1

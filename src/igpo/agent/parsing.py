@@ -27,9 +27,11 @@ class Action:
 def _parse_tool_call(body: str) -> Action:
     try:
         call = json.loads(body.strip())
-    except (json.JSONDecodeError, RecursionError) as e:
-        msg = e.msg if isinstance(e, json.JSONDecodeError) else "nested too deeply"
-        return Action("tool_call", error=f"the tool call is not valid JSON ({msg})")
+    except json.JSONDecodeError as e:
+        return Action("tool_call", error=f"the tool call is not valid JSON ({e.msg})")
+    except (ValueError, RecursionError) as e:  # an integer past Python's 4300-digit limit; nesting past the stack
+        what = "nested too deeply" if isinstance(e, RecursionError) else "a number too long"
+        return Action("tool_call", error=f"the tool call is not valid JSON ({what})")
     if not isinstance(call, dict):
         return Action("tool_call", error='the tool call must be a JSON object {"name": ..., "arguments": {...}}')
     name = call.get("name")
@@ -39,7 +41,7 @@ def _parse_tool_call(body: str) -> Action:
     if isinstance(args, str):  # some models encode the arguments as a JSON string
         try:
             args = json.loads(args)
-        except (json.JSONDecodeError, RecursionError):
+        except (ValueError, RecursionError):
             return Action("tool_call", name=name, error='"arguments" is a string that is not a JSON object')
     if not isinstance(args, dict):
         return Action("tool_call", name=name, error='"arguments" must be a JSON object')

@@ -3,6 +3,9 @@
 Each turn generates for all still-active episodes at once, parses each generation, runs all tool calls of
 the turn as one batch per tool, and appends the tool messages as ids. Ids are only ever appended: what the
 policy sampled is kept exactly, and the tool result ids are those of `ChatFormat.tool_message_ids`.
+
+Given per-episode seeds, each episode samples from its own random stream (seeded by the episode and turn):
+what it samples does not depend on which other episodes share its batch, its process or its rank.
 """
 from __future__ import annotations
 
@@ -11,6 +14,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import torch
+from transformers import (
+    LogitsProcessor,
+    LogitsProcessorList,
+    TemperatureLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from igpo.agent.parsing import Action, parse_generation
 from igpo.agent.template import ChatFormat
@@ -24,6 +33,18 @@ class SamplingParams:
     max_new_tokens: int
     temperature: float = 1.0  # 0 = greedy
     top_p: float = 1.0
+    # One seed per context: row i samples from its own stream seeded by seeds[i], whatever else is in the batch.
+    seeds: Sequence[int] | None = None
+
+
+class Generation(list):
+    """The sampled ids of one context, with the engine's log-prob of each (temperature 1, before top-p)."""
+
+    def __init__(self, ids: Sequence[int], logprobs: Sequence[float]):
+        super().__init__(ids)
+        if len(logprobs) != len(ids):
+            raise ValueError(f"Generation: {len(ids)} ids but {len(logprobs)} log-probs")
+        self.logprobs = list(logprobs)
 
 
 class Generator(Protocol):
@@ -31,7 +52,10 @@ class Generator(Protocol):
     `release()`, which `rollout` calls when the rollout ends."""
 
     def generate(self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[int]]:
-        """For each context, the sampled continuation ids, ending at (and including) the first stop id."""
+        """For each context, the sampled continuation ids, ending at (and including) the first stop id.
+
+        A backend that knows the log-probs it sampled with returns `Generation`s; they are kept per turn.
+        """
 
 
 class HFGenerator:
@@ -50,26 +74,63 @@ class HFGenerator:
             ids[i, width - len(c):] = torch.tensor(c)
             mask[i, width - len(c):] = 1
         sample = params.temperature > 0
+        if sample and params.seeds is not None:
+            # Per-row streams: HF's own sampler draws for the whole batch from one generator.
+            sampler = SeededSampler(params.seeds, params.temperature, params.top_p)
+            mode = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
+                    "logits_processor": LogitsProcessorList([sampler])}
+        else:
+            # top_k=0: no hidden top-k from the model's generation_config; the policy is sampled as scored.
+            mode = {"do_sample": sample, "temperature": params.temperature if sample else None,
+                    "top_p": params.top_p if sample else None, "top_k": 0 if sample else None}
         was_training = self.model.training
         self.model.eval()
         try:
             out = self.model.generate(
                 input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=params.max_new_tokens,
-                do_sample=sample, temperature=params.temperature if sample else None,
-                # top_k=0: no hidden top-k from the model's generation_config; the policy is sampled as scored.
-                top_p=params.top_p if sample else None, top_k=0 if sample else None,
-                eos_token_id=stop_ids, pad_token_id=self.pad_id,
+                eos_token_id=stop_ids, pad_token_id=self.pad_id, **mode,
             )
         finally:
             self.model.train(was_training)
-        return [_cut_at_stop(row.tolist(), stop_ids) for row in out[:, width:].cpu()]
+        return [cut_at_stop(row.tolist(), stop_ids) for row in out[:, width:].cpu()]
 
 
-def _cut_at_stop(ids: list[int], stop_ids: Sequence[int]) -> list[int]:
+class SeededSampler(LogitsProcessor):
+    """Sampling with one random stream per row, as a logits processor for greedy decoding.
+
+    Gumbel-max: argmax_v(log p_v + g_v), g_v ~ Gumbel(0, 1), is an exact sample from p (the softmax at
+    `temperature`, restricted to the top-p nucleus). Row i's noise at its k-th new token is the k-th draw
+    of a CPU generator seeded with seeds[i], so it depends on nothing else in the batch and is the same on
+    any device.
+    """
+
+    def __init__(self, seeds: Sequence[int], temperature: float, top_p: float):
+        self.gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        self.warpers = [TemperatureLogitsWarper(temperature)] + ([TopPLogitsWarper(top_p)] if top_p < 1 else [])
+
+    def keep(self, rows: Sequence[int]) -> None:
+        """Only these rows stay in the batch (in this order); each keeps its own stream where it was."""
+        self.gens = [self.gens[r] for r in rows]
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        """scores [B, V] → log-probs plus Gumbel noise [B, V] (fp32); the caller takes the argmax."""
+        for w in self.warpers:
+            scores = w(input_ids, scores)
+        logp = torch.log_softmax(scores.float(), dim=-1)
+        u = torch.stack([torch.rand(scores.shape[-1], generator=g) for g in self.gens]).to(scores.device)
+        tiny = torch.finfo(torch.float32).tiny
+        return logp - torch.log(-torch.log(u.clamp(min=tiny)))
+
+
+def cut_at_stop(ids: list[int], stop_ids: Sequence[int]) -> list[int]:
     for k, tok in enumerate(ids):
         if tok in stop_ids:
             return ids[: k + 1]
     return ids
+
+
+def turn_seed(episode_seed: int, turn: int) -> int:
+    return (episode_seed * 1_000_003 + turn * 7919) % (2**62)
 
 
 def rollout(
@@ -81,17 +142,21 @@ def rollout(
     params: SamplingParams,
     max_turns: int,
     max_context: int,
+    seeds: Sequence[int] | None = None,
 ) -> list[Trajectory]:
-    """One episode per example (repeat an example G times for a group). Never raises on model output."""
+    """One episode per example (repeat an example G times for a group). Never raises on model output.
+
+    `seeds`: one per episode; turn t of episode i samples with seed `turn_seed(seeds[i], t)`.
+    """
     try:
-        return _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context)
+        return _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context, seeds)
     finally:
         release = getattr(generator, "release", None)
         if release is not None:
             release()
 
 
-def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context) -> list[Trajectory]:
+def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context, seeds) -> list[Trajectory]:
     trajs = []
     for ex, g in zip(examples, groups):
         ids = fmt.prompt_ids(ex.question)
@@ -107,17 +172,20 @@ def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_c
         if not active:
             break
         budgets = {i: min(params.max_new_tokens, max_context - len(trajs[i].ids)) for i in active}
-        p = SamplingParams(max(budgets.values()), params.temperature, params.top_p)
+        turn_seeds = None if seeds is None else [turn_seed(seeds[i], turn_no) for i in active]
+        p = SamplingParams(max(budgets.values()), params.temperature, params.top_p, turn_seeds)
         outputs = generator.generate([trajs[i].ids for i in active], p, fmt.stop_ids)
         calls: list[tuple[int, Action]] = []
         for i, gen in zip(active, outputs):
             tr = trajs[i]
+            logprobs = getattr(gen, "logprobs", None)
             gen = gen[: budgets[i]]
             start = len(tr.ids)
             tr.ids.extend(gen)
             text = tok.decode(gen, skip_special_tokens=True)
             action = parse_generation(text)
-            turn = Turn(gen_start=start, gen_end=len(tr.ids), end=len(tr.ids), text=text, action=action)
+            turn = Turn(gen_start=start, gen_end=len(tr.ids), end=len(tr.ids), text=text, action=action,
+                        logprobs=None if logprobs is None else logprobs[: len(gen)])
             tr.turns.append(turn)
             if action.kind == "tool_call" and turn_no + 1 < max_turns:
                 calls.append((i, action))

@@ -3,14 +3,16 @@
 A trajectory is built by appending ids and never re-rendered, so the template is asked once, up front, for
 the pieces that go between generations: the prompt, the end-of-turn suffix of an assistant message, the tool
 message (split around its content), and the opening of the next assistant turn. Text the policy does not
-control (tool results, questions) is tokenized with special-token parsing off, so a passage holding
-`<|im_end|>` cannot change the conversation structure. No model family's special tokens are written here:
-they come from the template (or, for a tokenizer without one, from the ChatML fallback template).
+control (tool results, questions, answers) is tokenized with every added token read as plain text (special
+ones like `<|im_end|>` and the non-special ones some families add, like Qwen's `<tool_call>` and
+`</tool_response>`), so a passage holding them cannot change the conversation structure. No model family's
+special tokens are written here: they come from the template (or, for a tokenizer without one, from the ChatML
+fallback template, usable only when the tokenizer has its control tokens).
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 _MARK = "\x00IGPO_CONTENT\x00"
 
@@ -20,6 +22,14 @@ DEFAULT_SYSTEM_PROMPT = (
     'To search, write <tool_call>{"name": "search", "arguments": {"query": "your query"}}</tool_call> and wait '
     "for the results. Search as often as you need, one query at a time. When you know the answer, write it as "
     "<answer>short answer</answer>, with no other text inside the tags."
+)
+# The same instructions for the paper's web_search tool, which takes a list of queries.
+WEB_SEARCH_SYSTEM_PROMPT = (
+    "You are a research assistant that answers questions by searching the web. "
+    "Think briefly, then either call the web_search tool or give the final answer. "
+    'To search, write <tool_call>{"name": "web_search", "arguments": {"query": ["your query"]}}</tool_call> '
+    "with one to three queries in the list, and wait for the results. Search as often as you need. When you know "
+    "the answer, write it as <answer>short answer</answer>, with no other text inside the tags."
 )
 
 # ChatML with Hermes-style tools; used only when the tokenizer has no chat template at all.
@@ -59,12 +69,16 @@ class ChatFormat:
     tools: list[dict]
     scaffold: str
     chat_template: str | None = None  # override; None = the tokenizer's own (tool-aware) template
+    _plain: object = field(default=None, init=False, repr=False)  # the backend reading added tokens as text
 
     def __post_init__(self):
         tok = self.tokenizer
+        self._plain = _plain_text_backend(tok)
+        fallback = False
         if self.chat_template is None:
             own = getattr(tok, "chat_template", None)
-            self.chat_template = own if isinstance(own, str) and own else CHATML_TOOLS_TEMPLATE
+            fallback = not (isinstance(own, str) and own)
+            self.chat_template = CHATML_TOOLS_TEMPLATE if fallback else own
         # A template that ignores `tools` gets the schemas in the system prompt instead.
         self._native_tools = "tools" in self.chat_template
         if not self._native_tools:
@@ -89,11 +103,27 @@ class ChatFormat:
         self.eot_ids = self._encode_template(eot_text)
         self.tool_pre_ids = self._encode_template(pre)
         self.tool_post_ids = self._encode_template(post)
+        self._check_end_of_turn(eot_text, fallback)
         stops = {i for i in (tok.eos_token_id,) if i is not None}
         if self.eot_ids:
             stops.add(self.eot_ids[0])
         self.stop_ids = sorted(stops)
-        self.scaffold_ids = self.encode_text(self.scaffold)
+        # The scaffold is ours, written as the assistant would write it: its added tokens (a `</think>`) count.
+        self.scaffold_ids = self._encode_template(self.scaffold)
+
+    def _check_end_of_turn(self, eot_text: str, fallback: bool) -> None:
+        """The first end-of-turn token stops generation: ordinary text there would end a turn at every `<`."""
+        tok = self.tokenizer
+        controls = set(tok.all_special_ids) | set(getattr(tok, "added_tokens_decoder", None) or {})
+        if not self.eot_ids or self.eot_ids[0] in controls:
+            return
+        name = getattr(tok, "name_or_path", "") or type(tok).__name__
+        if fallback:
+            raise TemplateError(f"tokenizer {name}: it has no chat template, and the ChatML fallback's end of turn "
+                                f"{eot_text.strip()!r} is not one of its tokens; use a tokenizer with a chat template "
+                                "(model.tokenizer)")
+        raise TemplateError(f"tokenizer {name}: its chat template ends an assistant turn with {eot_text!r}, whose "
+                            "first token is ordinary text, not a control token that can stop generation")
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         kwargs = {"tools": self.tools} if self._native_tools else {}
@@ -111,6 +141,10 @@ class ChatFormat:
 
     def encode_text(self, text: str) -> list[int]:
         """Untrusted text (questions, tool results, answers): control strings stay plain text."""
+        # Lone surrogates (a JSON escape like "\ud800" in a tool call) are not UTF-8: the tokenizer would raise.
+        text = text.encode("utf-8", "replace").decode("utf-8")
+        if self._plain is not None:
+            return self._plain.encode(text, add_special_tokens=False).ids
         return self.tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
 
     def prompt_ids(self, question: str) -> list[int]:
@@ -134,3 +168,23 @@ class ChatFormat:
 
     def answer_ids(self, answer: str) -> list[int]:
         return self.encode_text(answer)
+
+
+def _plain_text_backend(tokenizer):
+    """A copy of a fast tokenizer's backend that matches no added token, special or not (None for a slow one).
+
+    `split_special_tokens` alone still matches added tokens that are not special (Qwen's `<tool_call>`), so
+    the copy marks every added token special and encodes special tokens as text."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    from tokenizers import Tokenizer
+
+    spec = json.loads(backend.to_str())
+    for added in spec.get("added_tokens") or []:
+        added["special"] = True
+    plain = Tokenizer.from_str(json.dumps(spec))
+    plain.encode_special_tokens = True
+    plain.no_truncation()
+    plain.no_padding()
+    return plain

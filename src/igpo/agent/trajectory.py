@@ -21,6 +21,7 @@ class Turn:
     action: Action
     tool_result: str | None = None
     tool_error: str | None = None
+    logprobs: list[float] | None = None  # the rollout engine's log-prob of each id in ids[gen_start:gen_end]
 
 
 @dataclass
@@ -51,6 +52,15 @@ class Trajectory:
         for t in self.turns:
             mask[t.gen_start:t.gen_end] = [True] * (t.gen_end - t.gen_start)
         return mask
+
+    def rollout_logprobs(self) -> list[float] | None:
+        """[L] the rollout engine's log-prob of each generated token, 0 elsewhere; None if it recorded none."""
+        if not self.turns or any(t.logprobs is None for t in self.turns):
+            return None
+        out = [0.0] * len(self.ids)
+        for t in self.turns:
+            out[t.gen_start:t.gen_end] = t.logprobs
+        return out
 
     def token_turns(self) -> list[int]:
         """[L] 0-based turn of each token (tool results included), -1 for the prompt."""

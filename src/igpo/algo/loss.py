@@ -61,3 +61,14 @@ def kl_penalty(logprobs, ref_logprobs, kind: str = "low_var_kl") -> torch.Tensor
         kl = -diff
         return (kl.exp() - kl - 1).clamp(-10.0, 10.0)
     raise ValueError(f"unknown KL type {kind!r}")
+
+
+def tis_weights(old_logprobs: torch.Tensor, rollout_logprobs: torch.Tensor, cap: float) -> torch.Tensor:
+    """Truncated importance-sampling weights [B, L]: min(π_old / π_rollout, cap), without gradient.
+
+    π_rollout is the sampling engine's probability of the token (vLLM, bf16 kernels), π_old the trainer's for the
+    same weights: the PPO ratio is taken against π_old, and this weight corrects for the tokens having been
+    drawn from π_rollout. The cap bounds the variance a rare large ratio would add.
+    """
+    log_ratio = (old_logprobs - rollout_logprobs).detach().clamp(max=20.0)
+    return log_ratio.exp().clamp(max=cap)

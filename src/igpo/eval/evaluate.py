@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -24,13 +24,18 @@ def _summary(rows: list[dict]) -> dict:
         "answer_rate": float(np.mean([r["answer"] is not None for r in rows])),
         "turns": float(np.mean([r["turns"] for r in rows])),
         "tool_calls": float(np.mean([r["tool_calls"] for r in rows])),
+        # format validity: generations that are a well-formed tool call or a closed answer
+        "valid_generation_rate": sum(r["valid_generations"] for r in rows) / max(1, sum(r["turns"] for r in rows)),
+        "tool_call_rate": float(np.mean([r["tool_calls"] > 0 for r in rows])),  # questions with a well-formed call
     }
 
 
 @torch.no_grad()
 def evaluate(generator: Generator, fmt: ChatFormat, toolbox: Toolbox, examples: Sequence[QAExample], cfg: Config,
-             batch_size: int = 16) -> dict:
-    """{"overall": {...}, "by_source": {source: {...}}, "rows": [per question]} with greedy decoding."""
+             batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> dict:
+    """{"overall": {...}, "by_source": {source: {...}}, "rows": [per question]} with greedy decoding.
+
+    `progress(done, total)` is called after each batch of questions."""
     r = cfg.rollout
     params = SamplingParams(r.max_new_tokens, temperature=0.0)
     rows = []
@@ -42,10 +47,13 @@ def evaluate(generator: Generator, fmt: ChatFormat, toolbox: Toolbox, examples: 
             rows.append({
                 "id": tr.example.id, "source": tr.example.source, "question": tr.example.question,
                 "golds": tr.example.answers, "answer": ans, "finish": tr.finish, "turns": tr.num_turns,
-                "tool_calls": sum(t.action.kind == "tool_call" for t in tr.turns),
+                "tool_calls": sum(t.action.kind == "tool_call" and t.action.error is None for t in tr.turns),
+                "valid_generations": sum(t.action.kind != "format_error" and t.action.error is None for t in tr.turns),
                 "f1": answer_f1(ans, tr.example.answers, cfg.algorithm.f1_mode) if ans is not None else 0.0,
                 "em": answer_em(ans, tr.example.answers, cfg.algorithm.f1_mode) if ans is not None else 0.0,
             })
+        if progress is not None:
+            progress(len(rows), len(examples))
     by_source = defaultdict(list)
     for row in rows:
         by_source[row["source"]].append(row)

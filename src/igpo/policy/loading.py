@@ -92,8 +92,8 @@ def load_tokenizer(cfg: ModelConfig):
     path, _ = resolve_model_dir(cfg) if cfg.tokenizer is None else (cfg.tokenizer, None)
     try:
         tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
-    except OSError as e:
-        raise ModelLoadError(f"model.tokenizer: cannot load a tokenizer from {path}: {e}") from None
+    except Exception as e:  # missing, truncated or malformed files raise many types
+        raise ModelLoadError(f"model.tokenizer: cannot load a tokenizer from {path}: {type(e).__name__}: {e}") from e
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
@@ -108,8 +108,8 @@ def load_policy(cfg: ModelConfig):
         model = AutoModelForCausalLM.from_pretrained(
             path, dtype=_DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation, local_files_only=True
         )
-    except OSError as e:
-        raise ModelLoadError(f"model.path: cannot load a causal LM from {path}: {e}") from None
+    except Exception as e:  # a truncated safetensors file raises SafetensorError, bad JSON ValueError
+        raise ModelLoadError(f"model.path: cannot load a causal LM from {path}: {type(e).__name__}: {e}") from e
     model.to(cfg.device)
     if cfg.lora.enabled:
         model = apply_lora(model, cfg)

@@ -1,4 +1,4 @@
-"""The one interface every retriever implements (embedded BM25, dense, HTTP client)."""
+"""The one interface every retriever implements (embedded BM25, dense, HTTP client, web search)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -7,12 +7,13 @@ from typing import Protocol, runtime_checkable
 
 @dataclass(frozen=True)
 class Hit:
-    """One retrieved passage."""
+    """One retrieved passage; `url` is set by web backends (a local passage has none)."""
 
     id: str
     title: str
     text: str
     score: float = 0.0
+    url: str = ""
 
 
 @runtime_checkable
@@ -27,4 +28,12 @@ class Retriever(Protocol):
 
 
 class RetrievalError(RuntimeError):
-    """The retriever could not answer (server down, timeout, bad response)."""
+    """The retriever could not answer (server down, timeout, bad response).
+
+    `server_fault` is False when the request itself was refused (a bound, a wrong API key): such a failure
+    says nothing about the server's health, so it does not count towards opening a circuit breaker.
+    """
+
+    def __init__(self, message: str, *, server_fault: bool = True):
+        super().__init__(message)
+        self.server_fault = server_fault

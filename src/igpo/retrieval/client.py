@@ -1,38 +1,27 @@
 """The HTTP retriever the search tool uses against `igpo serve` or Search-R1's retrieval server.
 
-It survives a faulty server instead of crashing training: pooled connections, a timeout per attempt, retries
-with exponential backoff and jitter on errors that may pass (connection refused or reset, timeout, 5xx, 429,
-an answer that is not the expected JSON), and a circuit breaker that fails fast while the server is down
-rather than making every episode wait out its retries. When the retries are spent, `search` raises
-`RetrievalError`; the search tool turns that into a "search failed" observation.
+It survives a faulty server instead of crashing training (timeouts, retries with backoff, a circuit breaker:
+`igpo.retrieval.resilience`). When the retries are spent, `search` raises `RetrievalError`; the search tool
+turns that into a "search failed" observation.
 
-Results are cached on disk, addressed by (index, topk, query): the same query against the same index gives the
-same passages, so reruns are reproducible and a resumed run replays its searches, even with the server down.
-The index is the `index_id` the server announces (on `/health` and in each answer); a server that announces
+Results are cached on disk (`igpo.retrieval.cache`), addressed by (index, topk, query): the same query against
+the same index gives the same passages, so reruns are reproducible and a resumed run replays its searches, even
+with the server down. The index is the `index_id` the server announces (on `/health` and in each answer); a server that announces
 none (Search-R1's) is identified by its URL.
 """
 from __future__ import annotations
 
-import hashlib
-import json
-import os
-import random
-import tempfile
-import threading
-import time
-from collections import Counter
+from functools import partial
 from pathlib import Path
 from typing import Self
 
 import httpx
 
-from igpo.retrieval.base import Hit, RetrievalError
+from igpo.retrieval.base import Hit
+from igpo.retrieval.cache import DEFAULT_CACHE_DIR, ResultCache
+from igpo.retrieval.resilience import ResilientHTTP
 
-DEFAULT_CACHE_DIR = Path("~/.cache/igpo/retrieval")
-
-
-class _Retryable(Exception):
-    """An attempt failed in a way another attempt may not."""
+__all__ = ["DEFAULT_CACHE_DIR", "HTTPRetriever"]
 
 
 class HTTPRetriever:
@@ -54,58 +43,68 @@ class HTTPRetriever:
     ):
         url = url.rstrip("/")
         self.base_url = url.removesuffix("/retrieve")  # accept Search-R1's `retrieval_service_url` form too
-        self.retries = retries
-        self.backoff_s = backoff_s
-        self.breaker_failures = breaker_failures
-        self.breaker_cooldown_s = breaker_cooldown_s
         self.max_queries_per_request = max_queries_per_request
-        self.cache_dir = Path(cache_dir).expanduser() if cache_dir is not None else None
-        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self._http = httpx.Client(
-            base_url=self.base_url,
-            headers=headers,
-            timeout=httpx.Timeout(timeout_s, connect=min(timeout_s, 5.0)),
-            limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
+        self.cache = ResultCache(cache_dir) if cache_dir is not None else None
+        self._client = ResilientHTTP(
+            self.base_url,
+            headers={"Authorization": f"Bearer {api_key}"} if api_key else {},
+            timeout_s=timeout_s,
+            retries=retries,
+            backoff_s=backoff_s,
+            breaker_failures=breaker_failures,
+            breaker_cooldown_s=breaker_cooldown_s,
+            max_connections=max_connections,
         )
-        self._lock = threading.Lock()
-        self._counts: Counter = Counter()
-        self._consecutive_failures = 0
-        self._opened_at: float | None = None  # circuit open since (monotonic); None = closed
-        self._trial_in_flight = False
+        self._http = self._client.http
         self._index_id: str | None = None
         self._probed = False
+
+    @property
+    def retries(self) -> int:
+        return self._client.retries
+
+    @property
+    def cache_dir(self) -> Path | None:
+        return self.cache.directory if self.cache is not None else None
 
     # -- the Retriever interface ------------------------------------------------------------------------------
 
     def search(self, queries: list[str], topk: int) -> list[list[Hit]]:
         if not queries:
             return []
-        self._count(searches=1, queries=len(queries))
-        caching = self.cache_dir is not None
-        index = self._index() if caching else None
+        self._client.count(searches=1, queries=len(queries))
+        index = self._index() if self.cache is not None else None
         results: list[list[Hit] | None] = [None] * len(queries)
         if index is not None:
-            results = [self._cache_get(index, q, topk) for q in queries]
-            self._count(cache_hits=sum(r is not None for r in results), cache_misses=sum(r is None for r in results))
+            results = [self.cache.get(index, q, topk) for q in queries]
+            self._client.count(cache_hits=sum(r is not None for r in results),
+                               cache_misses=sum(r is None for r in results))
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
-            fetched = self._fetch([queries[i] for i in missing], topk)
-            index = self._index_id if caching else None  # the answer may have named the index for the first time
+            fetched = self._client.guarded(lambda attempts: self._fetch([queries[i] for i in missing], topk, attempts))
+            index = self._index_id if self.cache is not None else None  # the answer may have named the index
             for i, hits in zip(missing, fetched):
                 results[i] = hits
                 if index is not None:
-                    self._cache_put(index, queries[i], topk, hits)
+                    self.cache.put(index, queries[i], topk, hits)
         return results  # type: ignore[return-value]
 
     def stats(self) -> dict:
         """Counters since creation, plus the circuit state (closed, open, half_open)."""
-        with self._lock:
-            out = dict(self._counts)
-            out["circuit"] = self._circuit_state()
-        return out
+        return self._client.stats()
+
+    def cache_pointer(self) -> dict:
+        """What a checkpoint records to resume with this cache: where it is and which index it answers for.
+
+        Asks no server: the index is the one already seen, else the one this URL served last."""
+        index = self._index_id
+        if index is None and self.cache is not None:
+            index = self.cache.recall("endpoints", self.base_url)
+        return {"url": self.base_url, "index_id": index,
+                "cache_dir": str(self.cache_dir) if self.cache_dir is not None else None}
 
     def close(self) -> None:
-        self._http.close()
+        self._client.close()
 
     def __enter__(self) -> Self:
         return self
@@ -113,103 +112,26 @@ class HTTPRetriever:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    # -- fetching with retries and a circuit breaker ------------------------------------------------------------
+    # -- fetching ---------------------------------------------------------------------------------------------
 
-    def _fetch(self, queries: list[str], topk: int) -> list[list[Hit]]:
-        attempts = self._admit()
-        try:
-            hits = []
-            for start in range(0, len(queries), self.max_queries_per_request):
-                hits += self._request(queries[start : start + self.max_queries_per_request], topk, attempts)
-        except RetrievalError as e:
-            self._record(ok=False, counts_for_breaker=getattr(e, "server_fault", True))
-            raise
-        self._record(ok=True)
+    def _fetch(self, queries: list[str], topk: int, attempts: int) -> list[list[Hit]]:
+        hits = []
+        for start in range(0, len(queries), self.max_queries_per_request):
+            chunk = queries[start : start + self.max_queries_per_request]
+            payload = {"queries": chunk, "topk": topk, "return_scores": True}
+            hits += self._client.post("/retrieve", payload, partial(self._parse_answer, n=len(chunk), topk=topk),
+                                      attempts)
         return hits
 
-    def _request(self, queries: list[str], topk: int, attempts: int) -> list[list[Hit]]:
-        payload = {"queries": queries, "topk": topk, "return_scores": True}
-        last = "no attempt"
-        for attempt in range(attempts):
-            if attempt:
-                self._count(retries=1)
-                time.sleep(self.backoff_s * 2 ** (attempt - 1) * random.uniform(0.5, 1.5))
-            try:
-                return self._attempt(payload, len(queries), topk)
-            except _Retryable as e:
-                last = str(e)
-        raise RetrievalError(f"search failed after {attempts} attempt(s) at {self.base_url}: {last}")
-
-    def _attempt(self, payload: dict, n: int, topk: int) -> list[list[Hit]]:
-        self._count(requests=1)
-        try:
-            r = self._http.post("/retrieve", json=payload)
-        except httpx.TimeoutException as e:
-            self._count(timeouts=1)
-            raise _Retryable(f"timeout ({type(e).__name__})") from None
-        except httpx.TransportError as e:
-            self._count(connection_errors=1)
-            raise _Retryable(f"connection error ({type(e).__name__}: {e})") from None
-        if r.status_code >= 500 or r.status_code in (408, 429):
-            self._count(http_errors=1)
-            raise _Retryable(f"HTTP {r.status_code}: {r.text[:200]}")
-        if r.status_code != 200:  # our request is wrong (bounds, API key): another attempt gets the same answer
-            self._count(http_errors=1)
-            error = RetrievalError(f"{self.base_url} refused the search: HTTP {r.status_code}: {r.text[:300]}")
-            error.server_fault = False  # type: ignore[attr-defined]
-            raise error
-        try:
-            data = r.json()
-            hits = _parse(data["result"], n, topk)
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
-            self._count(bad_responses=1)
-            raise _Retryable(f"malformed answer ({type(e).__name__}: {e}): {r.text[:200]!r}") from None
+    def _parse_answer(self, r: httpx.Response, n: int, topk: int) -> list[list[Hit]]:
+        data = r.json()
+        hits = _parse(data["result"], n, topk)
         announced = data.get("index_id")
         if isinstance(announced, str) and announced != self._index_id:
             self._remember_index(announced)
         return hits
 
-    def _admit(self) -> int:
-        """How many attempts this call may make: all while the circuit is closed, one trial when half open."""
-        with self._lock:
-            state = self._circuit_state()
-            if state == "closed":
-                return 1 + self.retries
-            if state == "half_open" and not self._trial_in_flight:
-                self._trial_in_flight = True
-                return 1
-            self._counts["circuit_rejections"] += 1
-            self._counts["failures"] += 1
-        raise RetrievalError(
-            f"circuit open: {self.base_url} failed {self._consecutive_failures} searches in a row; "
-            f"next try within {self.breaker_cooldown_s:g} s"
-        )
-
-    def _record(self, ok: bool, counts_for_breaker: bool = True) -> None:
-        with self._lock:
-            self._trial_in_flight = False
-            if ok:
-                self._consecutive_failures, self._opened_at = 0, None
-                return
-            self._counts["failures"] += 1
-            if not counts_for_breaker:
-                return
-            self._consecutive_failures += 1
-            if self._opened_at is not None or self._consecutive_failures >= self.breaker_failures:
-                if self._opened_at is None:
-                    self._counts["circuit_opened"] += 1
-                self._opened_at = time.monotonic()
-
-    def _circuit_state(self) -> str:
-        if self._opened_at is None:
-            return "closed"
-        return "open" if time.monotonic() - self._opened_at < self.breaker_cooldown_s else "half_open"
-
-    def _count(self, **counts: int) -> None:
-        with self._lock:
-            self._counts.update(counts)
-
-    # -- the index identity and the cache ----------------------------------------------------------------------
+    # -- the index identity -----------------------------------------------------------------------------------
 
     def _index(self) -> str | None:
         """The id of the served index: asked once of `/health`; else the one this URL served last; else None."""
@@ -226,46 +148,14 @@ class HTTPRetriever:
                     self._remember_index(announced)
         except (httpx.HTTPError, ValueError, AttributeError):
             pass  # the server is down or odd: fall back to what it served before
-        if self._index_id is None and self._endpoint_file().exists():
-            self._index_id = self._endpoint_file().read_text().strip() or None
+        if self._index_id is None and self.cache is not None:
+            self._index_id = self.cache.recall("endpoints", self.base_url)
         return self._index_id
 
     def _remember_index(self, index_id: str) -> None:
         self._index_id = index_id
-        if self.cache_dir is not None:
-            _atomic_write(self._endpoint_file(), index_id)
-
-    def _endpoint_file(self) -> Path:
-        assert self.cache_dir is not None
-        return self.cache_dir / "endpoints" / hashlib.sha256(self.base_url.encode()).hexdigest()[:32]
-
-    def _cache_path(self, index: str, query: str, topk: int) -> Path:
-        assert self.cache_dir is not None
-        key = hashlib.sha256(json.dumps([index, topk, query]).encode()).hexdigest()
-        return self.cache_dir / "results" / key[:2] / f"{key}.json"
-
-    def _cache_get(self, index: str, query: str, topk: int) -> list[Hit] | None:
-        path = self._cache_path(index, query, topk)
-        try:
-            rows = json.loads(path.read_text(encoding="utf-8"))
-            return [Hit(str(i), str(t), str(x), float(s)) for i, t, x, s in rows]
-        except FileNotFoundError:
-            return None
-        except (ValueError, TypeError):  # a damaged entry is a miss; the next answer overwrites it
-            return None
-
-    def _cache_put(self, index: str, query: str, topk: int, hits: list[Hit]) -> None:
-        rows = [[h.id, h.title, h.text, h.score] for h in hits]
-        _atomic_write(self._cache_path(index, query, topk), json.dumps(rows, ensure_ascii=False))
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    # Several processes (data-parallel ranks) may share one cache: write aside, then rename into place.
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-")
-    with os.fdopen(fd, "w", encoding="utf-8") as f:
-        f.write(text)
-    os.replace(tmp, path)
+        if self.cache is not None:
+            self.cache.remember("endpoints", self.base_url, index_id)
 
 
 def _parse(result, n: int, topk: int) -> list[list[Hit]]:

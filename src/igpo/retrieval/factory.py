@@ -1,10 +1,12 @@
-"""The retriever a config asks for: embedded BM25, a saved index, or a retrieval server over HTTP."""
+"""What a config asks for: the retriever (embedded BM25, a saved index, a retrieval server over HTTP) and the
+web search service (Serper, or that retriever standing in for it)."""
 from __future__ import annotations
 
 import os
 
 from igpo.config import ConfigError, RetrievalConfig
 from igpo.retrieval.base import Retriever
+from igpo.retrieval.cache import DEFAULT_CACHE_DIR
 
 
 def make_retriever(cfg: RetrievalConfig) -> Retriever:
@@ -22,23 +24,42 @@ def make_retriever(cfg: RetrievalConfig) -> Retriever:
             raise ConfigError("retrieval.index_dir: required when retrieval.kind is index (see `igpo index build`)")
         return load_index(cfg.index_dir, corpus=cfg.corpus)
     if cfg.kind == "http":
-        from igpo.retrieval.client import DEFAULT_CACHE_DIR, HTTPRetriever
+        from igpo.retrieval.client import HTTPRetriever
 
         if not cfg.url:
             raise ConfigError("retrieval.url: required when retrieval.kind is http")
-        api_key = None
-        if cfg.api_key_env:
-            api_key = os.environ.get(cfg.api_key_env)
-            if not api_key:
-                raise ConfigError(f"retrieval.api_key_env: the environment variable {cfg.api_key_env} is not set")
-        return HTTPRetriever(
-            cfg.url,
-            api_key=api_key,
-            timeout_s=cfg.timeout_s,
-            retries=cfg.retries,
-            backoff_s=cfg.backoff_s,
-            breaker_failures=cfg.breaker_failures,
-            breaker_cooldown_s=cfg.breaker_cooldown_s,
-            cache_dir=(cfg.cache_dir or DEFAULT_CACHE_DIR) if cfg.cache else None,
-        )
+        api_key = _api_key("retrieval.api_key_env", cfg.api_key_env) if cfg.api_key_env else None
+        return HTTPRetriever(url=cfg.url, api_key=api_key, cache_dir=_cache_dir(cfg), **_http_settings(cfg))
     raise ConfigError(f"retrieval.kind: unknown kind {cfg.kind!r}")
+
+
+def make_web_search(cfg: RetrievalConfig):
+    """The `WebSearch` behind the web_search tool: Serper (cached on disk) or the configured retriever."""
+    from igpo.retrieval.cache import ResultCache
+    from igpo.retrieval.web import SerperRetriever, WebSearch
+
+    web = cfg.web
+    budget = {"max_calls": web.max_calls, "cost_per_call": web.cost_per_call}
+    if web.backend == "local":
+        return WebSearch(make_retriever(cfg), name="local", **budget)
+    backend = SerperRetriever(_api_key("retrieval.web.api_key_env", web.api_key_env), web.endpoint,
+                              **_http_settings(cfg))
+    cache_dir = _cache_dir(cfg)
+    cache = ResultCache(cache_dir) if cache_dir is not None else None
+    return WebSearch(backend, name="serper", cache=cache, source=f"serper:{web.endpoint}", **budget)
+
+
+def _api_key(key: str, env: str) -> str:
+    value = os.environ.get(env)
+    if not value:
+        raise ConfigError(f"{key}: the environment variable {env} is not set")
+    return value
+
+
+def _cache_dir(cfg: RetrievalConfig):
+    return (cfg.cache_dir or DEFAULT_CACHE_DIR) if cfg.cache else None
+
+
+def _http_settings(cfg: RetrievalConfig) -> dict:
+    return {"timeout_s": cfg.timeout_s, "retries": cfg.retries, "backoff_s": cfg.backoff_s,
+            "breaker_failures": cfg.breaker_failures, "breaker_cooldown_s": cfg.breaker_cooldown_s}

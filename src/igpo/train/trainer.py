@@ -11,7 +11,7 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -19,36 +19,48 @@ import torch
 
 from igpo.agent.engine import make_generator
 from igpo.agent.rollout import Generator, SamplingParams, rollout
-from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
-from igpo.agent.tools import SearchTool, Toolbox
+from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, WEB_SEARCH_SYSTEM_PROMPT, ChatFormat
+from igpo.agent.tools import SearchTool, Toolbox, WebSearchTool
 from igpo.agent.trajectory import Trajectory
 from igpo.algo.advantages import NEEDS_BELIEFS, compute_turn_advantages, turn_to_token_advantages
-from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss
+from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss, tis_weights
 from igpo.algo.rewards import answer_em, answer_f1, information_gain, outcome_reward, reduce_aliases
 from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
+from igpo.files import atomic_write_text
 from igpo.policy.loading import load_policy
 from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
+from igpo.report.records import sample_records
+from igpo.report.runlog import RunLog
 from igpo.train import checkpoint as ckpt
-from igpo.train.invariants import InvariantError, check_batch_tokens, check_ig_telescopes, check_no_probe_leak
+from igpo.train import distributed, faults
+from igpo.train.batching import collate
+from igpo.train.invariants import check_batch_tokens, check_ig_telescopes, check_no_probe_leak
 
 log = logging.getLogger(__name__)
 
 
 def make_toolbox(cfg: Config) -> Toolbox:
-    from igpo.retrieval.factory import make_retriever
+    from igpo.retrieval.factory import make_retriever, make_web_search
 
-    retriever = make_retriever(cfg.retrieval)
-    return Toolbox([SearchTool(retriever, cfg.retrieval.topk, cfg.retrieval.max_passage_words)])
+    r = cfg.retrieval
+    if r.tool == "web_search":
+        return Toolbox([WebSearchTool(make_web_search(r), r.topk, r.max_passage_words, r.web.max_queries)])
+    return Toolbox([SearchTool(make_retriever(r), r.topk, r.max_passage_words)])
 
 
 def make_chat_format(cfg: Config, tokenizer, toolbox: Toolbox) -> ChatFormat:
-    return ChatFormat(tokenizer, cfg.rollout.system_prompt or DEFAULT_SYSTEM_PROMPT, toolbox.schemas(),
-                      cfg.algorithm.scaffold)
+    default = WEB_SEARCH_SYSTEM_PROMPT if "web_search" in toolbox.tools else DEFAULT_SYSTEM_PROMPT
+    return ChatFormat(tokenizer, cfg.rollout.system_prompt or default, toolbox.schemas(), cfg.algorithm.scaffold)
 
 
 def step_seed(seed: int, step: int) -> int:
     return (seed * 1_000_003 + step * 7919) % (2**31)
+
+
+def episode_seed(seed: int, step: int, question: int, k: int) -> int:
+    """The sampling seed of rollout k of the step's question: the same on any rank and in any batch."""
+    return (step_seed(seed, step) * 1_000_033 + question * 4099 + k) % (2**62)
 
 
 class Timer:
@@ -62,6 +74,7 @@ class Timer:
             yield
         finally:
             self.seconds[phase] += time.perf_counter() - t
+        faults.kill_point(phase)
 
 
 class Trainer:
@@ -69,21 +82,33 @@ class Trainer:
 
     def __init__(self, cfg: Config, model=None, tokenizer=None, toolbox: Toolbox | None = None,
                  train_set: list[QAExample] | None = None, generator: Generator | None = None):
+        self.dist, cfg = distributed.setup(cfg)
         self.cfg = cfg
         self.out = Path(cfg.trainer.out_dir)
         torch.manual_seed(cfg.trainer.seed)
-        resume = ckpt.latest_checkpoint(self.out)
+        # Rank 0 looks first: it moves a corrupt checkpoint aside, then the others find the same good one.
+        resume = ckpt.latest_checkpoint(self.out) if self.dist.is_main else None
+        self.dist.barrier()
+        if not self.dist.is_main:
+            resume = ckpt.latest_checkpoint(self.out)
         if model is None:
             model, tokenizer = load_policy(cfg.model)
         self.model, self.tok = model, tokenizer
         self.toolbox = toolbox or make_toolbox(cfg)
         self.fmt = make_chat_format(cfg, tokenizer, self.toolbox)
-        self.generator = generator or make_generator(cfg.rollout.engine, model, tokenizer.pad_token_id)
+        if (fixed := len(self.fmt.prompt_ids(""))) >= cfg.rollout.max_context:
+            raise ConfigError(f"rollout.max_context: {cfg.rollout.max_context} tokens cannot hold the prompt, whose "
+                              f"system part and tool schemas alone take {fixed}")
+        self.generator = generator or self._make_generator()
+        self._pushed_step = -1  # the step whose weights the generator holds, when it keeps its own copy
         self.train_set = train_set if train_set is not None else self._load_train()
         # The reference is the initial policy: copied before any checkpoint weights are loaded.
         self.ref = self._make_reference() if cfg.algorithm.kl_coef > 0 else None
         if resume is not None:
             self._load_weights(resume[0])
+        # The forward that trains goes through DDP's wrapper; FSDP shards `model` in place.
+        self.train_model = self.dist.wrap(model, cfg.trainer.fsdp_param_dtype)
+        self.dist.shard_frozen(self.ref, cfg.trainer.fsdp_param_dtype)
         params = [p for p in model.parameters() if p.requires_grad]
         # The fused kernel (CPU and CUDA) updates all parameters in one pass instead of a loop of small ops.
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
@@ -92,16 +117,43 @@ class Trainer:
         warm = cfg.trainer.warmup_steps
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.step = 0
+        self.bad_steps = faults.BadStepGuard(cfg.trainer.max_bad_steps)
+        self.retrieval_counts = faults.PerStepCounts()
         self._eval_set: list[QAExample] | None = None
+        if cfg.trainer.eval_every and cfg.data.eval:  # a bad eval file fails now, not steps into the run
+            self._eval_set = load_qa(cfg.data.eval, skip_bad_rows=cfg.data.skip_bad_rows)[: cfg.trainer.eval_size]
         if resume is not None:
             state = resume[1]
-            self.optimizer.load_state_dict(state["optimizer"])
+            self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
             self.scheduler.load_state_dict(state["scheduler"])
             ckpt.restore_rng(state)
             self.step = state["step"]
+            self.bad_steps.in_a_row = state.get("bad_steps_in_a_row", 0)
+            ckpt.check_resume_state(state, cfg.rollout.questions_per_step, self._retriever())
             log.info("resumed from %s (step %d)", resume[0], self.step)
 
     # ------------------------------------------------------------------ setup
+    def _make_generator(self) -> Generator:
+        if self.cfg.rollout.backend == "vllm":
+            from igpo.policy.vllm_engine import VLLMGenerator
+
+            return VLLMGenerator.from_config(self.cfg, self.dist.enabled)
+        return make_generator(self.cfg.rollout.engine, self.model, self.tok.pad_token_id)
+
+    def _push_weights(self, timer: Timer | None = None) -> None:
+        """Hands the current weights to a generator that holds its own copy (vLLM), once per update."""
+        push = getattr(self.generator, "push_weights", None)
+        if push is not None and self._pushed_step != self.step:
+            with (timer or Timer())("weight_push"):
+                push(self.dist.full_parameters(self.model))
+            self._pushed_step = self.step
+
+    def _generation_weights(self):
+        """Whole weights for the generator when it samples from the trainer's model (FSDP gathers them)."""
+        if hasattr(self.generator, "push_weights"):  # it holds its own copy
+            return nullcontext()
+        return self.dist.gathered(self.model)
+
     def _load_train(self) -> list[QAExample]:
         if not self.cfg.data.train:
             raise ConfigError("data.train: a QA file is required for training")
@@ -119,6 +171,9 @@ class Trainer:
 
         loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(self.model.parameters()).dtype)
         self.model.load_state_dict(loaded.state_dict())
+
+    def _retriever(self):
+        return getattr(self.toolbox.tools.get("search"), "retriever", None)
 
     def _make_reference(self):
         if hasattr(self.model, "disable_adapter"):
@@ -151,15 +206,19 @@ class Trainer:
     def collect(self, step: int, timer: Timer) -> list[Trajectory]:
         g = self.cfg.rollout.group_size
         questions = self.batch_examples(step)
-        examples = [ex for ex in questions for _ in range(g)]
-        groups = [step * len(questions) + j for j in range(len(questions)) for _ in range(g)]
+        mine = self.dist.shard(len(questions))  # this rank's questions, each with all its G rollouts
+        examples = [questions[j] for j in mine for _ in range(g)]
+        groups = [step * len(questions) + j for j in mine for _ in range(g)]
+        seeds = [episode_seed(self.cfg.trainer.seed, step, j, k) for j in mine for k in range(g)]
         seed = step_seed(self.cfg.trainer.seed, step)
         torch.manual_seed(seed)
         random.seed(seed)
         r = self.cfg.rollout
-        with timer("rollout"):
+        self._push_weights(timer)
+        with timer("rollout"), self._generation_weights():
             return rollout(examples, groups, self.generator, self.fmt, self.toolbox,
-                           SamplingParams(r.max_new_tokens, r.temperature, r.top_p), r.max_turns, r.max_context)
+                           SamplingParams(r.max_new_tokens, r.temperature, r.top_p), r.max_turns, r.max_context,
+                           seeds=seeds)
 
     def answer_ids(self, ex: QAExample) -> list[list[int]]:
         a = self.cfg.algorithm
@@ -175,7 +234,7 @@ class Trainer:
         impl = belief_logprobs_packed if self.cfg.algorithm.belief_impl == "packed" else belief_logprobs_reference
         was_training = self.model.training
         self.model.eval()
-        with timer("beliefs"):
+        with timer("beliefs"), self.dist.gathered(self.model):
             per_alias = impl(self.model, self.fmt.scaffold_ids, queries)
         self.model.train(was_training)
         for tr, lp in zip(todo, per_alias):
@@ -203,19 +262,7 @@ class Trainer:
         return rewards, mask, outcomes
 
     def batch_tensors(self, trajs: list[Trajectory]) -> dict[str, torch.Tensor]:
-        L = max(len(tr.ids) for tr in trajs)
-        B = len(trajs)
-        ids = torch.full((B, L), self.tok.pad_token_id, dtype=torch.long)
-        attn = torch.zeros((B, L), dtype=torch.long)
-        loss_mask = torch.zeros((B, L), dtype=torch.bool)
-        turns = torch.full((B, L), -1, dtype=torch.long)
-        for b, tr in enumerate(trajs):
-            n = len(tr.ids)
-            ids[b, :n] = torch.tensor(tr.ids)
-            attn[b, :n] = 1
-            loss_mask[b, :n] = torch.tensor(tr.loss_mask())
-            turns[b, :n] = torch.tensor(tr.token_turns())
-        return {"ids": ids, "attn": attn, "loss_mask": loss_mask, "turns": turns}
+        return collate(trajs, self.tok.pad_token_id)
 
     def _forward_logprobs(self, model, batch, rows, with_entropy=False, entropy_grad=False):
         dev = next(self.model.parameters()).device
@@ -240,6 +287,42 @@ class Trainer:
             out[rows, : lp.shape[1]] = lp.float().cpu()
         return out
 
+    def _micro_batch_loss(self, batch, rows, on_policy: bool, agg: dict, stats: dict[str, list[float]]) -> torch.Tensor:
+        """The loss of a micro-batch's rows, aggregated against the whole (global) mini-batch (`agg`)."""
+        a = self.cfg.algorithm
+        dev = next(self.model.parameters()).device
+        lp, ent = self._forward_logprobs(self.train_model, batch, rows, with_entropy=True,
+                                         entropy_grad=a.entropy_coef != 0)
+        length = lp.shape[1]
+        mask = batch["loss_mask"][rows, :length].to(dev)
+        adv = batch["adv"][rows, :length].to(dev)
+        old = lp.detach() if on_policy else batch["old_lp"][rows, :length].to(dev)
+        pg, clipped = ppo_policy_loss(lp, old, adv, a.clip_eps, a.dual_clip)
+        if "rollout_lp" in batch:  # the engine's sampling log-probs (vLLM)
+            rollout_lp = batch["rollout_lp"][rows, :length].to(dev)
+            n = mask.sum().clamp(min=1)
+            stats["rollout_lp_abs_diff"].append(float(((old - rollout_lp).abs() * mask).sum() / n))
+            if a.tis_cap is not None:
+                w = tis_weights(old, rollout_lp, a.tis_cap)
+                pg = pg * w
+                stats["tis_weight"].append(float((w * mask).sum() / n))
+        elif a.tis_cap is not None:
+            raise ConfigError("algorithm.tis_cap: the rollout backend recorded no sampling log-probs "
+                              "(rollout.backend=vllm records them)")
+        loss = agg_loss(pg, mask, **agg)
+        stats["pg_loss"].append(float(loss.detach()))
+        if a.kl_coef > 0:
+            kl = kl_penalty(lp, batch["ref_lp"][rows, :length].to(dev), a.kl_type)
+            kl_term = agg_loss(kl, mask, **agg)
+            loss = loss + a.kl_coef * kl_term
+            stats["kl"].append(float(kl_term.detach()))
+        ent_term = agg_loss(ent, mask, **agg)
+        if a.entropy_coef != 0:
+            loss = loss - a.entropy_coef * ent_term
+        stats["entropy"].append(float(ent_term.detach()))
+        stats["clip_frac"].append(float((clipped * mask).sum() / mask.sum().clamp(min=1)))
+        return loss
+
     def update(self, batch: dict[str, torch.Tensor], timer: Timer) -> dict[str, float]:
         a, t = self.cfg.algorithm, self.cfg.trainer
         B = batch["ids"].shape[0]
@@ -253,51 +336,37 @@ class Trainer:
                 batch["ref_lp"] = self._logprobs_all(ref, batch)
         self.model.train()
         stats: dict[str, list[float]] = defaultdict(list)
-        dev = next(self.model.parameters()).device
         with timer("update"):
             for epoch in range(t.ppo_epochs):
                 perm = torch.randperm(B, generator=torch.Generator().manual_seed(step_seed(t.seed, self.step) + epoch))
                 for mini in perm.chunk(t.mini_batches):
                     mask_all = batch["loss_mask"][mini]
-                    n_seqs = float((mask_all.sum(1) > 0).sum().clamp(min=1))
-                    n_tokens = float(mask_all.sum().clamp(min=1))
+                    # Normalisers of the global mini-batch: the sum over ranks of their shares.
+                    n_seqs, n_tokens = self.dist.all_sum([float((mask_all.sum(1) > 0).sum()), float(mask_all.sum())])
+                    n_seqs, n_tokens = max(n_seqs, 1.0), max(n_tokens, 1.0)
                     self.optimizer.zero_grad(set_to_none=True)
-                    for rows in self._micro_batches(batch, mini):
-                        lp, ent = self._forward_logprobs(self.model, batch, rows, with_entropy=True,
-                                                         entropy_grad=a.entropy_coef != 0)
-                        length = lp.shape[1]
-                        mask = batch["loss_mask"][rows, :length].to(dev)
-                        adv = batch["adv"][rows, :length].to(dev)
-                        old = lp.detach() if on_policy else batch["old_lp"][rows, :length].to(dev)
-                        pg, clipped = ppo_policy_loss(lp, old, adv, a.clip_eps, a.dual_clip)
-                        agg = dict(mode=a.loss_agg, num_seqs=n_seqs, num_tokens=n_tokens)
-                        loss = agg_loss(pg, mask, **agg)
-                        stats["pg_loss"].append(float(loss.detach()))
-                        if a.kl_coef > 0:
-                            kl = kl_penalty(lp, batch["ref_lp"][rows, :length].to(dev), a.kl_type)
-                            kl_term = agg_loss(kl, mask, **agg)
-                            loss = loss + a.kl_coef * kl_term
-                            stats["kl"].append(float(kl_term.detach()))
-                        ent_term = agg_loss(ent, mask, **agg)
-                        if a.entropy_coef != 0:
-                            loss = loss - a.entropy_coef * ent_term
-                        stats["entropy"].append(float(ent_term.detach()))
-                        stats["clip_frac"].append(float((clipped * mask).sum() / mask.sum().clamp(min=1)))
-                        loss.backward()
-                    grad_norm = torch.nn.utils.clip_grad_norm_(
+                    micro = self._micro_batches(batch, mini)
+                    agg = {"mode": a.loss_agg, "num_seqs": n_seqs, "num_tokens": n_tokens}
+                    bad_loss = None
+                    for i, rows in enumerate(micro):
+                        with self.dist.grad_sync(self.train_model, sync=i == len(micro) - 1):
+                            loss = self._micro_batch_loss(batch, rows, on_policy, agg, stats)
+                            if bad_loss is None:
+                                bad_loss = faults.finite_or_fault(loss.detach(), self.step, "loss", "loss")
+                            # backward even so: under DDP/FSDP every rank must join the gradient reduction
+                            (loss * self.dist.grad_scale).backward()
+                    faults.agree(bad_loss, self.step, self.dist.all_sum)
+                    grad_norm = self.dist.clip_grad_norm(
                         [p for p in self.model.parameters() if p.requires_grad], t.grad_clip)
-                    if not torch.isfinite(grad_norm):
-                        self.optimizer.zero_grad(set_to_none=True)
-                        stats["skipped_updates"].append(1.0)
-                    else:
-                        self.optimizer.step()
+                    faults.require_finite(grad_norm, self.step, "gradients", "gradient norm")
+                    self.optimizer.step()
                     self.scheduler.step()
                     stats["grad_norm"].append(float(grad_norm))
         # pg/kl/entropy terms were aggregated against the whole mini-batch: sum over its micro-batches
         n_mini = t.ppo_epochs * t.mini_batches
         out = {k: sum(v) / n_mini for k, v in stats.items() if k in ("pg_loss", "kl", "entropy")}
-        out.update({k: float(np.mean(v)) for k, v in stats.items() if k in ("clip_frac", "grad_norm")})
-        out["skipped_updates"] = sum(stats.get("skipped_updates", []))
+        out.update({k: float(np.mean(v)) for k, v in stats.items()
+                    if k in ("clip_frac", "grad_norm", "rollout_lp_abs_diff", "tis_weight")})
         return out
 
     # ------------------------------------------------------------------ one step
@@ -312,22 +381,34 @@ class Trainer:
             for b, tr in enumerate(trajs):
                 check_no_probe_leak(tr, self.tok, a.scaffold, self.fmt.scaffold_ids, self.answer_ids(tr.example),
                                     f"step {step}, rollout {b}")
-        rewards, turn_mask, outcomes = self.turn_rewards(trajs)
-        groups = [tr.group for tr in trajs]
-        turn_adv = compute_turn_advantages(
-            rewards, turn_mask, groups, a.estimator, gamma=a.gamma, norm=a.norm, std=a.std,
-            gate_threshold=a.gate_threshold, step=step, curriculum_steps=a.curriculum_steps,
-        )
-        for name, value in (("turn rewards", rewards), ("advantages", turn_adv)):
-            if not torch.isfinite(value).all():
-                raise InvariantError(f"step {step}: non-finite {name}")
+        # Nothing below is collective until `faults.agree`: a rank that finds a NaN goes straight there, and
+        # every rank skips the step if any rank found one.
+        fault = faults.finite_or_fault([p for tr in trajs for p in tr.beliefs or []], step, "beliefs", "beliefs")
+        if fault is None:
+            rewards, turn_mask, outcomes = self.turn_rewards(trajs)
+            groups = [tr.group for tr in trajs]
+            turn_adv = compute_turn_advantages(
+                rewards, turn_mask, groups, a.estimator, gamma=a.gamma, norm=a.norm, std=a.std,
+                gate_threshold=a.gate_threshold, step=step, curriculum_steps=a.curriculum_steps,
+            )
+            fault = (faults.finite_or_fault(rewards[turn_mask], step, "rewards", "turn rewards")
+                     or faults.finite_or_fault(turn_adv[turn_mask], step, "advantages", "advantages"))
+        faults.agree(fault, step, self.dist.all_sum)
         batch = self.batch_tensors(trajs)
-        batch["prompt_len"] = torch.tensor([tr.prompt_len for tr in trajs])
         batch["adv"] = turn_to_token_advantages(turn_adv, batch["turns"], batch["loss_mask"])
         if self.cfg.trainer.check_invariants:
             check_batch_tokens(trajs, batch["ids"], batch["loss_mask"])
         losses = self.update(batch, timer)
         self.step += 1
+        if self.dist.enabled:  # rank 0 reports the whole step
+            merged = distributed.gather_step(self.dist, trajs, rewards, turn_mask, outcomes, turn_adv, losses,
+                                             dict(timer.seconds))
+            if merged is None:
+                self.samples = []
+                return {"step": step}
+            trajs, rewards, turn_mask, outcomes, turn_adv, losses, seconds = merged
+            timer.seconds.update(seconds)
+        self.samples = sample_records(trajs, rewards, turn_adv, outcomes, step, self.cfg.trainer.log_samples, a.f1_mode)
         return self._metrics(step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer)
 
     def _metrics(self, step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer: Timer) -> dict:
@@ -346,6 +427,7 @@ class Trainer:
         all_tokens = sum(len(tr.ids) for tr in trajs)
         m = {
             "step": step,
+            "episodes": n,
             "outcome_reward": float(np.mean(outcomes)),
             "f1": float(np.mean(f1)),
             "em": float(np.mean(em)),
@@ -379,52 +461,91 @@ class Trainer:
         }
         if sec.get("beliefs"):
             m["tokens_per_s"]["beliefs"] = sum(len(tr.ids) for tr in believed) / sec["beliefs"]
-        stats = getattr(getattr(self.toolbox.tools.get("search"), "retriever", None), "stats", None)
-        if callable(stats):
-            m["retrieval"] = stats()
+        for tool in self.toolbox.tools.values():
+            stats = getattr(tool, "stats", None)
+            if callable(stats) and (s := stats()) is not None:
+                # this step's counts: rows stay the same across a resume, and sum to the totals
+                m["retrieval"] = self.retrieval_counts(s)
         return m
 
     # ------------------------------------------------------------------ loop
     def fit(self, progress=None) -> list[dict]:
+        """Runs the remaining steps; returns the metric rows (on rank 0: the whole steps; elsewhere: steps only)."""
         t = self.cfg.trainer
-        self.out.mkdir(parents=True, exist_ok=True)
-        (self.out / "config.yaml").write_text(dump_config(self.cfg))
-        self._truncate_metrics()
         history = []
-        with (self.out / "metrics.jsonl").open("a") as f:
+        with self._run_files() as (f, run_log):
             while self.step < t.steps:
-                m = self.train_step()
-                f.write(json.dumps(m) + "\n")
-                f.flush()
+                try:
+                    m = self.train_step()
+                    self.bad_steps.passed()
+                except faults.NumericalFault as fault:  # no optimizer step from the faulty mini-batch on
+                    m = self.bad_steps.skipped(fault)
+                    self.samples = []
+                    self.step += 1
                 history.append(m)
-                if progress is not None:
-                    progress(m)
+                if f is not None:  # rank 0
+                    f.write(json.dumps(m) + "\n")
+                    f.flush()
+                    faults.kill_point("metrics")
+                    run_log.step(m, self.samples)
+                    if progress is not None:
+                        progress(m)
+                self.bad_steps.check()  # skips are agreed by all ranks: every rank stops at the same step
                 if t.eval_every and self.step % t.eval_every == 0 and self.cfg.data.eval:
-                    self.evaluate_to_file()
+                    row = self.evaluate_to_file()
+                    if run_log is not None:
+                        run_log.eval(row)
                 if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
                     self.save()
         return history
 
-    def evaluate_to_file(self) -> dict:
-        """Greedy evaluation on the first `trainer.eval_size` questions of `data.eval`, appended to eval.jsonl."""
+    @contextmanager
+    def _run_files(self):
+        """On rank 0: metrics.jsonl opened for appending and the `RunLog` (samples, TensorBoard), after writing
+        config.yaml and dropping the rows of steps that run again. (None, None) on other ranks."""
+        if not self.dist.is_main:
+            yield None, None
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(self.out / "config.yaml", dump_config(self.cfg))
+        for rows in ("metrics.jsonl", "eval.jsonl"):  # rows after the checkpoint are written again
+            ckpt.truncate_rows(self.out / rows, self.step)
+        with (self.out / "metrics.jsonl").open("a") as f, \
+                RunLog(self.out, self.step, self.cfg.trainer.tensorboard) as run_log:
+            yield f, run_log
+
+    def evaluate_to_file(self) -> dict | None:
+        """Greedy evaluation on the first `trainer.eval_size` questions of `data.eval`, appended to eval.jsonl.
+
+        Rank 0 evaluates (every rank must call: FSDP gathers the weights); the row, or None on other ranks.
+        """
         from igpo.eval.evaluate import evaluate
 
-        if self._eval_set is None:
-            self._eval_set = load_qa(self.cfg.data.eval, skip_bad_rows=self.cfg.data.skip_bad_rows)[: self.cfg.trainer.eval_size]
-        res = evaluate(self.generator, self.fmt, self.toolbox, self._eval_set, self.cfg)
-        row = {"step": self.step, "overall": res["overall"], "by_source": res["by_source"]}
-        with (self.out / "eval.jsonl").open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        row = None
+        self._push_weights()
+        with self._generation_weights():
+            if self.dist.is_main:
+                if self._eval_set is None:
+                    self._eval_set = load_qa(self.cfg.data.eval,
+                                             skip_bad_rows=self.cfg.data.skip_bad_rows)[: self.cfg.trainer.eval_size]
+                res = evaluate(self.generator, self.fmt, self.toolbox, self._eval_set, self.cfg)
+                row = {"step": self.step, "overall": res["overall"], "by_source": res["by_source"]}
+                with (self.out / "eval.jsonl").open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+        self.dist.barrier()
         return row
 
-    def _truncate_metrics(self) -> None:
-        """Drop metric rows of steps after the checkpoint we resumed from: they will be run again."""
-        path = self.out / "metrics.jsonl"
-        if not path.exists():
-            return
-        keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] < self.step]
-        path.write_text("".join(line + "\n" for line in keep))
-
-    def save(self) -> Path:
-        return ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
-                                    self.cfg.trainer.keep_last)
+    def save(self) -> Path | None:
+        """Writes a checkpoint from rank 0 (every rank must call: FSDP gathers the state); its path on rank 0."""
+        model_state, optim_state = self.dist.full_state(self.model, self.optimizer)
+        path = None
+        if self.dist.is_main:
+            q = self.cfg.rollout.questions_per_step
+            extra = {"data": {"questions_per_step": q, "examples_seen": self.step * q},
+                     "bad_steps_in_a_row": self.bad_steps.in_a_row,
+                     "retrieval": ckpt.retrieval_pointer(self._retriever())}
+            path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
+                                        self.cfg.trainer.keep_last, extra, model_state=model_state,
+                                        optimizer_state=optim_state)
+        self.dist.barrier()
+        return path

@@ -1,0 +1,221 @@
+"""The learning benchmark: IGPO against GRPO and IGPO's own ablations, from one shared SFT checkpoint.
+
+Every run gets the same budget (questions, rollouts per question, steps, learning rate); only the estimator and
+the seed change. Each run is a directory `out_dir/<estimator>-s<seed>`: a run with `done.json` is skipped, an
+interrupted one resumes from its last checkpoint, so the benchmark can be split over several invocations.
+Greedy dev evaluation every `eval_every` steps (step 0 is the shared SFT model, evaluated once), greedy test
+evaluation at the end, then `results.json` and `learning.png` over whatever runs are finished.
+"""
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from igpo.config import Config, ConfigError, apply_overrides, read_yaml, validate
+from igpo.data.loaders import load_qa
+
+SMALL = {"estimators": ["igpo", "grpo"], "seeds": [0]}
+
+
+class BenchConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    estimators: list[str] = ["igpo", "grpo", "igpo_ig_only", "igpo_outcome_only", "gated"]
+    seeds: list[int] = [0, 1, 2]
+    eval_every: int = Field(5, ge=1)  # dev evaluation every k steps (and a checkpoint, so runs resume there)
+    dev_size: int = Field(100, ge=1)  # first questions of data.eval
+    test: str | None = None  # test QA file, evaluated at the end of every run
+    test_size: int = Field(200, ge=1)
+    out_dir: str = "runs/bench-learning"
+    sft: bool = True  # warm-start once with the `sft` section; False: start every run from model.path
+
+
+def load_bench_config(path: str | Path, overrides: list[str] | None = None, small: bool = False) -> tuple[BenchConfig, Config]:
+    """The file's `bench:` section, and the rest of it as the training `Config` shared by every run.
+    Overrides starting with `bench.` go to the former; `--small` keeps igpo and grpo with one seed."""
+    from igpo.algo.advantages import ESTIMATORS
+
+    tree = read_yaml(path)
+    bench_tree = tree.pop("bench", None) or {}
+    over = overrides or []
+    apply_overrides(bench_tree, [o[len("bench."):] for o in over if o.startswith("bench.")])
+    if small:
+        bench_tree.update(SMALL)
+    bench = validate(BenchConfig, bench_tree, prefix="bench.")
+    cfg = validate(Config, apply_overrides(tree, [o for o in over if not o.startswith("bench.")]))
+    if unknown := [e for e in bench.estimators if e not in ESTIMATORS]:
+        raise ConfigError(f"bench.estimators: unknown estimator(s) {unknown}; known: {sorted(ESTIMATORS)}")
+    return bench, cfg
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
+
+
+def _eval_file(cfg: Config, model_dir: str, examples, out: Path) -> dict:
+    """Greedy evaluation of a saved model, cached in `out`."""
+    if out.is_file():
+        return json.loads(out.read_text())
+    from igpo.agent.rollout import HFGenerator
+    from igpo.eval.evaluate import evaluate
+    from igpo.policy.loading import load_policy
+    from igpo.train.trainer import make_chat_format, make_toolbox
+
+    mcfg = cfg.model.model_copy(update={"path": model_dir})
+    model, tok = load_policy(mcfg)
+    toolbox = make_toolbox(cfg)
+    res = evaluate(HFGenerator(model, tok.pad_token_id), make_chat_format(cfg, tok, toolbox), toolbox, examples, cfg)
+    out.write_text(json.dumps(res))
+    return res
+
+
+def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_model: str, log: Callable[[str], None]) -> Path:
+    """Train and evaluate one (estimator, seed) run; returns its directory."""
+    from igpo.eval.evaluate import evaluate
+    from igpo.train.trainer import Trainer
+
+    run = Path(bench.out_dir) / f"{estimator}-s{seed}"
+    if (run / "done.json").is_file():
+        log(f"{run.name}: done, skipped")
+        return run
+    cfg = base.model_copy(deep=True)
+    cfg.model.path = start_model
+    cfg.model.lora.enabled = False
+    cfg.algorithm.estimator = estimator
+    cfg.trainer.seed = seed
+    cfg.trainer.out_dir = str(run)
+    cfg.trainer.eval_every = bench.eval_every
+    cfg.trainer.save_every = bench.eval_every
+    cfg.trainer.eval_size = bench.dev_size
+    t = time.perf_counter()
+    trainer = Trainer(cfg)
+    log(f"{run.name}: training from step {trainer.step} to {cfg.trainer.steps}")
+    trainer.fit(progress=lambda m: log(f"{run.name}: step {m['step'] + 1}/{cfg.trainer.steps} " + (
+        f"skipped: {m['skipped']['error']}" if "skipped" in m else f"reward {m['outcome_reward']:+.3f} f1 {m['f1']:.3f}")))
+    train_s = time.perf_counter() - t
+    test = {}
+    if bench.test:
+        t = time.perf_counter()
+        examples = load_qa(bench.test)[: bench.test_size]
+        res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, examples, cfg)
+        test = {"overall": res["overall"], "by_source": res["by_source"], "seconds": time.perf_counter() - t}
+    (run / "done.json").write_text(json.dumps({"test": test, "train_seconds_this_invocation": train_s}))
+    return run
+
+
+def _curve(run: Path, step0: dict | None) -> dict:
+    evals = {row["step"]: row["overall"] for row in _read_jsonl(run / "eval.jsonl")}  # last row per step wins
+    if step0 is not None:
+        evals.setdefault(0, step0)
+    metrics = [m for m in _read_jsonl(run / "metrics.jsonl") if "skipped" not in m]  # skipped steps trained nothing
+    tokens = np.cumsum([m["generated_tokens"] for m in metrics]).tolist()
+    steps = sorted(evals)
+    return {
+        "steps": steps,
+        "dev_f1": [evals[s]["f1"] for s in steps],
+        "dev_em": [evals[s]["em"] for s in steps],
+        "generated_tokens_at_step": [0 if s == 0 else tokens[min(s, len(tokens)) - 1] for s in steps],
+        "zero_variance_groups": [m["zero_variance_groups"] for m in metrics],
+        "train_f1": [m["f1"] for m in metrics],
+        "generated_tokens": int(tokens[-1]) if tokens else 0,
+        "tokens": int(sum(m["tokens"] for m in metrics)),
+        "seconds": float(sum(sum(m["seconds"].values()) for m in metrics)),
+    }
+
+
+def _steps_to_reach(curve: dict, target: float) -> int | None:
+    return next((s for s, f in zip(curve["steps"], curve["dev_f1"]) if s > 0 and f >= target), None)
+
+
+def aggregate(bench: BenchConfig, step0_dev: dict | None) -> dict:
+    """results.json: per estimator and seed, curves and final test scores; per estimator, the summary."""
+    out = Path(bench.out_dir)
+    runs: dict[str, dict[str, dict]] = {}
+    for est in bench.estimators:
+        for seed in bench.seeds:
+            run = out / f"{est}-s{seed}"
+            if not (run / "done.json").is_file():
+                continue
+            rec = _curve(run, step0_dev)
+            rec["test"] = json.loads((run / "done.json").read_text())["test"]
+            runs.setdefault(est, {})[str(seed)] = rec
+    summary = {}
+    grpo_final = None
+    if "grpo" in runs:
+        grpo_final = float(np.mean([r["dev_f1"][-1] for r in runs["grpo"].values()]))
+    for est, seeds in runs.items():
+        test_f1 = [r["test"]["overall"]["f1"] for r in seeds.values() if r["test"]]
+        zv = [np.mean(r["zero_variance_groups"]) for r in seeds.values() if r["zero_variance_groups"]]
+        summary[est] = {
+            "seeds": len(seeds),
+            "test_f1_mean": float(np.mean(test_f1)) if test_f1 else None,
+            "test_f1_std": float(np.std(test_f1)) if test_f1 else None,
+            "final_dev_f1_mean": float(np.mean([r["dev_f1"][-1] for r in seeds.values()])),
+            "zero_variance_share": float(np.mean(zv)) if zv else None,
+            "steps_to_grpo_final_dev_f1": (
+                [_steps_to_reach(r, grpo_final) for r in seeds.values()] if grpo_final is not None else None),
+        }
+    result = {"bench": bench.model_dump(), "grpo_final_dev_f1": grpo_final, "summary": summary, "runs": runs}
+    (out / "results.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def plot(result: dict, path: Path) -> Path:
+    """learning.png: mean dev F1 vs step (band: min–max over seeds), and dev F1 vs generated tokens."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    for est, seeds in result["runs"].items():
+        curves = list(seeds.values())
+        n = min(len(c["steps"]) for c in curves)
+        steps = curves[0]["steps"][:n]
+        f1 = np.array([c["dev_f1"][:n] for c in curves])
+        (line,) = ax1.plot(steps, f1.mean(0), marker="o", label=f"{est} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        if len(curves) > 1:
+            ax1.fill_between(steps, f1.min(0), f1.max(0), color=line.get_color(), alpha=0.2)
+        for c in curves:
+            ax2.plot(c["generated_tokens_at_step"], c["dev_f1"], marker=".", color=line.get_color(), alpha=0.8)
+    ax1.set(xlabel="training step", ylabel="dev F1 (greedy)", title="dev F1 vs step")
+    ax2.set(xlabel="tokens generated in training", ylabel="dev F1 (greedy)", title="dev F1 vs tokens generated")
+    ax1.legend()
+    for ax in (ax1, ax2):
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], None] = print) -> dict:
+    """The whole benchmark (resumable); returns results.json's content."""
+    from igpo.train.sft import run_sft, sft_done
+
+    out = Path(bench.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    start_model = cfg.model.path
+    if bench.sft:
+        cfg.sft.out_dir = str(out / "sft")
+        if not sft_done(cfg.sft.out_dir):
+            log("shared SFT warm start")
+            run_sft(cfg)
+        start_model = str(out / "sft" / "model")
+    if not cfg.data.eval:
+        raise ConfigError("data.eval: the learning benchmark needs a dev QA file")
+    dev = load_qa(cfg.data.eval)[: bench.dev_size]
+    log("dev evaluation of the starting model (step 0)")
+    step0 = _eval_file(cfg, start_model, dev, out / "step0_dev.json")["overall"]
+    for est in bench.estimators:
+        for seed in bench.seeds:
+            run_one(bench, cfg, est, seed, start_model, log)
+    result = aggregate(bench, step0)
+    if result["runs"]:
+        plot(result, out / "learning.png")
+    return result

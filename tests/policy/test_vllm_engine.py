@@ -1,0 +1,109 @@
+"""The vLLM backend without vLLM: a fake engine with its own copy of the weights stands in for the real one."""
+import importlib.util
+
+import pytest
+import torch
+from transformers import AutoModelForCausalLM
+
+from igpo.config import ConfigError
+from igpo.policy.loading import ModelLoadError
+from igpo.policy.scoring import token_logprobs
+from igpo.policy.vllm_engine import (
+    VLLMEngine,
+    VLLMGenerator,
+    WeightSyncError,
+    weight_fingerprint,
+)
+from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
+from tests.scripted import ScriptedGenerator
+from tests.train.test_trainer import SCRIPTS, make_cfg
+
+
+class FakeEngine:
+    """Holds its own model copy, stored rounded to `dtype` like an engine's; plays scripted generations and
+    scores them with its own weights (plus `offset`, to simulate a sampler that disagrees with the trainer)."""
+
+    def __init__(self, model, scripted=None, dtype=torch.bfloat16, offset=0.0, drop=(), stale=False):
+        self.model = AutoModelForCausalLM.from_config(model.config)
+        self.model.load_state_dict(model.state_dict())
+        self.scripted, self.dtype, self.offset, self.drop, self.stale = scripted, dtype, offset, set(drop), stale
+
+    def generate(self, contexts, params, stop_ids):
+        out = []
+        for ctx, ids in zip(contexts, self.scripted.generate(contexts, params, stop_ids)):
+            seq = torch.tensor([ctx + ids])
+            with torch.no_grad():
+                lp, _ = token_logprobs(self.model, seq, torch.ones_like(seq), start=len(ctx))
+            out.append((ids, (lp[0, len(ctx):] + self.offset).tolist()))
+        return out
+
+    def load_weights(self, weights):
+        params = dict(self.model.named_parameters())
+        for name, t in weights:  # consumed in full, as vLLM's loader does
+            if name not in self.drop and not self.stale:
+                params[name].data.copy_(t.to(self.dtype))
+
+    def fingerprints(self, shapes, n):
+        params = dict(self.model.named_parameters())
+        return {k: weight_fingerprint(params[k], self.dtype, n) for k in shapes if k in params}
+
+
+@pytest.mark.parametrize("failure, named", [("drop", "model.layers.0.self_attn.o_proj.weight"),
+                                            ("stale", "model.embed_tokens.weight")])
+def test_a_push_that_did_not_land_is_an_error(tiny_model, failure, named):
+    engine = FakeEngine(tiny_model, drop=[named] if failure == "drop" else (), stale=failure == "stale")
+    gen = VLLMGenerator(engine)
+    with torch.no_grad():  # an lr-1e-6-sized update: most bf16 values do not move, some move by one ulp
+        for p in tiny_model.parameters():
+            p.add_(1e-6 * torch.randn_like(p).sign())
+    with pytest.raises(WeightSyncError, match=named):
+        gen.push_weights(tiny_model.named_parameters())
+
+
+def test_a_push_that_landed_passes(tiny_model):
+    gen = VLLMGenerator(FakeEngine(tiny_model))
+    with torch.no_grad():
+        next(tiny_model.parameters()).add_(1e-3)
+    gen.push_weights(tiny_model.named_parameters())
+    assert gen.pushes == 1
+
+
+@pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
+def test_missing_vllm_is_a_clear_error():
+    with pytest.raises(ModelLoadError, match=r"pip install 'igpo\[vllm\]'"):
+        VLLMEngine("smollm2", "bfloat16", 2048, 0.3, False, 0, False)
+
+
+def _trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, *extra, offset=-1.0):
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "rollout.backend=vllm", "algorithm.kl_coef=0",
+                   "trainer.steps=2", *extra)
+    toolbox = make_toolbox(cfg)
+    scripted = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
+    engine = FakeEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), scripted, torch.float32, offset)
+    return Trainer(cfg, toolbox=toolbox, generator=VLLMGenerator(engine))
+
+
+@pytest.mark.integration
+def test_trainer_pushes_every_update_and_applies_tis(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
+    # The engine's log-probs are the trainer's minus 1: π_old/π_rollout = e ≈ 2.7, capped at 1.5 on every token.
+    tis = _trainer(tmp_path / "tis", tiny_model_dir, corpus_file, qa_file, tokenizer, "algorithm.tis_cap=1.5")
+    plain = _trainer(tmp_path / "plain", tiny_model_dir, corpus_file, qa_file, tokenizer)
+    m_tis, m_plain = tis.fit(), plain.fit()
+    assert tis.generator.pushes == 2 and "weight_push" in m_tis[0]["seconds"]  # before each step's rollout
+    tis._push_weights()  # the final weights land too (checked against the fingerprint)
+    assert tis.generator.pushes == 3
+    for m in m_tis:
+        assert m["tis_weight"] == pytest.approx(1.5)
+        assert m["rollout_lp_abs_diff"] == pytest.approx(1.0, abs=1e-4)
+    assert "tis_weight" not in m_plain[0] and m_plain[0]["rollout_lp_abs_diff"] == pytest.approx(1.0, abs=1e-4)
+    # Same rollouts, same initial weights: the first step's PG loss is scaled by the weight exactly.
+    assert m_tis[0]["pg_loss"] == pytest.approx(1.5 * m_plain[0]["pg_loss"], rel=1e-5)
+
+
+@pytest.mark.integration
+def test_tis_without_rollout_logprobs_is_a_config_error(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "algorithm.tis_cap=2", "trainer.steps=1")
+    toolbox = make_toolbox(cfg)
+    gen = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
+    with pytest.raises(ConfigError, match="algorithm.tis_cap"):
+        Trainer(cfg, toolbox=toolbox, generator=gen).fit()

@@ -1,0 +1,71 @@
+"""`igpo bench learning` orchestration at tiny scale: shared SFT, runs per (estimator, seed), resume, results."""
+import json
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from igpo.bench.learning import load_bench_config
+from igpo.cli import app
+from igpo.config import ConfigError
+
+
+def _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, estimators):
+    cfg = {
+        "bench": {"estimators": estimators, "seeds": [0], "eval_every": 1, "dev_size": 2, "test": str(plans_file),
+                  "test_size": 3, "out_dir": str(tmp_path / "bench")},
+        "model": {"path": str(tiny_model_dir)},
+        "data": {"train": str(plans_file), "eval": str(plans_file)},
+        "retrieval": {"corpus": str(corpus_file), "topk": 1},
+        "rollout": {"group_size": 2, "questions_per_step": 1, "max_turns": 3, "max_new_tokens": 40},
+        "trainer": {"steps": 2, "lr": 1e-3},
+        "sft": {"examples": 4, "batch_size": 2, "eval_size": 0},
+    }
+    path = tmp_path / "learning.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def test_bench_config_splits_bench_keys_and_names_bad_ones(tmp_path, tiny_model_dir, corpus_file, plans_file):
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo", "gated"])
+    bench, cfg = load_bench_config(path, ["bench.seeds=[3, 4]", "trainer.steps=7"])
+    assert bench.seeds == [3, 4] and cfg.trainer.steps == 7 and bench.estimators == ["igpo", "grpo", "gated"]
+    bench, _ = load_bench_config(path, small=True)
+    assert bench.estimators == ["igpo", "grpo"] and bench.seeds == [0]
+    with pytest.raises(ConfigError, match="bench.eval_evry: unknown key"):
+        load_bench_config(path, ["bench.eval_evry=3"])
+    with pytest.raises(ConfigError, match="bench.estimators: unknown estimator"):
+        load_bench_config(path, ["bench.estimators=[ppo]"])
+
+
+@pytest.mark.integration
+def test_two_estimators_one_seed_two_steps_then_resume(tmp_path, tiny_model_dir, corpus_file, plans_file):
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo"])
+    runner = CliRunner()
+    res = runner.invoke(app, ["bench", "learning", "--config", str(path)])
+    assert res.exit_code == 0, res.output
+    out = tmp_path / "bench"
+    assert (out / "sft" / "sft.json").is_file() and (out / "igpo-s0" / "done.json").is_file()
+    done_mtime = (out / "igpo-s0" / "done.json").stat().st_mtime_ns
+    sft_mtime = (out / "sft" / "sft.json").stat().st_mtime_ns
+
+    # a second invocation adds grpo: igpo and the shared SFT are reused, not rerun
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo"])
+    res = runner.invoke(app, ["bench", "learning", "--config", str(path)])
+    assert res.exit_code == 0, res.output
+    assert "igpo-s0: done, skipped" in res.output
+    assert (out / "igpo-s0" / "done.json").stat().st_mtime_ns == done_mtime
+    assert (out / "sft" / "sft.json").stat().st_mtime_ns == sft_mtime
+
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["runs"]) == {"igpo", "grpo"}
+    for est in ("igpo", "grpo"):
+        run = result["runs"][est]["0"]
+        assert run["steps"] == [0, 1, 2]  # step 0 = the shared SFT model, then every eval_every steps
+        assert run["dev_f1"][0] == result["runs"]["igpo"]["0"]["dev_f1"][0]
+        assert len(run["zero_variance_groups"]) == 2 and run["generated_tokens"] > 0
+        assert run["generated_tokens_at_step"][-1] == run["generated_tokens"]
+        assert run["test"]["overall"]["n"] == 3 and run["test"]["by_source"]
+        assert result["summary"][est]["test_f1_mean"] is not None
+    assert result["summary"]["grpo"]["steps_to_grpo_final_dev_f1"] is not None
+    assert (out / "learning.png").stat().st_size > 10_000

@@ -1,0 +1,125 @@
+"""SFT warm start: demonstrations rendered like rollouts, masks on trained turns only, loss, end to end."""
+import json
+import random
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from igpo.agent.tools import SearchTool, Toolbox
+from igpo.cli import app
+from igpo.config import Config, SftConfig, load_config
+from igpo.data.loaders import QAExample, load_corpus
+from igpo.retrieval.bm25 import BM25Retriever
+from igpo.train.batching import collate
+from igpo.train.sft import TeacherGenerator, play_demos, plan_demos, sft_loss, train_sft
+from igpo.train.trainer import make_chat_format
+from tests.conftest import PLANS
+
+def _examples():
+    return [QAExample(i, q, a, "toy", {"bridge": b, "oracle_queries": oq}) for i, q, a, b, oq in PLANS]
+
+
+@pytest.fixture
+def setup(tokenizer, corpus_file):
+    toolbox = Toolbox([SearchTool(BM25Retriever(load_corpus(corpus_file)), topk=1, max_words=30)])
+    fmt = make_chat_format(Config(), tokenizer, toolbox)
+    return fmt, toolbox
+
+
+def test_plans_cover_every_kind_and_mask_the_failed_first_attempt():
+    rng = random.Random(0)
+    demos = plan_demos(_examples() * 30, rng, wasted_rate=0.3, malformed_rate=0.3)
+    kinds = {d.kind for d in demos}
+    assert kinds == {"clean", "wasted_search", "malformed_call"}
+    for d in demos:
+        n_plan = len(d.example.meta["oracle_queries"]) + 1
+        assert d.texts[-1] == f"<answer>{d.example.answers[0]}</answer>"
+        if d.kind == "clean":
+            assert len(d.texts) == n_plan and all(d.trained)
+        else:
+            assert len(d.texts) == n_plan + 1 and d.trained == [False] + [True] * n_plan
+    assert plan_demos([QAExample("x", "q?", ["a"])], rng, 0, 0) == []  # no plan, no demonstration
+
+
+def test_played_demos_are_rollouts_with_real_results_and_masks_on_trained_turns(setup, tokenizer):
+    fmt, toolbox = setup
+    exs = _examples()
+    rng = random.Random(1)
+    demos = plan_demos(exs[:3], rng, 0, 0) + [d for d in plan_demos(exs[:1] * 20, rng, 0, 1.0)[:1]]
+    demos[-1].example = QAExample("q1b", exs[0].question + " Please.", exs[0].answers, "toy", exs[0].meta)
+    trajs, masks, counts = play_demos(demos, fmt, toolbox, max_turns=4, max_context=2048, max_new_tokens=64)
+    assert counts["kept"] == 4 and counts["by_kind"] == {"clean": 3, "wasted_search": 0, "malformed_call": 1}
+    clean = trajs[0]
+    assert [t.action.kind for t in clean.turns] == ["tool_call", "tool_call", "answer"]
+    assert "France" in clean.turns[0].tool_result and "Paris" in clean.turns[1].tool_result
+    assert masks[0] == clean.loss_mask()  # every generation is a target
+    broken = trajs[3]
+    assert broken.turns[0].tool_error == "malformed_call"
+    assert masks[3] != broken.loss_mask()
+    first = broken.turns[0]
+    assert not any(masks[3][first.gen_start:first.gen_end])  # the broken call is context only
+    assert all(masks[3][t.gen_start:t.gen_end] for t in broken.turns[1:])
+    # what was trained is exactly the teacher's text, tokenized as untrusted text, plus the end-of-turn token
+    gen = clean.ids[clean.turns[2].gen_start:clean.turns[2].gen_end]
+    assert gen == fmt.encode_text("<answer>Paris</answer>") + [fmt.eot_ids[0]]
+
+
+def test_ungrounded_and_too_long_demos_are_dropped(setup):
+    fmt, toolbox = setup
+    demos = plan_demos(_examples(), random.Random(0), 0, 0)
+    _, _, counts = play_demos(demos, fmt, toolbox, max_turns=4, max_context=2048, max_new_tokens=64)
+    assert counts["kept"] == 3 and counts["not_grounded"] == 1
+    _, _, counts = play_demos(demos, fmt, toolbox, max_turns=2, max_context=2048, max_new_tokens=64)
+    assert counts["too_long"] == 3 and counts["kept"] == 1  # only the single-hop plan fits two turns
+
+
+def test_teacher_refuses_duplicate_questions(setup):
+    fmt, _ = setup
+    demos = plan_demos(_examples()[:1] * 2, random.Random(0), 0, 0)
+    with pytest.raises(ValueError, match="distinct"):
+        TeacherGenerator(fmt, demos)
+
+
+def test_sft_loss_is_the_mean_nll_of_trained_tokens_only(setup, tiny_model, tokenizer):
+    fmt, toolbox = setup
+    demos = plan_demos(_examples()[:2], random.Random(0), 0, 0)
+    trajs, masks, _ = play_demos(demos, fmt, toolbox, 4, 2048, 64)
+    batch = collate(trajs, tokenizer.pad_token_id, masks)
+    n = float(batch["loss_mask"].sum())
+    got = sft_loss(tiny_model, batch, n)
+    logits = tiny_model(input_ids=batch["ids"], attention_mask=batch["attn"]).logits.float()
+    lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, batch["ids"][:, 1:, None]).squeeze(-1)
+    want = -(lp * batch["loss_mask"][:, 1:]).sum() / n
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_training_lowers_the_loss(setup, tiny_model, tokenizer):
+    fmt, toolbox = setup
+    demos = plan_demos(_examples()[:3], random.Random(0), 0, 0)
+    trajs, masks, _ = play_demos(demos, fmt, toolbox, 4, 2048, 64)
+    hist = train_sft(tiny_model, tokenizer.pad_token_id, trajs, masks,
+                     SftConfig(epochs=16, lr=1e-2, batch_size=3, micro_batch_size=2))
+    assert len(hist) == 16 and hist[-1]["loss"] < 0.5 * hist[0]["loss"]
+    assert hist[0]["trained_tokens"] == sum(sum(m) for m in masks)
+
+
+@pytest.mark.integration
+def test_igpo_sft_command_writes_model_and_heldout_format_report(tmp_path, tiny_model_dir, corpus_file, plans_file):
+    qa = plans_file
+    out = tmp_path / "sft"
+    args = [f"model.path={tiny_model_dir}", f"retrieval.corpus={corpus_file}", "retrieval.topk=1",
+            f"data.train={qa}", f"data.eval={qa}", f"sft.out_dir={out}", "sft.eval_size=2", "sft.epochs=2",
+            "sft.batch_size=2", "rollout.max_new_tokens=40", "rollout.max_turns=3"]
+    res = CliRunner().invoke(app, ["sft", *args])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((out / "sft.json").read_text())
+    assert summary["demonstrations"]["kept"] == 3 and len(summary["history"]) == 4
+    assert summary["heldout"]["n"] == 2 and 0 <= summary["heldout"]["valid_generation_rate"] <= 1
+    cfg = load_config(None, [f"model.path={out / 'model'}"])
+    from igpo.policy.loading import load_policy
+
+    model, tok = load_policy(cfg.model)  # the warm-started model loads like any HF checkpoint
+    assert tok.chat_template and model.config.vocab_size == len(tok)
+    res = CliRunner().invoke(app, ["sft", *args[:-1], "rollout.max_turns=1"])
+    assert res.exit_code == 2 and "demonstrations fit" in res.output
