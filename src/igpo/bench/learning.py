@@ -61,7 +61,7 @@ def _eval_file(cfg: Config, model_dir: str, examples, out: Path) -> dict:
     """Greedy evaluation of a saved model, cached in `out`."""
     if out.is_file():
         return json.loads(out.read_text())
-    from igpo.agent.rollout import HFGenerator
+    from igpo.agent.engine import make_generator
     from igpo.eval.evaluate import evaluate
     from igpo.policy.loading import load_policy
     from igpo.train.trainer import make_chat_format, make_toolbox
@@ -69,7 +69,8 @@ def _eval_file(cfg: Config, model_dir: str, examples, out: Path) -> dict:
     mcfg = cfg.model.model_copy(update={"path": model_dir})
     model, tok = load_policy(mcfg)
     toolbox = make_toolbox(cfg)
-    res = evaluate(HFGenerator(model, tok.pad_token_id), make_chat_format(cfg, tok, toolbox), toolbox, examples, cfg)
+    generator = make_generator(cfg.rollout.engine, model, tok.pad_token_id)
+    res = evaluate(generator, make_chat_format(cfg, tok, toolbox), toolbox, examples, cfg)
     out.write_text(json.dumps(res))
     return res
 

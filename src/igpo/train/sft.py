@@ -249,11 +249,12 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
 
     heldout = None
     if s.eval_size and cfg.data.eval:
-        from igpo.agent.rollout import HFGenerator
+        from igpo.agent.engine import make_generator
 
         t = time.perf_counter()
         dev = load_qa(cfg.data.eval, skip_bad_rows=cfg.data.skip_bad_rows)[: s.eval_size]
-        res = evaluate(HFGenerator(model, tok.pad_token_id), fmt, toolbox, dev, cfg, progress=eval_progress)
+        generator = make_generator(cfg.rollout.engine, model, tok.pad_token_id)
+        res = evaluate(generator, fmt, toolbox, dev, cfg, progress=eval_progress)
         heldout = res["overall"]
         times["heldout_eval"] = time.perf_counter() - t
     summary = {
