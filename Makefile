@@ -10,7 +10,7 @@ CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install test test-fast demo clean
+.PHONY: install test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -33,6 +33,14 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/igpo demo --config configs/demo.yaml
+
+# The performance benchmarks (benchmarks/README.md): TRL is their only extra dependency, kept on the CPU torch.
+bench: $(STAMP)
+	$(PIP) install -q -c constraints.txt -e '.[dev,dense,bench]'
+	$(VENV)/bin/igpo data build vitalfactbook --out data/vitalfactbook
+	$(PY) benchmarks/beliefs.py --repeats 2 --out benchmarks/results/beliefs.json
+	$(PY) benchmarks/rollout.py --repeats 2 --out benchmarks/results/rollout.json
+	$(PY) benchmarks/train_step.py --out benchmarks/results/train_step.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info

@@ -37,3 +37,16 @@ def test_token_logprobs_match_full_logits_in_value_and_gradient():
     # Without entropy_grad the entropy is a statistic only.
     _, ent = token_logprobs(model, ids, mask, start=start, with_entropy=True)
     assert not ent.requires_grad
+
+
+def test_token_logprobs_at_a_sampling_temperature_are_those_of_the_tempered_distribution():
+    model = make_tiny_llama(300, seed=5)
+    ids = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(1))
+    mask = torch.ones_like(ids)
+    with torch.no_grad():
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+        want = torch.log_softmax(logits / 0.7, dim=-1).gather(-1, ids[:, 1:, None]).squeeze(-1)
+        lp, _ = token_logprobs(model, ids, mask, start=1, temperature=0.7)
+        plain, _ = token_logprobs(model, ids, mask, start=1)
+    torch.testing.assert_close(lp[:, 1:], want, atol=1e-5, rtol=0)
+    assert (lp - plain).abs().max() > 1e-3  # the temperature really changes what is scored

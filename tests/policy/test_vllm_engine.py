@@ -33,7 +33,9 @@ class FakeEngine:
         for ctx, ids in zip(contexts, self.scripted.generate(contexts, params, stop_ids)):
             seq = torch.tensor([ctx + ids])
             with torch.no_grad():
-                lp, _ = token_logprobs(self.model, seq, torch.ones_like(seq), start=len(ctx))
+                # vLLM's processed log-probs: under the sampling temperature, as the trainer scores them
+                lp, _ = token_logprobs(self.model, seq, torch.ones_like(seq), start=len(ctx),
+                                       temperature=params.temperature or 1.0)
             out.append((ids, (lp[0, len(ctx):] + self.offset).tolist()))
         return out
 

@@ -25,6 +25,7 @@ ends) drops them.
 """
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +39,18 @@ from transformers.generation.logits_process import (
 from igpo.agent.rollout import Generator, HFGenerator, SamplingParams, SeededSampler
 
 MIN_SHARED_PREFIX = 16  # shorter common prefixes of fresh contexts are not worth a separate forward
+
+
+def _cache_kwarg(model) -> str:
+    """The forward argument that takes a KV cache: `cache` from transformers 5.24 on (`past_key_values`,
+    its older name, is deprecated there), `past_key_values` before."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _returned_cache(out):
+    """The KV cache a forward returned, under either name."""
+    cache = getattr(out, "cache", None)
+    return cache if cache is not None else out.past_key_values
 
 
 @dataclass
@@ -101,7 +114,7 @@ class CachedGenerator:
         ids = contexts[0][:n]
         out = self.model(input_ids=torch.as_tensor(ids[None], device=self._device), use_cache=True, logits_to_keep=1)
         self.stats["computed_ids"] += n
-        kv = [(k, v) for k, v, *_ in out.past_key_values]
+        kv = [(k, v) for k, v, *_ in _returned_cache(out)]
         return _Stored(ids, kv)
 
     # ------------------------------------------------------------------ one call
@@ -161,9 +174,10 @@ class CachedGenerator:
         kept: list[_Stored | None] = [None] * B
         step_ids = ids
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, Wc:]
+        cache_kw = _cache_kwarg(self.model)
         for step in range(params.max_new_tokens):
             logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                past_key_values=cache, use_cache=True, logits_to_keep=1).logits[:, -1].float()
+                                use_cache=True, logits_to_keep=1, **{cache_kw: cache}).logits[:, -1].float()
             if seeded is not None:
                 tokens = seeded(None, logits).argmax(-1)
             elif warpers:

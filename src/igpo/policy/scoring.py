@@ -140,9 +140,10 @@ def belief_logprobs_packed(
 
 def token_logprobs(
     model, ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 1, with_entropy: bool = False,
-    entropy_grad: bool = False,
+    entropy_grad: bool = False, temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Log-prob of each token given the ones before it, under `model` at temperature 1.
+    """Log-prob of each token given the ones before it, under `model` at `temperature` (the rollout's sampling
+    temperature for the PPO ratio and KL, so they are taken under the distribution that sampled; 1 for beliefs).
 
     ids, attention_mask: [B, L] (right-padded). Only tokens at positions >= `start` (>= 1) are scored, so the
     logits of a shared prompt are never materialised. Returns logprobs [B, L] (0 before `start` and on
@@ -155,7 +156,10 @@ def token_logprobs(
     # states contiguous, so the LM head is one matrix product, and skips the last position's useless logits.
     keep = torch.arange(start - 1, L - 1, device=ids.device)
     logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=keep).logits  # [B, L - start, V]
-    logp = torch.log_softmax(logits.float(), dim=-1)  # one fused pass over the vocabulary
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    logp = torch.log_softmax(logits, dim=-1)  # one fused pass over the vocabulary
     lp = logp.gather(-1, ids[:, start:, None]).squeeze(-1)
     lp = torch.nn.functional.pad(lp, (start, 0)) * attention_mask
     ent = None

@@ -131,7 +131,7 @@ class VLLMEngine:
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         kwargs = {"model": model_path, "dtype": dtype, "max_model_len": max_model_len, "seed": seed,
                   "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager,
-                  "logprobs_mode": "raw_logprobs", "tensor_parallel_size": 1}
+                  "logprobs_mode": "processed_logprobs", "tensor_parallel_size": 1}
         if distributed:  # one engine per torchrun rank, on the rank's GPU
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = vllm.LLM(**kwargs)

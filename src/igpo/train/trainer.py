@@ -270,7 +270,10 @@ class Trainer:
         ids = batch["ids"][rows, :length].to(dev)
         attn = batch["attn"][rows, :length].to(dev)
         start = int(batch["prompt_len"][rows].min())
-        return token_logprobs(model, ids, attn, start=start, with_entropy=with_entropy, entropy_grad=entropy_grad)
+        # Greedy rollouts (temperature 0) have no tempered distribution: score them at temperature 1.
+        temperature = self.cfg.rollout.temperature or 1.0
+        return token_logprobs(model, ids, attn, start=start, with_entropy=with_entropy, entropy_grad=entropy_grad,
+                              temperature=temperature)
 
     def _micro_batches(self, batch, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`rows` split into micro-batches of rows of similar length: less padding, and the sums over
