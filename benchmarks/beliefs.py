@@ -27,10 +27,9 @@ from functools import partial
 from pathlib import Path
 
 import torch
+from common import add_threads_option, load_eval_model
 
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
-from igpo.config import ModelConfig
-from igpo.policy.loading import load_policy
 from igpo.policy.scoring import (
     BeliefQuery,
     belief_logprobs_packed,
@@ -98,15 +97,11 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=4, help="trajectories per packed (and floor) forward")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--skip-official", action="store_true")
-    # One thread: on a busy 2-core machine, two OpenMP threads per process stall each other (see README).
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    add_threads_option(ap)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/beliefs.json"))
     args = ap.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, tok = load_policy(ModelConfig())
-    model.eval()
+    model, tok = load_eval_model(args)
     fmt = ChatFormat(tok, DEFAULT_SYSTEM_PROMPT, SCHEMA, "\nNow there's enough information to answer\n</think>\n<answer>\n")
     results = {"model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": torch.get_num_threads(),
                "machine": f"{os.cpu_count()}-core {platform.machine()}",

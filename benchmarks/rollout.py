@@ -24,15 +24,14 @@ import time
 from pathlib import Path
 
 import torch
+from common import add_threads_option, load_eval_model
 
 from igpo.agent.engine import CachedGenerator
 from igpo.agent.parsing import parse_generation
 from igpo.agent.rollout import HFGenerator, SamplingParams
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import SearchTool
-from igpo.config import ModelConfig
 from igpo.data.loaders import load_corpus, load_qa
-from igpo.policy.loading import load_policy
 from igpo.retrieval.bm25 import BM25Retriever
 
 
@@ -85,15 +84,11 @@ def main() -> None:
     ap.add_argument("--topk", type=int, default=3)
     ap.add_argument("--max-words", type=int, default=60)
     ap.add_argument("--repeats", type=int, default=3)
-    # One thread: on a busy 2-core machine, two OpenMP threads per process stall each other (see README).
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    add_threads_option(ap)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/rollout.json"))
     args = ap.parse_args()
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    model, tok = load_policy(ModelConfig())
-    model.eval()
+    model, tok = load_eval_model(args)
     tool = SearchTool(BM25Retriever(load_corpus(args.corpus)), args.topk, args.max_words)
     fmt = ChatFormat(tok, DEFAULT_SYSTEM_PROMPT, [tool.schema()], "\n<answer>\n")
     questions = [ex.question for ex in load_qa(args.questions)[: args.episodes]]

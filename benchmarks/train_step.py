@@ -26,6 +26,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
+from common import add_threads_option, apply_threads
+
 SYSTEM = "Answer the question with a short answer, written as <answer>answer</answer>."
 
 
@@ -148,10 +150,7 @@ def run_trl(args) -> dict:
 
 
 def child(args) -> None:
-    import torch
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    apply_threads(args)
     out = run_ours(args) if args.child == "ours" else run_trl(args)
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     print("RESULT " + json.dumps(out), flush=True)
@@ -170,8 +169,7 @@ def main() -> None:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--rounds", type=int, default=2)
-    # One thread: on a busy 2-core machine, two OpenMP threads per process stall each other (see README).
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (0: torch's default)")
+    add_threads_option(ap)
     ap.add_argument("--child", choices=["ours", "trl"], help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, default=Path("benchmarks/results/train_step.json"))
     args = ap.parse_args()

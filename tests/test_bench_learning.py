@@ -32,6 +32,18 @@ def test_bench_config_splits_bench_keys_and_names_bad_ones(tmp_path, tiny_model_
     assert bench.seeds == [3, 4] and cfg.trainer.steps == 7 and bench.estimators == ["igpo", "grpo", "gated"]
     bench, _ = load_bench_config(path, small=True)
     assert bench.estimators == ["igpo", "grpo"] and bench.seeds == [0]
+    # a `small:` section in the file is the preset; command-line overrides still win over it
+    tree = yaml.safe_load(path.read_text())
+    tree["small"] = {"bench.seeds": [5], "bench.out_dir": str(tmp_path / "small"), "trainer.steps": 3}
+    path.write_text(yaml.safe_dump(tree))
+    bench, cfg = load_bench_config(path, ["trainer.steps=4"], small=True)
+    assert bench.seeds == [5] and bench.out_dir == str(tmp_path / "small") and cfg.trainer.steps == 4
+    bench, cfg = load_bench_config(path)
+    assert bench.seeds == [0] and cfg.trainer.steps == 2  # without --small the section is ignored
+    tree["small"] = {"trainer.stepz": 3}
+    path.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError, match="trainer.stepz: unknown key"):
+        load_bench_config(path, small=True)
     with pytest.raises(ConfigError, match="bench.eval_evry: unknown key"):
         load_bench_config(path, ["bench.eval_evry=3"])
     with pytest.raises(ConfigError, match="bench.estimators: unknown estimator"):

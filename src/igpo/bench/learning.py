@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from igpo.config import Config, ConfigError, apply_overrides, read_yaml, validate
 from igpo.data.loaders import load_qa
 
-SMALL = {"estimators": ["igpo", "grpo"], "seeds": [0]}
+SMALL = {"bench.estimators": ["igpo", "grpo"], "bench.seeds": [0]}
 
 
 class BenchConfig(BaseModel):
@@ -37,15 +37,20 @@ class BenchConfig(BaseModel):
 
 def load_bench_config(path: str | Path, overrides: list[str] | None = None, small: bool = False) -> tuple[BenchConfig, Config]:
     """The file's `bench:` section, and the rest of it as the training `Config` shared by every run.
-    Overrides starting with `bench.` go to the former; `--small` keeps igpo and grpo with one seed."""
+
+    Overrides starting with `bench.` go to the former. `small: True` first applies the file's `small:` section
+    (dotted keys, e.g. `bench.seeds: [0]`, `trainer.steps: 10`; default: igpo and grpo, one seed), then
+    `overrides`, which win."""
     from igpo.algo.advantages import ESTIMATORS
 
     tree = read_yaml(path)
+    preset = tree.pop("small", None)
+    if preset is not None and not isinstance(preset, dict):
+        raise ConfigError(f"small: expected a mapping of dotted keys to values, got {type(preset).__name__}")
+    over = [f"{k}={json.dumps(v)}" for k, v in (preset or SMALL).items()] if small else []
+    over += overrides or []
     bench_tree = tree.pop("bench", None) or {}
-    over = overrides or []
     apply_overrides(bench_tree, [o[len("bench."):] for o in over if o.startswith("bench.")])
-    if small:
-        bench_tree.update(SMALL)
     bench = validate(BenchConfig, bench_tree, prefix="bench.")
     cfg = validate(Config, apply_overrides(tree, [o for o in over if not o.startswith("bench.")]))
     if unknown := [e for e in bench.estimators if e not in ESTIMATORS]:
