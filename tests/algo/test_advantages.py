@@ -135,3 +135,20 @@ def test_turn_to_token_advantages_only_on_generated_tokens():
     gen = torch.tensor([[False, False, True, True, False, True, False, False]])
     out = turn_to_token_advantages(adv, turns, gen)
     close(out, [[0.0, 0.0, 2.0, 2.0, 0.0, -1.0, 0.0, 0.0]])
+
+
+def test_igpo_first_turn_advantage_charges_each_turn_the_pool_mean():
+    """With γ = 1 and joint normalisation, A_1 = (Σ_t r_t − n·μ)/σ: two rollouts with the same outcome and the
+    same total IG differ by μ/σ for every turn one has more than the other (the length effect measured in
+    benchmarks/README.md, 'Learning benchmark')."""
+    # Same outcome (0.5) and the same total IG (0.3): one turn of IG 0.3 vs three turns of IG 0.1.
+    r = torch.tensor([[0.3, 0.5, 0.0, 0.0], [0.1, 0.1, 0.1, 0.5], [0.0, 1.0, 0.0, 0.0]])
+    m = torch.tensor([[True, True, False, False], [True, True, True, True], [True, True, False, False]])
+    adv = compute_turn_advantages(r, m, ["q"] * 3, "igpo")
+    pool = r[m]
+    mu, sigma = pool.mean(), pool.std(unbiased=False) + 1e-6
+    for b in range(3):
+        n = int(m[b].sum())
+        torch.testing.assert_close(adv[b, 0], (r[b, :n].sum() - n * mu) / sigma, atol=1e-5, rtol=0)
+    assert mu > 0
+    torch.testing.assert_close(adv[0, 0] - adv[1, 0], 2 * mu / sigma, atol=1e-5, rtol=0)

@@ -52,7 +52,8 @@ def scripted_trainer(cfg, tokenizer, steps: int) -> Trainer:
 
 def test_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
     """Tools, beliefs and IG in every step; a warm-up makes the scheduler state matter."""
-    extra = ["trainer.save_every=2", "trainer.warmup_steps=3", "rollout.group_size=2"]
+    extra = ["trainer.save_every=2", "trainer.warmup_steps=3", "rollout.group_size=2", "trainer.eval_every=2",
+             f"data.eval={qa_file}", "trainer.eval_size=2"]
     whole = make_cfg(tmp_path / "a", tiny_model_dir, corpus_file, qa_file, *extra)
     scripted_trainer(whole, tokenizer, 4).fit()
 
@@ -72,6 +73,9 @@ def test_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, corpus_file, 
     a, b = tmp_path / "a" / "run", tmp_path / "b" / "run"
     assert [r["step"] for r in rows_of(b)] == [0, 1, 2, 3]
     assert rows_of(b) == rows_of(a)
+    # The evaluation of the checkpoint the run resumed from (step 2) is kept, not lost: both runs hold 2 and 4.
+    evals = [[json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()] for run in (a, b)]
+    assert [r["step"] for r in evals[1]] == [2, 4] and evals[1] == evals[0]
     assert any("ig_turn1_mean" in r for r in rows_of(a)) and any(r["tool_calls"] for r in rows_of(a))
     assert_same_final_state(a, b)
     state = torch.load(ckpt.checkpoint_dirs(b)[-1] / ckpt.STATE, weights_only=False)

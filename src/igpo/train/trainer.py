@@ -511,8 +511,11 @@ class Trainer:
             return
         self.out.mkdir(parents=True, exist_ok=True)
         atomic_write_text(self.out / "config.yaml", dump_config(self.cfg))
-        for rows in ("metrics.jsonl", "eval.jsonl"):  # rows after the checkpoint are written again
-            ckpt.truncate_rows(self.out / rows, self.step)
+        # Rows after the checkpoint are written again. A metrics row's `step` is the index of its step (the
+        # checkpoint after it holds step + 1); an eval row's `step` counts the steps before it, so the evaluation
+        # of the checkpointed weights themselves (step == self.step) is kept: the resumed run does not redo it.
+        ckpt.truncate_rows(self.out / "metrics.jsonl", self.step)
+        ckpt.truncate_rows(self.out / "eval.jsonl", self.step + 1)
         with (self.out / "metrics.jsonl").open("a") as f, \
                 RunLog(self.out, self.step, self.cfg.trainer.tensorboard) as run_log:
             yield f, run_log
