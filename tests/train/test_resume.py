@@ -76,6 +76,12 @@ def test_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, corpus_file, 
     # The evaluation of the checkpoint the run resumed from (step 2) is kept, not lost: both runs hold 2 and 4.
     evals = [[json.loads(line) for line in (run / "eval.jsonl").read_text().splitlines()] for run in (a, b)]
     assert [r["step"] for r in evals[1]] == [2, 4] and evals[1] == evals[0]
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    for run in (a, b):  # TensorBoard's purge on resume does not take the kept evaluation with it
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        assert [e.step for e in acc.Scalars("eval/overall/f1")] == [2, 4]
     assert any("ig_turn1_mean" in r for r in rows_of(a)) and any(r["tool_calls"] for r in rows_of(a))
     assert_same_final_state(a, b)
     state = torch.load(ckpt.checkpoint_dirs(b)[-1] / ckpt.STATE, weights_only=False)

@@ -2,7 +2,7 @@
 
 The trainer opens one `RunLog` for a `fit()` and hands it each step's metrics and sample records. On resume
 (`start_step` > 0), sample rows of steps that will run again are dropped and TensorBoard purges its events
-from `start_step` on, so both match `metrics.jsonl`.
+from `start_step` on, so both match `metrics.jsonl` (and `eval.jsonl`, whose row of `start_step` is logged again).
 """
 from __future__ import annotations
 
@@ -65,6 +65,13 @@ class RunLog:
             from torch.utils.tensorboard import SummaryWriter
 
             self._tb = SummaryWriter(str(self.out), purge_step=start_step)
+            # The purge also drops the evaluation of the checkpoint resumed from (an eval row's step counts the
+            # steps before it), which eval.jsonl keeps and the resumed run does not redo: log it again.
+            evals = self.out / "eval.jsonl"
+            if start_step and evals.exists():
+                for row in read_jsonl(evals):
+                    if row["step"] == start_step:
+                        self.eval(row)
 
     def step(self, metrics: dict, samples: list[dict] = ()) -> None:
         """One training step: its metrics row (to TensorBoard as `train/...`) and its sample records."""
