@@ -143,6 +143,8 @@ class TrainerConfig(_Strict):
     eval_every: int = Field(0, ge=0)
     eval_size: int = Field(100, ge=1)
     check_invariants: bool = True
+    # LM head and log-softmax on the policy's tokens only (fast path); False: on every position after the prompt
+    score_generated_only: bool = True
     parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes (torchrun): replicate (DDP) or shard (FSDP2)
     fsdp_param_dtype: Literal["bfloat16", "float16"] | None = None  # FSDP compute dtype; shards keep model.dtype
     log_samples: int = Field(8, ge=0)  # trajectories per step to samples.jsonl (0: none)

@@ -50,3 +50,38 @@ def test_token_logprobs_at_a_sampling_temperature_are_those_of_the_tempered_dist
         plain, _ = token_logprobs(model, ids, mask, start=1)
     torch.testing.assert_close(lp[:, 1:], want, atol=1e-5, rtol=0)
     assert (lp - plain).abs().max() > 1e-3  # the temperature really changes what is scored
+
+
+def test_scoring_only_the_masked_positions_agrees_with_the_reference_in_value_and_gradient():
+    """The fast path (LM head on the policy's tokens only) against the reference (every position from `start`)."""
+    model = make_tiny_llama(300, seed=6)
+    g = torch.Generator().manual_seed(2)
+    ids = torch.randint(3, 300, (3, 14), generator=g)
+    attn = torch.ones_like(ids)
+    attn[1, 10:] = 0
+    attn[2, 7:] = 0
+    score = torch.zeros_like(ids, dtype=torch.bool)
+    score[0, [4, 5, 9, 13]] = True  # two "turns" with a "tool result" between them
+    score[1, [3, 6, 7, 11]] = True  # position 11 is padding: never scored
+    score[2, 0] = True  # nothing predicts the first token: never scored
+    score[2, 5] = True
+    for temperature in (1.0, 0.7):
+        model.zero_grad()
+        ref_lp, ref_ent = token_logprobs(model, ids, attn, start=1, with_entropy=True, entropy_grad=True,
+                                         temperature=temperature)
+        keep = score & attn.bool()
+        keep[:, 0] = False
+        ((ref_lp * keep).sum() + (ref_ent * keep).sum()).backward()
+        ref_grad = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        lp, ent = token_logprobs(model, ids, attn, with_entropy=True, entropy_grad=True, temperature=temperature,
+                                 score_mask=score)
+        assert lp.shape == ent.shape == ids.shape
+        torch.testing.assert_close(lp[keep], ref_lp[keep], atol=1e-5, rtol=0)
+        torch.testing.assert_close(ent[keep], ref_ent[keep], atol=1e-5, rtol=0)
+        assert (lp[~keep] == 0).all() and (ent[~keep] == 0).all()
+        (lp.sum() + ent.sum()).backward()
+        for p, want in zip(model.parameters(), ref_grad):
+            torch.testing.assert_close(p.grad, want, atol=1e-5, rtol=1e-4)
+    # the hook is gone afterwards: a plain forward gives logits at every position again
+    assert model(input_ids=ids).logits.shape[:2] == ids.shape

@@ -140,26 +140,28 @@ def belief_logprobs_packed(
 
 def token_logprobs(
     model, ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 1, with_entropy: bool = False,
-    entropy_grad: bool = False, temperature: float = 1.0,
+    entropy_grad: bool = False, temperature: float = 1.0, score_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each token given the ones before it, under `model` at `temperature` (the rollout's sampling
     temperature for the PPO ratio and KL, so they are taken under the distribution that sampled; 1 for beliefs).
 
     ids, attention_mask: [B, L] (right-padded). Only tokens at positions >= `start` (>= 1) are scored, so the
-    logits of a shared prompt are never materialised. Returns logprobs [B, L] (0 before `start` and on
-    padding) and, if asked, the entropy of the predictive distribution of each scored token [B, L]
-    (carrying gradient only when `entropy_grad`).
+    logits of a shared prompt are never materialised. `score_mask` [B, L] (bool), when given, narrows that to
+    the tokens it marks (the policy's own tokens): the LM head, the log-softmax and the entropy then run on
+    those positions only, not on tool results (the fast path; `score_mask=None` is the reference, and a test
+    asserts they agree where the mask is set). Returns logprobs [B, L] (0 where not scored and on padding)
+    and, if asked, the entropy of the predictive distribution of each scored token [B, L] (carrying gradient
+    only when `entropy_grad`).
     """
+    if score_mask is not None:
+        return _masked_token_logprobs(model, ids, attention_mask, score_mask, with_entropy, entropy_grad, temperature)
     L = ids.shape[1]
     start = max(1, min(start, L - 1))
     # Positions start-1 .. L-2 predict tokens start .. L-1. An index tensor (not a count) keeps the gathered hidden
     # states contiguous, so the LM head is one matrix product, and skips the last position's useless logits.
     keep = torch.arange(start - 1, L - 1, device=ids.device)
     logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=keep).logits  # [B, L - start, V]
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    logp = torch.log_softmax(logits, dim=-1)  # one fused pass over the vocabulary
+    logp = _log_softmax(logits, temperature)
     lp = logp.gather(-1, ids[:, start:, None]).squeeze(-1)
     lp = torch.nn.functional.pad(lp, (start, 0)) * attention_mask
     ent = None
@@ -167,4 +169,48 @@ def token_logprobs(
         with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
             ent = -(logp.exp() * logp).sum(-1)
             ent = torch.nn.functional.pad(ent, (start, 0)) * attention_mask
+    return lp, ent
+
+
+def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    logits = logits.float()
+    if temperature != 1.0:
+        logits = logits / temperature
+    return torch.log_softmax(logits, dim=-1)  # one fused pass over the vocabulary
+
+
+def _output_embeddings(model):
+    inner = getattr(model, "module", model)  # DDP keeps the model in `.module`; FSDP2 shards it in place
+    return inner.get_output_embeddings()
+
+
+def _masked_token_logprobs(model, ids, attention_mask, score_mask, with_entropy, entropy_grad, temperature):
+    """`token_logprobs` on the positions of `score_mask` [B, L] only.
+
+    The model runs its own forward (so any logit post-processing it does still applies), but a pre-hook on
+    its output embedding hands the LM head only the N hidden states that predict a marked token: logits
+    [1, N, V] instead of [B, L, V]. In a rollout most scored positions are tool results, so this is most of
+    the LM head, log-softmax and entropy work, and most of the memory they take.
+    """
+    B, L = ids.shape
+    want = score_mask.bool() & attention_mask.bool()
+    want[:, 0] = False  # nothing predicts the first token
+    rows, cols = want.nonzero(as_tuple=True)  # [N] each: token (row, col) is predicted at (row, col - 1)
+
+    def gather(module, args):
+        return (args[0][rows, cols - 1][None],) + tuple(args[1:])
+
+    handle = _output_embeddings(model).register_forward_pre_hook(gather)
+    try:
+        logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=0).logits[0]  # [N, V]
+    finally:
+        handle.remove()
+    logp = _log_softmax(logits, temperature)
+    lp = torch.zeros(B, L, dtype=logp.dtype, device=ids.device)
+    lp = lp.index_put((rows, cols), logp.gather(-1, ids[rows, cols, None]).squeeze(-1))
+    ent = None
+    if with_entropy:
+        with torch.set_grad_enabled(entropy_grad and torch.is_grad_enabled()):
+            ent = torch.zeros(B, L, dtype=logp.dtype, device=ids.device)
+            ent = ent.index_put((rows, cols), -(logp.exp() * logp).sum(-1))
     return lp, ent

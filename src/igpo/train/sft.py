@@ -158,8 +158,9 @@ def sft_loss(model, batch: dict[str, torch.Tensor], num_tokens: float) -> torch.
     dev = next(model.parameters()).device
     length = int(batch["attn"].sum(1).max())
     ids, attn = batch["ids"][:, :length].to(dev), batch["attn"][:, :length].to(dev)
-    lp, _ = token_logprobs(model, ids, attn, start=int(batch["prompt_len"].min()))
-    return -(lp * batch["loss_mask"][:, :length].to(dev)).sum() / num_tokens
+    mask = batch["loss_mask"][:, :length].to(dev)
+    lp, _ = token_logprobs(model, ids, attn, score_mask=mask)
+    return -(lp * mask).sum() / num_tokens
 
 
 def train_sft(model, pad_id: int, trajs: Sequence[Trajectory], masks: Sequence[list[bool]], cfg: SftConfig,

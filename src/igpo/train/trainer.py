@@ -269,11 +269,13 @@ class Trainer:
         length = int(batch["attn"][rows].sum(1).max())
         ids = batch["ids"][rows, :length].to(dev)
         attn = batch["attn"][rows, :length].to(dev)
+        # Only the policy's own tokens enter a loss: tool results and the prompt are never put through the LM head.
+        score = batch["loss_mask"][rows, :length].to(dev) if self.cfg.trainer.score_generated_only else None
         start = int(batch["prompt_len"][rows].min())
         # Greedy rollouts (temperature 0) have no tempered distribution: score them at temperature 1.
         temperature = self.cfg.rollout.temperature or 1.0
         return token_logprobs(model, ids, attn, start=start, with_entropy=with_entropy, entropy_grad=entropy_grad,
-                              temperature=temperature)
+                              temperature=temperature, score_mask=score)
 
     def _micro_batches(self, batch, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`rows` split into micro-batches of rows of similar length: less padding, and the sums over
