@@ -41,15 +41,16 @@ def _fail(e: Exception, code: int = 2) -> None:
 
 
 def _fit(trainer, console, bar_label: str | None = None) -> None:
-    """Run the training loop: a line a step, or a progress bar when `bar_label` is given. A run stopped by a
-    fault exits 1 with the error that stopped it."""
+    """Run the training loop: a line a step, or a progress bar when `bar_label` is given and the console is a
+    terminal. A run stopped by a fault exits 1 with the error that stopped it."""
     from contextlib import nullcontext
 
     from igpo.train.faults import TooManyBadSteps
     from igpo.train.invariants import InvariantError
 
     total = trainer.cfg.trainer.steps
-    with _bar() if bar_label else nullcontext() as bar:
+    # A bar only on a terminal: into a log file (CI, `make demo > log`) rich draws nothing until the end.
+    with _bar() if bar_label and console.is_terminal else nullcontext() as bar:
         task = bar.add_task(bar_label, total=total, completed=trainer.step, info="") if bar else None
 
         def show(m: dict) -> None:

@@ -152,3 +152,20 @@ def test_igpo_first_turn_advantage_charges_each_turn_the_pool_mean():
         torch.testing.assert_close(adv[b, 0], (r[b, :n].sum() - n * mu) / sigma, atol=1e-5, rtol=0)
     assert mu > 0
     torch.testing.assert_close(adv[0, 0] - adv[1, 0], 2 * mu / sigma, atol=1e-5, rtol=0)
+
+
+def test_std_normalisation_blows_ig_differences_at_noise_level_up_to_unit_advantages():
+    """What `std: false` is for (docs/config.md): a group whose answers all fail (outcome 0) and whose beliefs
+    barely move (IG ~1e-3, a 135M policy with p_t ~ 0) has nothing to learn, yet z-scoring divides by the pool's
+    tiny std and hands its turns advantages as large as a group with a real outcome difference."""
+    r = torch.tensor([[-0.001, 0.0], [0.0005, 0.0], [0.0, 0.0]])
+    m = torch.ones(3, 2, dtype=torch.bool)
+    g = ["q"] * 3
+    scaled = compute_turn_advantages(r, m, g, "igpo")
+    assert scaled.abs().max() > 1.0
+    raw = compute_turn_advantages(r, m, g, "igpo", std=False)
+    assert raw.abs().max() < 2e-3
+    # without std the advantages are the centred rewards, summed backwards: A_T = r_T - mean, A_1 = A_T + r_1 - mean
+    mean = r.mean()
+    close(raw, [[(-0.001 - mean) + (0.0 - mean), 0.0 - mean], [(0.0005 - mean) + (0.0 - mean), 0.0 - mean],
+                [2 * (0.0 - mean), 0.0 - mean]])
