@@ -80,7 +80,9 @@ def _header(run_dir: Path, cfg: dict, rows: list[dict]) -> str:
 
     facts = [("model", get("model.path")), ("estimator", get("algorithm.estimator")), ("IG", get("algorithm.ig")),
              ("group size", get("rollout.group_size")), ("questions / step", get("rollout.questions_per_step")),
-             ("max turns", get("rollout.max_turns")), ("lr", get("trainer.lr"))]
+             ("max turns", get("rollout.max_turns")), ("temperature", get("rollout.temperature")),
+             ("norm", get("algorithm.norm")), ("std", get("algorithm.std")), ("KL β", get("algorithm.kl_coef")),
+             ("lr", get("trainer.lr"))]
     chips = "".join(f'<span class="chip"><b>{escape(k)}</b> {escape(str(v))}</span>' for k, v in facts if v is not None)
     planned = get("trainer.steps")
     steps = f"{len(rows)}" + (f" / {planned}" if planned is not None else "")
