@@ -40,7 +40,7 @@ def _trajectories(args):
     examples = load_qa(cfg.data.train)[: args.episodes * 4]
     demos = plan_demos(examples, random.Random(0), 0.15, 0.1)
     r = cfg.rollout
-    trajs, masks, _ = play_demos(demos, fmt, toolbox, r.max_turns, r.max_context, r.max_new_tokens)
+    trajs, _, _ = play_demos(demos, fmt, toolbox, r.max_turns, r.max_context, r.max_new_tokens)
     return model, tok, trajs[: args.episodes]
 
 

@@ -146,10 +146,10 @@ def token_logprobs(
     temperature for the PPO ratio and KL, so they are taken under the distribution that sampled; 1 for beliefs).
 
     ids, attention_mask: [B, L] (right-padded). Only tokens at positions >= `start` (>= 1) are scored, so the
-    logits of a shared prompt are never materialised. `score_mask` [B, L] (bool), when given, narrows that to
-    the tokens it marks (the policy's own tokens): the LM head, the log-softmax and the entropy then run on
-    those positions only, not on tool results (the fast path; `score_mask=None` is the reference, and a test
-    asserts they agree where the mask is set). Returns logprobs [B, L] (0 where not scored and on padding)
+    logits of a shared prompt are never materialised. `score_mask` [B, L] (bool), when given, takes the place
+    of `start`: only the tokens it marks (the policy's own) are scored, and the LM head, the log-softmax and the
+    entropy run on those positions only, not on tool results (the fast path; `score_mask=None` is the
+    reference, and a test asserts they agree where the mask is set). Returns logprobs [B, L] (0 where not scored and on padding)
     and, if asked, the entropy of the predictive distribution of each scored token [B, L] (carrying gradient
     only when `entropy_grad`).
     """
