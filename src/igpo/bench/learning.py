@@ -218,8 +218,9 @@ def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], Non
     dev = load_qa(cfg.data.eval)[: bench.dev_size]
     log("dev evaluation of the starting model (step 0)")
     step0 = _eval_file(cfg, start_model, dev, out / "step0_dev.json")["overall"]
-    for est in bench.estimators:
-        for seed in bench.seeds:
+    # Seed-major: a benchmark cut short still has every estimator at its first seeds, side by side.
+    for seed in bench.seeds:
+        for est in bench.estimators:
             run_one(bench, cfg, est, seed, start_model, log)
     result = aggregate(bench, step0)
     if result["runs"]:
