@@ -66,11 +66,14 @@ def test_two_estimators_one_seed_two_steps_then_resume(tmp_path, tiny_model_dir,
     res = runner.invoke(app, ["bench", "learning", "--config", str(path)])
     assert res.exit_code == 0, res.output
     assert "igpo-s0: done, skipped" in res.output
+    assert "start (SFT)" in res.output  # the table's yardstick row
     assert (out / "igpo-s0" / "done.json").stat().st_mtime_ns == done_mtime
     assert (out / "sft" / "sft.json").stat().st_mtime_ns == sft_mtime
 
     result = json.loads((out / "results.json").read_text())
     assert set(result["runs"]) == {"igpo", "grpo"}
+    assert result["start"]["test"]["n"] == 3 and result["start"]["dev"]["n"] == 2  # the SFT model, once
+    assert (out / "step0_test.json").is_file()
     for est in ("igpo", "grpo"):
         run = result["runs"][est]["0"]
         assert run["steps"] == [0, 1, 2]  # step 0 = the shared SFT model, then every eval_every steps

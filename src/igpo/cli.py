@@ -362,6 +362,10 @@ def bench_learning(
     except _user_errors() as e:
         _fail(e)
     table = Table("estimator", "seeds", "test F1 (mean ± std)", "final dev F1", "steps to GRPO's dev F1", "zero-var groups")
+    start = result["start"]
+    if start["dev"] is not None:
+        table.add_row("start (SFT)", "-", f"{start['test']['f1']:.3f}" if start["test"] else "-",
+                      f"{start['dev']['f1']:.3f}", "-", "-")
     for est, s in result["summary"].items():
         test = f"{s['test_f1_mean']:.3f} ± {s['test_f1_std']:.3f}" if s["test_f1_mean"] is not None else "-"
         zv = f"{s['zero_variance_share']:.2f}" if s["zero_variance_share"] is not None else "-"

@@ -4,7 +4,7 @@ Every run gets the same budget (questions, rollouts per question, steps, learnin
 the seed change. Each run is a directory `out_dir/<estimator>-s<seed>`: a run with `done.json` is skipped, an
 interrupted one resumes from its last checkpoint, so the benchmark can be split over several invocations.
 Greedy dev evaluation every `eval_every` steps (step 0 is the shared SFT model, evaluated once), greedy test
-evaluation at the end, then `results.json` and `learning.png` over whatever runs are finished.
+evaluation at the end of every run and once of the starting model, then `results.json` and `learning.png` over whatever runs are finished.
 """
 from __future__ import annotations
 
@@ -138,8 +138,9 @@ def _steps_to_reach(curve: dict, target: float) -> int | None:
     return next((s for s, f in zip(curve["steps"], curve["dev_f1"]) if s > 0 and f >= target), None)
 
 
-def aggregate(bench: BenchConfig, step0_dev: dict | None) -> dict:
-    """results.json: per estimator and seed, curves and final test scores; per estimator, the summary."""
+def aggregate(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | None = None) -> dict:
+    """results.json: the starting model's dev and test scores; per estimator and seed, curves and final test scores;
+    per estimator, the summary."""
     out = Path(bench.out_dir)
     runs: dict[str, dict[str, dict]] = {}
     for est in bench.estimators:
@@ -166,7 +167,8 @@ def aggregate(bench: BenchConfig, step0_dev: dict | None) -> dict:
             "steps_to_grpo_final_dev_f1": (
                 [_steps_to_reach(r, grpo_final) for r in seeds.values()] if grpo_final is not None else None),
         }
-    result = {"bench": bench.model_dump(), "grpo_final_dev_f1": grpo_final, "summary": summary, "runs": runs}
+    result = {"bench": bench.model_dump(), "start": {"dev": step0_dev, "test": step0_test},
+              "grpo_final_dev_f1": grpo_final, "summary": summary, "runs": runs}
     (out / "results.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -218,11 +220,16 @@ def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], Non
     dev = load_qa(cfg.data.eval)[: bench.dev_size]
     log("dev evaluation of the starting model (step 0)")
     step0 = _eval_file(cfg, start_model, dev, out / "step0_dev.json")["overall"]
+    step0_test = None
+    if bench.test:  # the yardstick for every run's final test score
+        log("test evaluation of the starting model")
+        test = load_qa(bench.test)[: bench.test_size]
+        step0_test = _eval_file(cfg, start_model, test, out / "step0_test.json")["overall"]
     # Seed-major: a benchmark cut short still has every estimator at its first seeds, side by side.
     for seed in bench.seeds:
         for est in bench.estimators:
             run_one(bench, cfg, est, seed, start_model, log)
-    result = aggregate(bench, step0)
+    result = aggregate(bench, step0, step0_test)
     if result["runs"]:
         plot(result, out / "learning.png")
     return result
