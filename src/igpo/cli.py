@@ -364,7 +364,7 @@ def bench_learning(
     table = Table("estimator", "seeds", "test F1 (mean ± std)", "final dev F1", "steps to GRPO's dev F1", "zero-var groups")
     start = result["start"]
     if start["dev"] is not None:
-        table.add_row("start (SFT)", "-", f"{start['test']['f1']:.3f}" if start["test"] else "-",
+        table.add_row("start (SFT)" if bench.sft else "start (model.path)", "-", f"{start['test']['f1']:.3f}" if start["test"] else "-",
                       f"{start['dev']['f1']:.3f}", "-", "-")
     for est, s in result["summary"].items():
         test = f"{s['test_f1_mean']:.3f} ± {s['test_f1_std']:.3f}" if s["test_f1_mean"] is not None else "-"
