@@ -51,7 +51,7 @@ def test_bench_config_splits_bench_keys_and_names_bad_ones(tmp_path, tiny_model_
 
 
 @pytest.mark.integration
-def test_two_estimators_one_seed_two_steps_then_resume(tmp_path, tiny_model_dir, corpus_file, plans_file):
+def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_dir, corpus_file, plans_file):
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo"])
     runner = CliRunner()
     res = runner.invoke(app, ["bench", "learning", "--config", str(path)])
@@ -61,20 +61,23 @@ def test_two_estimators_one_seed_two_steps_then_resume(tmp_path, tiny_model_dir,
     done_mtime = (out / "igpo-s0" / "done.json").stat().st_mtime_ns
     sft_mtime = (out / "sft" / "sft.json").stat().st_mtime_ns
 
-    # a second invocation adds grpo: igpo and the shared SFT are reused, not rerun
-    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo"])
-    res = runner.invoke(app, ["bench", "learning", "--config", str(path)])
+    # a second invocation adds grpo and gated, trained side by side in 2 worker processes: igpo and the shared
+    # SFT are reused, not rerun
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo", "gated"])
+    res = runner.invoke(app, ["bench", "learning", "--config", str(path), "bench.jobs=2"])
     assert res.exit_code == 0, res.output
     assert "igpo-s0: done, skipped" in res.output
+    assert "2 runs, 2 at a time" in res.output
+    assert "grpo-s0: finished" in res.output and "gated-s0: finished" in res.output
     assert "start (SFT)" in res.output  # the table's yardstick row
     assert (out / "igpo-s0" / "done.json").stat().st_mtime_ns == done_mtime
     assert (out / "sft" / "sft.json").stat().st_mtime_ns == sft_mtime
 
     result = json.loads((out / "results.json").read_text())
-    assert set(result["runs"]) == {"igpo", "grpo"}
+    assert set(result["runs"]) == {"igpo", "grpo", "gated"}
     assert result["start"]["test"]["n"] == 3 and result["start"]["dev"]["n"] == 2  # the SFT model, once
     assert (out / "step0_test.json").is_file()
-    for est in ("igpo", "grpo"):
+    for est in ("igpo", "grpo", "gated"):
         run = result["runs"][est]["0"]
         assert run["steps"] == [0, 1, 2]  # step 0 = the shared SFT model, then every eval_every steps
         assert run["dev_f1"][0] == result["runs"]["igpo"]["0"]["dev_f1"][0]

@@ -9,6 +9,8 @@ evaluation at the end of every run and once of the starting model, then `results
 from __future__ import annotations
 
 import json
+import multiprocessing
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,6 +35,10 @@ class BenchConfig(BaseModel):
     test_size: int = Field(200, ge=1)
     out_dir: str = "runs/bench-learning"
     sft: bool = True  # warm-start once with the `sft` section; False: start every run from model.path
+    # Runs trained at once, each in its own process with cpu_count // jobs torch threads. A 135M model does not
+    # keep two CPU threads busy: on 2 cores, 2 jobs of 1 thread train more steps an hour than 1 job of 2
+    # (measured in benchmarks/README.md). Each job holds its own model copies (~8 GB peak here).
+    jobs: int = Field(1, ge=1)
 
 
 def load_bench_config(path: str | Path, overrides: list[str] | None = None, small: bool = False) -> tuple[BenchConfig, Config]:
@@ -112,6 +118,36 @@ def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_m
         test = {"overall": res["overall"], "by_source": res["by_source"], "seconds": time.perf_counter() - t}
     (run / "done.json").write_text(json.dumps({"test": test, "train_seconds_this_invocation": train_s}))
     return run
+
+
+def _worker_run(bench: BenchConfig, base: Config, estimator: str, seed: int, start_model: str, threads: int) -> str:
+    import torch
+
+    torch.set_num_threads(threads)
+    return str(run_one(bench, base, estimator, seed, start_model, lambda line: print(line, flush=True)))
+
+
+def _run_parallel(bench: BenchConfig, base: Config, runs: list[tuple[str, int]], start_model: str,
+                  log: Callable[[str], None]) -> None:
+    """`runs` in `bench.jobs` worker processes, started in the given order. A failed run does not stop the
+    others: the first error is raised once every run has ended (checkpoints stay, so a rerun resumes it)."""
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    threads = max(1, (os.cpu_count() or 1) // bench.jobs)
+    log(f"{len(runs)} runs, {bench.jobs} at a time, {threads} torch thread(s) each")
+    errors = []
+    with ProcessPoolExecutor(bench.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {pool.submit(_worker_run, bench, base, e, s, start_model, threads): f"{e}-s{s}" for e, s in runs}
+        for fut in as_completed(futures):
+            try:
+                fut.result()
+                log(f"{futures[fut]}: finished")
+            except Exception as e:  # noqa: BLE001 - reported below, after the other runs
+                log(f"{futures[fut]}: failed: {e}")
+                errors.append((futures[fut], e))
+    if errors:
+        log(f"{len(errors)} of {len(runs)} runs failed: {', '.join(name for name, _ in errors)}")
+        raise errors[0][1]
 
 
 def _curve(run: Path, step0: dict | None) -> dict:
@@ -226,8 +262,15 @@ def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], Non
         test = load_qa(bench.test)[: bench.test_size]
         step0_test = _eval_file(cfg, start_model, test, out / "step0_test.json")["overall"]
     # Seed-major: a benchmark cut short still has every estimator at its first seeds, side by side.
-    for seed in bench.seeds:
-        for est in bench.estimators:
+    order = [(est, seed) for seed in bench.seeds for est in bench.estimators]
+    pending = [(e, s) for e, s in order if not (out / f"{e}-s{s}" / "done.json").is_file()]
+    if bench.jobs > 1 and len(pending) > 1:
+        for est, seed in order:
+            if (est, seed) not in pending:
+                log(f"{est}-s{seed}: done, skipped")
+        _run_parallel(bench, cfg, pending, start_model, log)
+    else:
+        for est, seed in order:
             run_one(bench, cfg, est, seed, start_model, log)
     result = aggregate(bench, step0, step0_test)
     if result["runs"]:
