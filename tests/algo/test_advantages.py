@@ -169,3 +169,16 @@ def test_std_normalisation_blows_ig_differences_at_noise_level_up_to_unit_advant
     mean = r.mean()
     close(raw, [[(-0.001 - mean) + (0.0 - mean), 0.0 - mean], [(0.0005 - mean) + (0.0 - mean), 0.0 - mean],
                 [2 * (0.0 - mean), 0.0 - mean]])
+
+
+@pytest.mark.parametrize("std", [True, False])
+def test_outcome_only_ablation_is_grpo_when_gamma_is_one(std):
+    """With γ = 1 every turn of `igpo_outcome_only` carries the normalised outcome, which is GRPO's advantage:
+    the two estimators give the same update (the learning bench measured the two runs identical step for step);
+    only γ < 1 sets them apart."""
+    r = torch.tensor([[0.3, 0.9, 0.0], [0.1, -0.2, 0.4], [0.5, 0.0, 0.0], [0.0, 0.0, 0.0]])
+    m = torch.tensor([[True, True, False], [True, True, True], [True, True, False], [True, False, False]])
+    g = ["a", "a", "b", "b"]
+    grpo = compute_turn_advantages(r, m, g, "grpo", std=std)
+    torch.testing.assert_close(compute_turn_advantages(r, m, g, "igpo_outcome_only", std=std), grpo, atol=1e-6, rtol=0)
+    assert not torch.allclose(compute_turn_advantages(r, m, g, "igpo_outcome_only", gamma=0.9, std=std), grpo)

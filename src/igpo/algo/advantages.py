@@ -96,7 +96,8 @@ def igpo_ig_only(turn_rewards, turn_mask, group_ids, gamma=1.0, norm="joint", st
 
 
 def igpo_outcome_only(turn_rewards, turn_mask, group_ids, gamma=1.0, norm="joint", std=True, **opts):
-    """Ablation: outcome only, normalised per group, discounted back over the turns."""
+    """Ablation: outcome only, normalised per group, discounted back over the turns. With γ = 1 every turn
+    carries the normalised outcome, which is exactly `grpo`; only γ < 1 sets the two apart."""
     return _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, use_ig=False, **opts)
 
 

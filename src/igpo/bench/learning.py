@@ -37,7 +37,7 @@ class BenchConfig(BaseModel):
     sft: bool = True  # warm-start once with the `sft` section; False: start every run from model.path
     # Runs trained at once, each in its own process with cpu_count // jobs torch threads. A 135M model does not
     # keep two CPU threads busy: on 2 cores, 2 jobs of 1 thread train more steps an hour than 1 job of 2
-    # (measured in benchmarks/README.md). Each job holds its own model copies (~8 GB peak here).
+    # (measured in benchmarks/README.md). Each job holds its own models and optimizer (~10 GB resident here).
     jobs: int = Field(1, ge=1)
 
 
