@@ -86,15 +86,20 @@ def _eval_file(cfg: Config, model_dir: str, examples, out: Path) -> dict:
     return res
 
 
+def run_dir(bench: BenchConfig, estimator: str, seed: int) -> Path:
+    return Path(bench.out_dir) / f"{estimator}-s{seed}"
+
+
+def is_done(bench: BenchConfig, estimator: str, seed: int) -> bool:
+    return (run_dir(bench, estimator, seed) / "done.json").is_file()
+
+
 def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_model: str, log: Callable[[str], None]) -> Path:
-    """Train and evaluate one (estimator, seed) run; returns its directory."""
+    """Train (or resume) and evaluate one (estimator, seed) run; returns its directory."""
     from igpo.eval.evaluate import evaluate
     from igpo.train.trainer import Trainer
 
-    run = Path(bench.out_dir) / f"{estimator}-s{seed}"
-    if (run / "done.json").is_file():
-        log(f"{run.name}: done, skipped")
-        return run
+    run = run_dir(bench, estimator, seed)
     cfg = base.model_copy(deep=True)
     cfg.model.path = start_model
     cfg.model.lora.enabled = False
@@ -177,12 +182,11 @@ def _steps_to_reach(curve: dict, target: float) -> int | None:
 def aggregate(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | None = None) -> dict:
     """results.json: the starting model's dev and test scores; per estimator and seed, curves and final test scores;
     per estimator, the summary."""
-    out = Path(bench.out_dir)
     runs: dict[str, dict[str, dict]] = {}
     for est in bench.estimators:
         for seed in bench.seeds:
-            run = out / f"{est}-s{seed}"
-            if not (run / "done.json").is_file():
+            run = run_dir(bench, est, seed)
+            if not is_done(bench, est, seed):
                 continue
             rec = _curve(run, step0_dev)
             rec["test"] = json.loads((run / "done.json").read_text())["test"]
@@ -205,7 +209,7 @@ def aggregate(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | Non
         }
     result = {"bench": bench.model_dump(), "start": {"dev": step0_dev, "test": step0_test},
               "grpo_final_dev_f1": grpo_final, "summary": summary, "runs": runs}
-    (out / "results.json").write_text(json.dumps(result, indent=1))
+    (Path(bench.out_dir) / "results.json").write_text(json.dumps(result, indent=1))
     return result
 
 
@@ -225,7 +229,8 @@ def plot(result: dict, path: Path) -> Path:
         n = min(len(c["steps"]) for c in curves)
         steps = curves[0]["steps"][:n]
         f1 = np.array([c["dev_f1"][:n] for c in curves])
-        (line,) = ax1.plot(steps, f1.mean(0), marker=marker, linestyle=dash, markerfacecolor="none", label=f"{est} ({len(curves)} seed{'s' * (len(curves) > 1)})")
+        label = f"{est} ({len(curves)} seed{'s' * (len(curves) > 1)})"
+        (line,) = ax1.plot(steps, f1.mean(0), marker=marker, linestyle=dash, markerfacecolor="none", label=label)
         if len(curves) > 1:
             ax1.fill_between(steps, f1.min(0), f1.max(0), color=line.get_color(), alpha=0.2)
         for c in curves:
@@ -267,14 +272,16 @@ def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], Non
         step0_test = _eval_file(cfg, start_model, test, out / "step0_test.json")["overall"]
     # Seed-major: a benchmark cut short still has every estimator at its first seeds, side by side.
     order = [(est, seed) for seed in bench.seeds for est in bench.estimators]
-    pending = [(e, s) for e, s in order if not (out / f"{e}-s{s}" / "done.json").is_file()]
+    pending = []
+    for est, seed in order:
+        if is_done(bench, est, seed):
+            log(f"{est}-s{seed}: done, skipped")
+        else:
+            pending.append((est, seed))
     if bench.jobs > 1 and len(pending) > 1:
-        for est, seed in order:
-            if (est, seed) not in pending:
-                log(f"{est}-s{seed}: done, skipped")
         _run_parallel(bench, cfg, pending, start_model, log)
     else:
-        for est, seed in order:
+        for est, seed in pending:
             run_one(bench, cfg, est, seed, start_model, log)
     result = aggregate(bench, step0, step0_test)
     if result["runs"]:
