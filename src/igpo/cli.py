@@ -345,7 +345,7 @@ app.add_typer(bench_app, name="bench")
 def bench_learning(
     overrides: Optional[list[str]] = typer.Argument(None, help="overrides: bench.seeds=[0], trainer.steps=20, ..."),
     config: Path = typer.Option(Path("benchmarks/learning.yaml"), "--config", "-c", help="benchmark YAML"),
-    small: bool = typer.Option(False, "--small", help="the config's `small:` preset (igpo and grpo, one seed, about an hour on 2 CPU cores)"),
+    small: bool = typer.Option(False, "--small", help="the config's `small:` preset (igpo and grpo, one seed, estimated under an hour on 2 CPU cores)"),
     data_dir: Path = typer.Option(Path("data/vitalfactbook"), help="where VitalFactbook is built (cached)"),
 ) -> None:
     """IGPO vs GRPO and ablations from one shared SFT checkpoint; resumable; writes results.json and learning.png."""
