@@ -125,6 +125,19 @@ def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_m
     return run
 
 
+def _exit_with(parent: int) -> None:
+    """A worker ends when the bench process that started it is gone (killed, not only interrupted): an orphan
+    would go on training with nobody to collect it. Its checkpoints stay, so a rerun resumes the run."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(2)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True).start()
+
+
 def _worker_run(bench: BenchConfig, base: Config, estimator: str, seed: int, start_model: str, threads: int) -> str:
     import torch
 
@@ -141,7 +154,8 @@ def _run_parallel(bench: BenchConfig, base: Config, runs: list[tuple[str, int]],
     threads = max(1, (os.cpu_count() or 1) // bench.jobs)
     log(f"{len(runs)} runs, {bench.jobs} at a time, {threads} torch thread(s) each")
     errors = []
-    with ProcessPoolExecutor(bench.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+    with ProcessPoolExecutor(bench.jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_exit_with, initargs=(os.getpid(),)) as pool:
         futures = {pool.submit(_worker_run, bench, base, e, s, start_model, threads): f"{e}-s{s}" for e, s in runs}
         for fut in as_completed(futures):
             try:
