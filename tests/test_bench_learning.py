@@ -5,7 +5,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from igpo.bench.learning import load_bench_config
+from igpo.bench.learning import advantage_signal, load_bench_config
 from igpo.cli import app
 from igpo.config import ConfigError
 
@@ -50,10 +50,41 @@ def test_bench_config_splits_bench_keys_and_names_bad_ones(tmp_path, tiny_model_
         load_bench_config(path, ["bench.estimators=[ppo]"])
 
 
+def _episode(step, group, outcome, turns, igs=None):
+    return {"step": step, "group": group, "outcome": outcome,
+            "turns": [{"advantage": a, "generated_tokens": n, "ig": g}
+                      for (a, n), g in zip(turns, igs or [None] * len(turns))]}
+
+
+def test_advantage_signal_splits_update_weight_by_group_kind():
+    samples = [
+        _episode(0, 0, 0.0, [(0.1, 10)], [0.01]), _episode(0, 0, 0.0, [(-0.1, 10)], [-0.03]),  # equal: IG only
+        _episode(0, 1, 1.0, [(0.5, 4), (-0.2, 6)], [0.4, None]),  # outcome dev +0.5 / -0.5; the answer turn has no IG
+        _episode(0, 1, 0.0, [(-0.5, 10)], [-0.2]),
+        _episode(1, 0, 1.0, [(9.0, 100)]),  # a lone episode of a group: no deviation, left out
+    ]
+    sig = advantage_signal(samples)
+    assert sig["groups"] == 2 and sig["zero_variance_groups"] == 0.5
+    assert sig["abs_adv_tokens"] == pytest.approx(2.0 + 2.0 + 1.2 + 5.0)
+    assert sig["zero_variance_share_of_abs_adv"] == pytest.approx(2.0 / 10.2)
+    assert sig["outcome_sign_agreement"] == pytest.approx(14 / 20)  # the -0.2 turn of a winning episode disagrees
+    assert sig["zero_variance_all_failed"] == 1.0
+    assert sig["median_abs_ig"] == {"zero_variance_groups": pytest.approx(0.02), "other_groups": pytest.approx(0.3)}
+    assert advantage_signal(samples[-1:]) is None
+
+
+def test_report_only_without_finished_runs_names_the_folder(tmp_path, tiny_model_dir, corpus_file, plans_file):
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo"])
+    res = CliRunner().invoke(app, ["bench", "learning", "--config", str(path), "--report-only"])
+    assert res.exit_code != 0
+    assert "bench.out_dir: no finished run" in res.output and str(tmp_path / "bench") in res.output
+    assert not (tmp_path / "bench" / "results.json").exists()
+
+
 @pytest.mark.integration
 def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_dir, corpus_file, plans_file):
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo"])
-    runner = CliRunner()
+    runner = CliRunner(env={"COLUMNS": "160"})  # the table on one line per row
     res = runner.invoke(app, ["bench", "learning", "--config", str(path)])
     assert res.exit_code == 0, res.output
     out = tmp_path / "bench"
@@ -87,3 +118,16 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
         assert result["summary"][est]["test_f1_mean"] is not None
     assert result["summary"]["grpo"]["steps_to_grpo_final_dev_f1"] is not None
     assert (out / "learning.png").stat().st_size > 10_000
+    assert result["pending"] == [] and result["summary"]["grpo"]["test_f1_std"] is None  # one seed: no spread
+    sig = result["runs"]["grpo"]["0"]["advantage_signal"]  # grpo's advantage is the outcome's deviation itself
+    assert sig["groups"] >= 1 and sig["outcome_sign_agreement"] in (None, 1.0)
+
+    # --report-only over a larger grid aggregates what finished, lists the rest, and trains nothing
+    res = runner.invoke(app, ["bench", "learning", "--config", str(path), "--report-only",
+                              "bench.estimators=[igpo,grpo,igpo_ig_only]", "bench.seeds=[0,1]"])
+    assert res.exit_code == 0, res.output
+    result = json.loads((out / "results.json").read_text())
+    assert result["pending"] == ["igpo_ig_only-s0", "igpo-s1", "grpo-s1", "igpo_ig_only-s1"]
+    assert set(result["runs"]) == {"igpo", "grpo"} and result["start"]["test"]["n"] == 3
+    assert "not run yet: igpo_ig_only-s0" in res.output
+    assert not (out / "igpo_ig_only-s0").exists() and not (out / "igpo-s1").exists()

@@ -347,6 +347,7 @@ def bench_learning(
     config: Path = typer.Option(Path("benchmarks/learning.yaml"), "--config", "-c", help="benchmark YAML"),
     small: bool = typer.Option(False, "--small", help="the config's `small:` preset (igpo and grpo, one seed, estimated under an hour on 2 CPU cores)"),
     data_dir: Path = typer.Option(Path("data/vitalfactbook"), help="where VitalFactbook is built (cached)"),
+    report_only: bool = typer.Option(False, "--report-only", help="train nothing: results.json and learning.png from the runs already finished"),
 ) -> None:
     """IGPO vs GRPO and ablations from one shared SFT checkpoint; resumable; writes results.json and learning.png."""
     from rich.console import Console
@@ -357,21 +358,27 @@ def bench_learning(
     console = Console()
     try:
         bench, cfg = load_bench_config(config, overrides, small=small)
-        _prepare(cfg, data_dir, console)
-        result = run_learning_bench(bench, cfg, log=console.print)
+        if not report_only:
+            _prepare(cfg, data_dir, console)
+        result = run_learning_bench(bench, cfg, log=console.print, train=not report_only)
     except _user_errors() as e:
         _fail(e)
-    table = Table("estimator", "seeds", "test F1 (mean ± std)", "final dev F1", "steps to GRPO's dev F1", "zero-var groups")
+    table = Table("estimator", "seeds", "test F1 (mean ± std)", "final dev F1", "steps to GRPO's dev F1", "zero-var groups",
+                  "their share of |adv|")
     start = result["start"]
     if start["dev"] is not None:
         table.add_row("start (SFT)" if bench.sft else "start (model.path)", "-", f"{start['test']['f1']:.3f}" if start["test"] else "-",
-                      f"{start['dev']['f1']:.3f}", "-", "-")
+                      f"{start['dev']['f1']:.3f}", "-", "-", "-")
     for est, s in result["summary"].items():
-        test = f"{s['test_f1_mean']:.3f} ± {s['test_f1_std']:.3f}" if s["test_f1_mean"] is not None else "-"
+        test = ("-" if s["test_f1_mean"] is None else f"{s['test_f1_mean']:.3f} (1 seed)" if s["test_f1_std"] is None
+                else f"{s['test_f1_mean']:.3f} ± {s['test_f1_std']:.3f}")
         zv = f"{s['zero_variance_share']:.2f}" if s["zero_variance_share"] is not None else "-"
+        zv_adv = f"{s['zero_variance_share_of_abs_adv']:.3f}" if s["zero_variance_share_of_abs_adv"] is not None else "-"
         table.add_row(est, str(s["seeds"]), test, f"{s['final_dev_f1_mean']:.3f}",
-                      str(s["steps_to_grpo_final_dev_f1"]), zv)
+                      str(s["steps_to_grpo_final_dev_f1"]), zv, zv_adv)
     console.print(table)
+    if result["pending"]:
+        console.print(f"not run yet: {', '.join(result['pending'])}")
     console.print(f"results: {Path(bench.out_dir) / 'results.json'}")
 
 

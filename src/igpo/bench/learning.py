@@ -189,6 +189,46 @@ def _curve(run: Path, step0: dict | None) -> dict:
     }
 
 
+def advantage_signal(samples: list[dict]) -> dict | None:
+    """Where a run's update weight went, from its logged whole groups (`samples.jsonl`): token-weighted |advantage|
+    (a turn's advantage applies to each token the policy generated in it), split by whether the group's outcomes
+    were all equal, how often a turn's advantage has the sign of its outcome's deviation from the group mean
+    (the sign GRPO would give it, whatever `std`), and the median |IG| of a tool turn in either kind of group (None
+    for estimators that score no beliefs). None when no whole group was logged."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in samples:
+        groups.setdefault((r["step"], r["group"]), []).append(r)
+    total = zero_var = same = counted = 0.0
+    n_groups = n_zero = n_zero_failed = 0
+    ig: dict[bool, list[float]] = {True: [], False: []}
+    for eps in groups.values():
+        if len(eps) < 2:  # a partial group has no within-group deviation to speak of
+            continue
+        n_groups += 1
+        outcomes = np.array([e["outcome"] for e in eps])
+        flat = bool(np.allclose(outcomes, outcomes[0]))
+        n_zero += flat
+        n_zero_failed += int(flat and outcomes[0] <= 0)
+        for e, dev in zip(eps, outcomes - outcomes.mean()):
+            for t in e["turns"]:
+                if t.get("ig") is not None:
+                    ig[flat].append(abs(t["ig"]))
+                w = abs(t["advantage"]) * t["generated_tokens"]
+                total += w
+                zero_var += w * flat
+                if abs(dev) > 1e-9:
+                    counted += t["generated_tokens"]
+                    same += t["generated_tokens"] * float(np.sign(t["advantage"]) == np.sign(dev))
+    if not n_groups:
+        return None
+    return {"groups": n_groups, "zero_variance_groups": n_zero / n_groups,
+            "zero_variance_all_failed": n_zero_failed / n_zero if n_zero else None,
+            "abs_adv_tokens": total, "zero_variance_share_of_abs_adv": zero_var / total if total else 0.0,
+            "outcome_sign_agreement": same / counted if counted else None,
+            "median_abs_ig": {kind: float(np.median(ig[flat])) if ig[flat] else None
+                              for kind, flat in (("zero_variance_groups", True), ("other_groups", False))}}
+
+
 def _steps_to_reach(curve: dict, target: float) -> int | None:
     return next((s for s, f in zip(curve["steps"], curve["dev_f1"]) if s > 0 and f >= target), None)
 
@@ -204,6 +244,7 @@ def aggregate(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | Non
                 continue
             rec = _curve(run, step0_dev)
             rec["test"] = json.loads((run / "done.json").read_text())["test"]
+            rec["advantage_signal"] = advantage_signal(_read_jsonl(run / "samples.jsonl"))
             runs.setdefault(est, {})[str(seed)] = rec
     summary = {}
     grpo_final = None
@@ -212,17 +253,26 @@ def aggregate(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | Non
     for est, seeds in runs.items():
         test_f1 = [r["test"]["overall"]["f1"] for r in seeds.values() if r["test"]]
         zv = [np.mean(r["zero_variance_groups"]) for r in seeds.values() if r["zero_variance_groups"]]
+        sig = [r["advantage_signal"] for r in seeds.values() if r["advantage_signal"]]
         summary[est] = {
             "seeds": len(seeds),
             "test_f1_mean": float(np.mean(test_f1)) if test_f1 else None,
-            "test_f1_std": float(np.std(test_f1)) if test_f1 else None,
+            # sample std over seeds (ddof 1); none for a single seed rather than a misleading 0
+            "test_f1_std": float(np.std(test_f1, ddof=1)) if len(test_f1) > 1 else None,
             "final_dev_f1_mean": float(np.mean([r["dev_f1"][-1] for r in seeds.values()])),
             "zero_variance_share": float(np.mean(zv)) if zv else None,
+            # of the update weight (token-weighted |advantage|), the part from groups whose outcomes were all equal
+            "zero_variance_share_of_abs_adv": (
+                float(np.mean([x["zero_variance_share_of_abs_adv"] for x in sig])) if sig else None),
+            "outcome_sign_agreement": (
+                float(np.mean([x["outcome_sign_agreement"] for x in sig if x["outcome_sign_agreement"] is not None]))
+                if any(x["outcome_sign_agreement"] is not None for x in sig) else None),
             "steps_to_grpo_final_dev_f1": (
                 [_steps_to_reach(r, grpo_final) for r in seeds.values()] if grpo_final is not None else None),
         }
+    pending = [run_dir(bench, e, s).name for s in bench.seeds for e in bench.estimators if not is_done(bench, e, s)]
     result = {"bench": bench.model_dump(), "start": {"dev": step0_dev, "test": step0_test},
-              "grpo_final_dev_f1": grpo_final, "summary": summary, "runs": runs}
+              "grpo_final_dev_f1": grpo_final, "summary": summary, "runs": runs, "pending": pending}
     (Path(bench.out_dir) / "results.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -261,10 +311,29 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], None] = print) -> dict:
-    """The whole benchmark (resumable); returns results.json's content."""
+def _report_done(bench: BenchConfig, log: Callable[[str], None]) -> dict:
+    """results.json and learning.png from the runs already finished, training and evaluating nothing: what a
+    benchmark cut short (or split over machines) has so far. The rest are listed under `pending`."""
+    out = Path(bench.out_dir)
+    if not any(is_done(bench, e, s) for e in bench.estimators for s in bench.seeds):
+        raise ConfigError(f"bench.out_dir: no finished run of {bench.estimators} x seeds {bench.seeds} "
+                          f"in {out} (a finished run has done.json)")
+    step0, step0_test = (json.loads(p.read_text())["overall"] if p.is_file() else None
+                         for p in (out / "step0_dev.json", out / "step0_test.json"))
+    result = aggregate(bench, step0, step0_test)
+    log(f"{sum(len(v) for v in result['runs'].values())} finished runs aggregated, {len(result['pending'])} not run")
+    plot(result, out / "learning.png")
+    return result
+
+
+def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], None] = print,
+                       train: bool = True) -> dict:
+    """The whole benchmark (resumable); returns results.json's content. `train=False` only aggregates the runs
+    already finished (`_report_done`)."""
     from igpo.train.sft import run_sft, sft_done
 
+    if not train:
+        return _report_done(bench, log)
     out = Path(bench.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start_model = cfg.model.path
