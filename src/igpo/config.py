@@ -142,6 +142,7 @@ class TrainerConfig(_Strict):
     keep_last: int = Field(2, ge=1)
     eval_every: int = Field(0, ge=0)
     eval_size: int = Field(100, ge=1)
+    eval_batch_size: int = Field(16, ge=1)  # questions rolled out together in greedy evaluation (every eval path)
     check_invariants: bool = True
     # LM head and log-softmax on the policy's tokens only (fast path); False: on every position after the prompt
     score_generated_only: bool = True

@@ -32,11 +32,13 @@ def _summary(rows: list[dict]) -> dict:
 
 @torch.no_grad()
 def evaluate(generator: Generator, fmt: ChatFormat, toolbox: Toolbox, examples: Sequence[QAExample], cfg: Config,
-             batch_size: int = 16, progress: Callable[[int, int], None] | None = None) -> dict:
-    """{"overall": {...}, "by_source": {source: {...}}, "rows": [per question]} with greedy decoding.
+             progress: Callable[[int, int], None] | None = None) -> dict:
+    """{"overall": {...}, "by_source": {source: {...}}, "rows": [per question]} with greedy decoding, in batches
+    of `cfg.trainer.eval_batch_size` questions.
 
     `progress(done, total)` is called after each batch of questions."""
     r = cfg.rollout
+    batch_size = cfg.trainer.eval_batch_size
     params = SamplingParams(r.max_new_tokens, temperature=0.0)
     rows = []
     for lo in range(0, len(examples), batch_size):

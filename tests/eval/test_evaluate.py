@@ -1,0 +1,36 @@
+"""Greedy evaluation: batches of `trainer.eval_batch_size` questions, the same generations whatever the batch size."""
+from igpo.agent.engine import make_generator
+from igpo.config import Config
+from igpo.data.loaders import load_qa
+from igpo.eval.evaluate import evaluate
+from igpo.train.trainer import make_chat_format, make_toolbox
+
+
+class Recording:
+    """Passes calls to a generator and keeps, per question context, the ids it generated."""
+
+    def __init__(self, inner):
+        self.inner, self.outputs, self.batch_sizes = inner, {}, []
+
+    def generate(self, contexts, params, stop_ids):
+        out = self.inner.generate(contexts, params, stop_ids)
+        self.batch_sizes.append(len(contexts))
+        self.outputs.update({tuple(c): tuple(o) for c, o in zip(contexts, out)})
+        return out
+
+
+def test_batch_size_changes_batches_not_generations(tokenizer, tiny_model, corpus_file, qa_file):
+    examples = load_qa(qa_file)
+    results, gens = {}, {}
+    for bs in (1, 3):
+        cfg = Config.model_validate({"retrieval": {"corpus": str(corpus_file), "topk": 1},
+                                     "rollout": {"max_new_tokens": 12, "max_turns": 3},
+                                     "trainer": {"eval_batch_size": bs}})
+        toolbox = make_toolbox(cfg)
+        gens[bs] = Recording(make_generator(cfg.rollout.engine, tiny_model, tokenizer.pad_token_id))
+        results[bs] = evaluate(gens[bs], make_chat_format(cfg, tokenizer, toolbox), toolbox, examples, cfg)
+    assert max(gens[1].batch_sizes) == 1 and max(gens[3].batch_sizes) == 3
+    # left-padded in a batch of 3 or alone, each question's greedy ids are the same
+    assert gens[1].outputs == gens[3].outputs and len(gens[1].outputs) >= 4
+    assert all(len(o) > 1 for o in gens[1].outputs.values())
+    assert results[1]["rows"] == results[3]["rows"] and results[1]["overall"]["n"] == 4
