@@ -5,7 +5,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from igpo.bench.learning import advantage_signal, load_bench_config
+from igpo.bench.learning import _steps_to_reach, advantage_signal, load_bench_config
 from igpo.cli import app
 from igpo.config import ConfigError
 
@@ -71,6 +71,12 @@ def test_advantage_signal_splits_update_weight_by_group_kind():
     assert sig["zero_variance_all_failed"] == 1.0
     assert sig["median_abs_ig"] == {"zero_variance_groups": pytest.approx(0.02), "other_groups": pytest.approx(0.3)}
     assert advantage_signal(samples[-1:]) is None
+
+
+def test_steps_to_reach_counts_the_start():
+    curve = {"steps": [0, 5, 10], "dev_f1": [0.20, 0.25, 0.30]}
+    assert _steps_to_reach(curve, 0.25) == 5 and _steps_to_reach(curve, 0.31) is None
+    assert _steps_to_reach(curve, 0.20) == 0  # the starting model is already there
 
 
 def test_report_only_without_finished_runs_names_the_folder(tmp_path, tiny_model_dir, corpus_file, plans_file):

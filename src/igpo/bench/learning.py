@@ -230,7 +230,9 @@ def advantage_signal(samples: list[dict]) -> dict | None:
 
 
 def _steps_to_reach(curve: dict, target: float) -> int | None:
-    return next((s for s, f in zip(curve["steps"], curve["dev_f1"]) if s > 0 and f >= target), None)
+    """The first evaluated step with dev F1 ≥ target; 0 when the starting model already is (then the figure
+    says nothing about sample efficiency); None if never."""
+    return next((s for s, f in zip(curve["steps"], curve["dev_f1"]) if f >= target), None)
 
 
 def aggregate(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | None = None) -> dict:
