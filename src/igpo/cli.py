@@ -353,14 +353,16 @@ def bench_learning(
     from rich.console import Console
     from rich.table import Table
 
-    from igpo.bench.learning import load_bench_config, run_learning_bench
+    from igpo.bench.learning import load_bench_config, report_done, run_learning_bench
 
     console = Console()
     try:
         bench, cfg = load_bench_config(config, overrides, small=small)
-        if not report_only:
+        if report_only:
+            result = report_done(bench, log=console.print)
+        else:
             _prepare(cfg, data_dir, console)
-        result = run_learning_bench(bench, cfg, log=console.print, train=not report_only)
+            result = run_learning_bench(bench, cfg, log=console.print)
     except _user_errors() as e:
         _fail(e)
     table = Table("estimator", "seeds", "test F1 (mean ± std)", "final dev F1", "steps to GRPO's dev F1", "zero-var groups",

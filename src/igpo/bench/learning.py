@@ -256,6 +256,7 @@ def aggregate(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | Non
         test_f1 = [r["test"]["overall"]["f1"] for r in seeds.values() if r["test"]]
         zv = [np.mean(r["zero_variance_groups"]) for r in seeds.values() if r["zero_variance_groups"]]
         sig = [r["advantage_signal"] for r in seeds.values() if r["advantage_signal"]]
+        agree = [x["outcome_sign_agreement"] for x in sig if x["outcome_sign_agreement"] is not None]
         summary[est] = {
             "seeds": len(seeds),
             "test_f1_mean": float(np.mean(test_f1)) if test_f1 else None,
@@ -266,9 +267,7 @@ def aggregate(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | Non
             # of the update weight (token-weighted |advantage|), the part from groups whose outcomes were all equal
             "zero_variance_share_of_abs_adv": (
                 float(np.mean([x["zero_variance_share_of_abs_adv"] for x in sig])) if sig else None),
-            "outcome_sign_agreement": (
-                float(np.mean([x["outcome_sign_agreement"] for x in sig if x["outcome_sign_agreement"] is not None]))
-                if any(x["outcome_sign_agreement"] is not None for x in sig) else None),
+            "outcome_sign_agreement": float(np.mean(agree)) if agree else None,
             "steps_to_grpo_final_dev_f1": (
                 [_steps_to_reach(r, grpo_final) for r in seeds.values()] if grpo_final is not None else None),
         }
@@ -313,7 +312,14 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-def _report_done(bench: BenchConfig, log: Callable[[str], None]) -> dict:
+def _write_results(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | None) -> dict:
+    result = aggregate(bench, step0_dev, step0_test)
+    if result["runs"]:
+        plot(result, Path(bench.out_dir) / "learning.png")
+    return result
+
+
+def report_done(bench: BenchConfig, log: Callable[[str], None] = print) -> dict:
     """results.json and learning.png from the runs already finished, training and evaluating nothing: what a
     benchmark cut short (or split over machines) has so far. The rest are listed under `pending`."""
     out = Path(bench.out_dir)
@@ -322,20 +328,15 @@ def _report_done(bench: BenchConfig, log: Callable[[str], None]) -> dict:
                           f"in {out} (a finished run has done.json)")
     step0, step0_test = (json.loads(p.read_text())["overall"] if p.is_file() else None
                          for p in (out / "step0_dev.json", out / "step0_test.json"))
-    result = aggregate(bench, step0, step0_test)
+    result = _write_results(bench, step0, step0_test)
     log(f"{sum(len(v) for v in result['runs'].values())} finished runs aggregated, {len(result['pending'])} not run")
-    plot(result, out / "learning.png")
     return result
 
 
-def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], None] = print,
-                       train: bool = True) -> dict:
-    """The whole benchmark (resumable); returns results.json's content. `train=False` only aggregates the runs
-    already finished (`_report_done`)."""
+def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], None] = print) -> dict:
+    """The whole benchmark (resumable); returns results.json's content."""
     from igpo.train.sft import run_sft, sft_done
 
-    if not train:
-        return _report_done(bench, log)
     out = Path(bench.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     start_model = cfg.model.path
@@ -368,7 +369,4 @@ def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], Non
     else:
         for est, seed in pending:
             run_one(bench, cfg, est, seed, start_model, log)
-    result = aggregate(bench, step0, step0_test)
-    if result["runs"]:
-        plot(result, out / "learning.png")
-    return result
+    return _write_results(bench, step0, step0_test)
