@@ -8,6 +8,7 @@ from typer.testing import CliRunner
 from igpo.bench.learning import _steps_to_reach, advantage_signal, load_bench_config
 from igpo.cli import app
 from igpo.config import ConfigError
+from igpo.train.faults import KILL_ENV
 
 
 def _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, estimators):
@@ -88,19 +89,37 @@ def test_report_only_without_finished_runs_names_the_folder(tmp_path, tiny_model
 
 
 @pytest.mark.integration
-def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_dir, corpus_file, plans_file):
+def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_dir, corpus_file, plans_file,
+                                                           monkeypatch):
+    import igpo.bench.learning
+    import igpo.train.sft
+
+    def in_this_process(*_a, **_k):
+        raise AssertionError("the bench process itself trained or evaluated the starting model")
+
+    # The shared SFT and the step-0 evaluations run in a child process, whose memory is returned when it ends;
+    # these parent-side copies are what the bench process would call if it did them itself.
+    monkeypatch.setattr(igpo.train.sft, "run_sft", in_this_process)
+    monkeypatch.setattr(igpo.bench.learning, "_eval_file", in_this_process)
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo"])
     runner = CliRunner(env={"COLUMNS": "160"})  # the table on one line per row
     res = runner.invoke(app, ["bench", "learning", "--config", str(path)])
     assert res.exit_code == 0, res.output
+    assert "shared SFT warm start and greedy evaluation of the starting model (step 0), in a child process" in res.output
     out = tmp_path / "bench"
     assert (out / "sft" / "sft.json").is_file() and (out / "igpo-s0" / "done.json").is_file()
     done_mtime = (out / "igpo-s0" / "done.json").stat().st_mtime_ns
     sft_mtime = (out / "sft" / "sft.json").stat().st_mtime_ns
 
-    # a second invocation adds grpo and gated, trained side by side in 2 worker processes: igpo and the shared
-    # SFT are reused, not rerun
+    # a worker killed by the OS (here at its first metrics row) stops the pool; the error names the runs
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo", "gated"])
+    res = runner.invoke(app, ["bench", "learning", "--config", str(path), "bench.jobs=2"], env={KILL_ENV: "metrics@1"})
+    assert res.exit_code == 1, res.output
+    assert "gated-s0, grpo-s0: stopped when a worker process was killed" in res.output and "bench.jobs" in res.output
+    assert not (out / "grpo-s0" / "done.json").exists()
+
+    # the next invocation trains grpo and gated side by side in 2 worker processes: igpo and the shared SFT
+    # are reused, not rerun
     res = runner.invoke(app, ["bench", "learning", "--config", str(path), "bench.jobs=2"])
     assert res.exit_code == 0, res.output
     assert "igpo-s0: done, skipped" in res.output

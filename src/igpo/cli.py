@@ -353,7 +353,7 @@ def bench_learning(
     from rich.console import Console
     from rich.table import Table
 
-    from igpo.bench.learning import load_bench_config, report_done, run_learning_bench
+    from igpo.bench.learning import WorkerDied, load_bench_config, report_done, run_learning_bench
 
     console = Console()
     try:
@@ -365,6 +365,8 @@ def bench_learning(
             result = run_learning_bench(bench, cfg, log=console.print)
     except _user_errors() as e:
         _fail(e)
+    except WorkerDied as e:
+        _fail(e, 1)
     table = Table("estimator", "seeds", "test F1 (mean ± std)", "final dev F1", "steps to GRPO's dev F1", "zero-var groups",
                   "their share of |adv|")
     start = result["start"]

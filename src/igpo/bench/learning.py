@@ -145,25 +145,60 @@ def _worker_run(bench: BenchConfig, base: Config, estimator: str, seed: int, sta
     return str(run_one(bench, base, estimator, seed, start_model, lambda line: print(line, flush=True)))
 
 
+class WorkerDied(RuntimeError):
+    """A worker process ended without reporting back: the OS killed it (out of memory, most often). Its pool
+    stops with it; every run keeps its checkpoints, so a rerun resumes them."""
+
+
+def _spawn_pool(workers: int):
+    from concurrent.futures import ProcessPoolExecutor
+
+    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=_exit_with, initargs=(os.getpid(),))
+
+
+def _died(names: list[str], jobs: int) -> WorkerDied:
+    return WorkerDied(f"{', '.join(names)}: stopped when a worker process was killed (out of memory is the usual "
+                      f"cause: each of the {jobs} process(es) holds its own models and optimizer, ~10 GB for "
+                      "SmolLM2-135M; lower bench.jobs). Checkpoints stay: rerun to resume.")
+
+
+def _in_child(fn: Callable, *args):
+    """fn(*args) in a fresh spawned process. Models loaded there leave with it: a process that has trained or
+    evaluated one keeps most of that memory resident, which the workers started after it would not fit beside."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    with _spawn_pool(1) as pool:
+        try:
+            return pool.submit(fn, *args).result()
+        except BrokenProcessPool:
+            raise _died([getattr(fn, "__name__", "child")], 1) from None
+
+
 def _run_parallel(bench: BenchConfig, base: Config, runs: list[tuple[str, int]], start_model: str,
                   log: Callable[[str], None]) -> None:
     """`runs` in `bench.jobs` worker processes, started in the given order. A failed run does not stop the
-    others: the first error is raised once every run has ended (checkpoints stay, so a rerun resumes it)."""
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    others: the first error is raised once every run has ended (checkpoints stay, so a rerun resumes it). A killed
+    worker stops the whole pool: `WorkerDied` names the runs it took with it."""
+    from concurrent.futures import as_completed
+    from concurrent.futures.process import BrokenProcessPool
 
     threads = max(1, (os.cpu_count() or 1) // bench.jobs)
     log(f"{len(runs)} runs, {bench.jobs} at a time, {threads} torch thread(s) each")
-    errors = []
-    with ProcessPoolExecutor(bench.jobs, mp_context=multiprocessing.get_context("spawn"),
-                             initializer=_exit_with, initargs=(os.getpid(),)) as pool:
+    errors, died = [], []
+    with _spawn_pool(bench.jobs) as pool:
         futures = {pool.submit(_worker_run, bench, base, e, s, start_model, threads): f"{e}-s{s}" for e, s in runs}
         for fut in as_completed(futures):
             try:
                 fut.result()
                 log(f"{futures[fut]}: finished")
+            except BrokenProcessPool:
+                died.append(futures[fut])
             except Exception as e:  # noqa: BLE001 - reported below, after the other runs
                 log(f"{futures[fut]}: failed: {e}")
                 errors.append((futures[fut], e))
+    if died:
+        raise _died(sorted(died), bench.jobs)
     if errors:
         log(f"{len(errors)} of {len(runs)} runs failed: {', '.join(name for name, _ in errors)}")
         raise errors[0][1]
@@ -326,36 +361,55 @@ def report_done(bench: BenchConfig, log: Callable[[str], None] = print) -> dict:
     if not any(is_done(bench, e, s) for e in bench.estimators for s in bench.seeds):
         raise ConfigError(f"bench.out_dir: no finished run of {bench.estimators} x seeds {bench.seeds} "
                           f"in {out} (a finished run has done.json)")
-    step0, step0_test = (json.loads(p.read_text())["overall"] if p.is_file() else None
-                         for p in (out / "step0_dev.json", out / "step0_test.json"))
-    result = _write_results(bench, step0, step0_test)
+    result = _write_results(bench, *_start_scores(bench))
     log(f"{sum(len(v) for v in result['runs'].values())} finished runs aggregated, {len(result['pending'])} not run")
     return result
 
 
+def _prepare_start(bench: BenchConfig, cfg: Config, start_model: str) -> None:
+    """The shared SFT warm start (when `bench.sft`) and the starting model's greedy dev and test scores, each
+    cached in `bench.out_dir` (runs in a child process: see `_in_child`)."""
+    from igpo.train.sft import run_sft, sft_done
+
+    if bench.sft and not sft_done(cfg.sft.out_dir):
+        run_sft(cfg)
+    dev_file, *test_file = _start_files(bench)
+    _eval_file(cfg, start_model, load_qa(cfg.data.eval)[: bench.dev_size], dev_file)
+    if test_file:  # the yardstick for every run's final test score
+        _eval_file(cfg, start_model, load_qa(bench.test)[: bench.test_size], test_file[0])
+
+
+def _start_files(bench: BenchConfig) -> list[Path]:
+    """Where the starting model's dev (and, with `bench.test`, test) evaluation is cached."""
+    out = Path(bench.out_dir)
+    return [out / "step0_dev.json"] + ([out / "step0_test.json"] if bench.test else [])
+
+
+def _start_scores(bench: BenchConfig) -> tuple[dict | None, dict | None]:
+    """The starting model's overall dev and test scores, None where not evaluated."""
+    dev, *test = (json.loads(p.read_text())["overall"] if p.is_file() else None for p in _start_files(bench))
+    return dev, (test[0] if test else None)
+
+
 def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], None] = print) -> dict:
     """The whole benchmark (resumable); returns results.json's content."""
-    from igpo.train.sft import run_sft, sft_done
+    from igpo.train.sft import sft_done
 
     out = Path(bench.out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    if not cfg.data.eval:
+        raise ConfigError("data.eval: the learning benchmark needs a dev QA file")
     start_model = cfg.model.path
     if bench.sft:
         cfg.sft.out_dir = str(out / "sft")
-        if not sft_done(cfg.sft.out_dir):
-            log("shared SFT warm start")
-            run_sft(cfg)
         start_model = str(out / "sft" / "model")
-    if not cfg.data.eval:
-        raise ConfigError("data.eval: the learning benchmark needs a dev QA file")
-    dev = load_qa(cfg.data.eval)[: bench.dev_size]
-    log("dev evaluation of the starting model (step 0)")
-    step0 = _eval_file(cfg, start_model, dev, out / "step0_dev.json")["overall"]
-    step0_test = None
-    if bench.test:  # the yardstick for every run's final test score
-        log("test evaluation of the starting model")
-        test = load_qa(bench.test)[: bench.test_size]
-        step0_test = _eval_file(cfg, start_model, test, out / "step0_test.json")["overall"]
+    todo = ["shared SFT warm start"] if bench.sft and not sft_done(cfg.sft.out_dir) else []
+    if not all(p.is_file() for p in _start_files(bench)):
+        todo.append("greedy evaluation of the starting model (step 0)")
+    if todo:
+        log(f"{' and '.join(todo)}, in a child process")
+        _in_child(_prepare_start, bench, cfg, start_model)
+    step0, step0_test = _start_scores(bench)
     # Seed-major: a benchmark cut short still has every estimator at its first seeds, side by side.
     order = [(est, seed) for seed in bench.seeds for est in bench.estimators]
     pending = []
