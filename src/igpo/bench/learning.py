@@ -163,8 +163,8 @@ def _died(names: list[str], jobs: int) -> WorkerDied:
                       "SmolLM2-135M; lower bench.jobs). Checkpoints stay: rerun to resume.")
 
 
-def _in_child(fn: Callable, *args):
-    """fn(*args) in a fresh spawned process. Models loaded there leave with it: a process that has trained or
+def _in_child(name: str, fn: Callable, *args):
+    """fn(*args) in a fresh spawned process (`name`: what it does, for the error if the OS kills it). Models loaded there leave with it: a process that has trained or
     evaluated one keeps most of that memory resident, which the workers started after it would not fit beside."""
     from concurrent.futures.process import BrokenProcessPool
 
@@ -172,7 +172,7 @@ def _in_child(fn: Callable, *args):
         try:
             return pool.submit(fn, *args).result()
         except BrokenProcessPool:
-            raise _died([getattr(fn, "__name__", "child")], 1) from None
+            raise _died([name], 1) from None
 
 
 def _run_parallel(bench: BenchConfig, base: Config, runs: list[tuple[str, int]], start_model: str,
@@ -408,7 +408,7 @@ def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], Non
         todo.append("greedy evaluation of the starting model (step 0)")
     if todo:
         log(f"{' and '.join(todo)}, in a child process")
-        _in_child(_prepare_start, bench, cfg, start_model)
+        _in_child("the shared start", _prepare_start, bench, cfg, start_model)
     step0, step0_test = _start_scores(bench)
     # Seed-major: a benchmark cut short still has every estimator at its first seeds, side by side.
     order = [(est, seed) for seed in bench.seeds for est in bench.estimators]
