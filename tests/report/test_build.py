@@ -5,7 +5,7 @@ import pytest
 from typer.testing import CliRunner
 
 from igpo.cli import app
-from igpo.report.build import build_report
+from igpo.report.build import _changed_answers, build_report
 from igpo.report.runlog import RunFileError, RunLog, flatten, read_jsonl
 
 GRPO_ROW = {"outcome_reward": 0.2, "f1": 0.3, "em": 0.1, "kl": 0.01, "entropy": 1.5, "format_error_rate": 0.5,
@@ -49,6 +49,34 @@ def test_demo_results_and_model_text_are_escaped(tmp_path):
     assert evil not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     blob = html.split('id="igpo-data">')[1].split("</script>")[0]
     assert json.loads(blob)["samples"][0]["question"] == evil
+
+
+def test_answers_that_changed_are_listed_with_both_answers_largest_change_first(tmp_path):
+    run = write_run(tmp_path / "run")
+
+    def row(qid, answer, f1):
+        return {"id": qid, "source": "vfb/code", "question": f"What is the code of {qid}?", "golds": [f".{qid}"],
+                "answer": answer, "f1": f1, "em": f1}
+
+    before = [row("ng", ".ng", 1.0), row("tg", ".tg", 1.0), row("bi", ".bi", 0.0), row("mf", "Mali", 0.0),
+              row("hn", ".hn", 1.0)]
+    after = [row("ng", "Nigeria internet country code", 0.0), row("tg", ".tg", 1.0), row("bi", "Burundi franc", 0.0),
+             row("mf", "<i>mf</i>", 0.5), row("hn", ".hn", 1.0)]
+    summary = {"n": 5, "f1": 0.5, "em": 0.5, "format_error_rate": 0.0, "tool_calls": 2.0}
+    (run / "demo.json").write_text(json.dumps({"before": {"overall": summary, "by_source": {}, "rows": before},
+                                               "after": {"overall": summary, "by_source": {}, "rows": after}}))
+    html = build_report(run).read_text()
+    table = html.split('<table class="changed">')[1].split("</table>")[0]
+    assert "Answers that changed: 3 of 5 questions, 1 gained F1, 1 lost it, 1 kept it" in table
+    rows = table.split("<tbody>")[1].split("</tr>")[:-1]
+    assert len(rows) == 3  # the two unchanged answers are not listed
+    assert ".ng" in rows[0] and "Nigeria internet country code" in rows[0] and '<td class="down">-1.00</td>' in rows[0]
+    assert "&lt;i&gt;mf&lt;/i&gt;" in rows[1] and '<td class="up">+0.50</td>' in rows[1]
+    assert "Burundi franc" in rows[2] and "<td>+0.00</td>" in rows[2]
+
+    table = _changed_answers({"rows": before}, {"rows": after}, limit=1)
+    assert "the 1 largest F1 changes shown" in table and table.count("<tr>") == 2  # the header and one row
+    assert _changed_answers({"rows": before}, {"rows": before}) == ""
 
 
 def test_samples_are_capped_by_whole_steps_spread_over_the_run(tmp_path):

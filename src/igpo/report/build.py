@@ -18,6 +18,7 @@ from igpo.report.plots import line_plot, training_curves
 from igpo.report.runlog import SAMPLES, RunFileError, flatten, read_jsonl
 
 CASE_THRESHOLD = 0.1  # default IG threshold of the viewer's "wrong outcome, but a turn with large IG" filter
+CHANGED_LIMIT = 50  # rows of the "answers that changed" table: which greedy answers training moved, and how
 
 
 def _asset(name: str) -> str:
@@ -145,6 +146,38 @@ def _compare_table(caption: str, before: dict | None, after: dict, before_label:
             f'<tbody>{"".join(body)}</tbody></table>')
 
 
+def _changed_answers(before: dict, after: dict, limit: int = CHANGED_LIMIT) -> str:
+    """The questions (matched by id) whose greedy answer changed between two evaluations with rows: a count
+    of those that gained, lost or kept their F1, then up to `limit` of them, largest F1 change first."""
+    was = {r["id"]: r for r in before.get("rows", []) if "id" in r}
+    changed = [(was[r["id"]], r) for r in after.get("rows", [])
+               if r.get("id") in was and was[r["id"]].get("answer") != r.get("answer")]
+    if not changed:
+        return ""
+    delta = [(a.get("f1") or 0.0) - (b.get("f1") or 0.0) for b, a in changed]
+    up, down = sum(d > 1e-12 for d in delta), sum(d < -1e-12 for d in delta)
+    order = sorted(range(len(changed)), key=lambda i: (-abs(delta[i]), changed[i][1]["id"]))[:limit]
+
+    def cell(text) -> str:
+        return "<td>–</td>" if text is None else f"<td>{escape(str(text))}</td>"
+
+    body = []
+    for i in order:
+        b, a = changed[i]
+        sign = ' class="up"' if delta[i] > 1e-12 else ' class="down"' if delta[i] < -1e-12 else ""
+        golds = " | ".join(str(g) for g in a.get("golds", []))
+        body.append(f"<tr>{cell(a.get('source'))}{cell(a.get('question'))}{cell(golds)}{cell(b.get('answer'))}"
+                    f"<td>{_fmt(b.get('f1'), 2)}</td>{cell(a.get('answer'))}<td>{_fmt(a.get('f1'), 2)}</td>"
+                    f"<td{sign}>{delta[i]:+.2f}</td></tr>")
+    shown = f"; the {len(order)} largest F1 changes shown" if len(order) < len(changed) else ""
+    caption = (f"Answers that changed: {len(changed)} of {len(after.get('rows', []))} questions, "
+               f"{up} gained F1, {down} lost it, {len(changed) - up - down} kept it{shown}")
+    head = "".join(f"<th>{h}</th>" for h in ("source", "question", "gold", "answer before", "F1", "answer after",
+                                              "F1", "Δ"))
+    return (f'<table class="changed"><caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead>'
+            f'<tbody>{"".join(body)}</tbody></table>')
+
+
 def _evaluation(evals: list[dict], demo: dict | None) -> str:
     parts = []
     if evals:
@@ -158,6 +191,8 @@ def _evaluation(evals: list[dict], demo: dict | None) -> str:
     if demo and "after" in demo:
         parts.append(_compare_table("igpo demo: dev set before and after training (demo.json)",
                                     demo.get("before"), demo["after"], "before", "after"))
+        if demo.get("before"):
+            parts.append(_changed_answers(demo["before"], demo["after"]))
     if not parts:
         parts.append('<p class="empty">No evaluation in this run (set <code>trainer.eval_every</code> and '
                      '<code>data.eval</code>, or run <code>igpo demo</code>).</p>')
