@@ -19,14 +19,12 @@ from pathlib import Path
 import torch
 
 from igpo.agent.engine import make_generator
+from igpo.agent.parsing import ANSWER_OPEN
 from igpo.agent.rollout import SamplingParams, rollout
 from igpo.config import load_config
 from igpo.data.loaders import load_qa
 from igpo.policy.loading import load_checkpoint
 from igpo.train.trainer import make_chat_format, make_toolbox
-
-TAG = "<answer>"
-
 
 def answer_start(tok, traj) -> int | None:
     """Index into `traj.ids` of the token that completes the answer tag (or of the first answer token when the tag
@@ -37,8 +35,8 @@ def answer_start(tok, traj) -> int | None:
     gen = traj.ids[turn.gen_start:turn.gen_end]
     for k in range(1, len(gen) + 1):
         text = tok.decode(gen[:k])
-        if TAG in text:
-            return turn.gen_start + k - (0 if text.endswith(TAG) else 1)
+        if ANSWER_OPEN in text:
+            return turn.gen_start + k - (0 if text.endswith(ANSWER_OPEN) else 1)
     return None
 
 

@@ -164,8 +164,9 @@ def _died(names: list[str], jobs: int) -> WorkerDied:
 
 
 def _in_child(name: str, fn: Callable, *args):
-    """fn(*args) in a fresh spawned process (`name`: what it does, for the error if the OS kills it). Models loaded there leave with it: a process that has trained or
-    evaluated one keeps most of that memory resident, which the workers started after it would not fit beside."""
+    """fn(*args) in a fresh spawned process (`name`: what it does, for the error if the OS kills it). Models
+    loaded there leave with it: a process that has trained or evaluated one keeps most of that memory resident,
+    which the workers started after it would not fit beside."""
     from concurrent.futures.process import BrokenProcessPool
 
     with _spawn_pool(1) as pool:

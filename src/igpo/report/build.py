@@ -72,6 +72,13 @@ def _fmt(x, digits: int = 3) -> str:
     return "–" if x is None else f"{x:.{digits}f}"
 
 
+def _change_class(gain: float | None) -> str:
+    """The cell attribute that colours a change: up (better), down (worse), nothing for none."""
+    if gain is None or abs(gain) < 1e-12:
+        return ""
+    return ' class="up"' if gain > 0 else ' class="down"'
+
+
 def _header(run_dir: Path, cfg: dict, rows: list[dict]) -> str:
     def get(path: str):
         node = cfg
@@ -137,8 +144,7 @@ def _compare_table(caption: str, before: dict | None, after: dict, before_label:
                 continue
             va, vb = a.get(key), b.get(key)
             delta = va - vb if va is not None and vb is not None else None
-            gain = 0 if delta is None or abs(delta) < 1e-12 else better * delta
-            sign = ' class="up"' if gain > 0 else ' class="down"' if gain < 0 else ""
+            sign = _change_class(None if delta is None else better * delta)
             change = "–" if delta is None else f"{delta:+.3f}"
             cells.append(f"<td>{_fmt(vb)}</td><td>{_fmt(va)}</td><td{sign}>{change}</td>")
         body.append(f'<tr{" class=total" if name == "overall" else ""}>{"".join(cells)}</tr>')
@@ -164,7 +170,7 @@ def _changed_answers(before: dict, after: dict, limit: int = CHANGED_LIMIT) -> s
     body = []
     for i in order:
         b, a = changed[i]
-        sign = ' class="up"' if delta[i] > 1e-12 else ' class="down"' if delta[i] < -1e-12 else ""
+        sign = _change_class(delta[i])
         golds = " | ".join(str(g) for g in a.get("golds", []))
         body.append(f"<tr>{cell(a.get('source'))}{cell(a.get('question'))}{cell(golds)}{cell(b.get('answer'))}"
                     f"<td>{_fmt(b.get('f1'), 2)}</td>{cell(a.get('answer'))}<td>{_fmt(a.get('f1'), 2)}</td>"
