@@ -113,6 +113,9 @@ class AlgorithmConfig(_Strict):
     scaffold: str = "\nNow there's enough information to answer\n</think>\n<answer>\n"
     format_penalty: float = -2.0
     f1_mode: Literal["official", "squad"] = "official"
+    # igpo family: each kind of turn reward times its weight before normalisation (the paper: 1 and 1)
+    outcome_weight: float = Field(1.0, ge=0)
+    ig_weight: float = Field(1.0, ge=0)
     gate_threshold: float = 0.5  # `gated`: turn rewards count only when the outcome reaches this
     curriculum_steps: int = Field(100, ge=1)  # `igpo_curriculum`: steps over which weights move from IG to outcome
     belief_impl: Literal["packed", "reference"] = "packed"

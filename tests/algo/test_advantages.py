@@ -114,6 +114,21 @@ def test_curriculum_moves_weight_from_ig_to_outcome():
     close(end, [[a1 + a2, a2, 0.0], [b1 + b2 + b3, b2 + b3, b3]])
 
 
+def test_outcome_weight_scales_the_outcome_before_normalisation():
+    # Without the std, separate pools: the weighted advantage is IG-only plus w times the outcome-only part.
+    w = 0.1
+    kw = dict(norm="separate", std=False)
+    weighted = compute_turn_advantages(R, M, G, "igpo", outcome_weight=w, **kw)
+    ig = compute_turn_advantages(R, M, G, "igpo_ig_only", **kw)
+    out = compute_turn_advantages(R, M, G, "igpo_outcome_only", **kw)
+    close(weighted, (ig + w * out).tolist())
+    # Jointly z-scored, the weights change the mix: A's outcome 1.0 enters the pool as 0.1, the IGs doubled.
+    a1, a2, b1, b2, b3 = z([0.2 * 2, 1.0 * w, -0.1 * 2, 0.0, 0.0])
+    joint = compute_turn_advantages(R, M, G, "igpo", outcome_weight=w, ig_weight=2.0)
+    close(joint, [[a1 + a2, a2, 0.0], [b1 + b2 + b3, b2 + b3, b3]])
+    assert not torch.allclose(joint, compute_turn_advantages(R, M, G, "igpo"))
+
+
 def test_groups_are_independent():
     r = torch.cat([R, R * 3])
     m = torch.cat([M, M])

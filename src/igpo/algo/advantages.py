@@ -86,7 +86,8 @@ def _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, ig_mask=None, ou
 
 
 def igpo(turn_rewards, turn_mask, group_ids, gamma=1.0, norm="joint", std=True, **opts):
-    """Outcome + IG, normalised per group (jointly or separately), then discounted backwards."""
+    """Outcome + IG, normalised per group (jointly or separately), then discounted backwards. `outcome_weight`
+    and `ig_weight` (default 1) scale the two kinds of reward before normalisation."""
     return _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, **opts)
 
 
@@ -110,12 +111,12 @@ def gated(turn_rewards, turn_mask, group_ids, gamma=1.0, norm="joint", std=True,
 
 
 def igpo_curriculum(turn_rewards, turn_mask, group_ids, gamma=1.0, norm="joint", std=True, step=0,
-                    curriculum_steps=100, **opts):
+                    curriculum_steps=100, outcome_weight=1.0, ig_weight=1.0, **opts):
     """The authors' later schedule: outcome weight 0.5→1.0 and IG weight 1.0→0.5 over `curriculum_steps`
-    steps, applied before normalisation."""
+    steps, applied before normalisation (on top of any configured `outcome_weight` / `ig_weight`)."""
     frac = min(max(step / curriculum_steps, 0.0), 1.0)
     return _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std,
-                 outcome_weight=0.5 + 0.5 * frac, ig_weight=1.0 - 0.5 * frac, **opts)
+                 outcome_weight=outcome_weight * (0.5 + 0.5 * frac), ig_weight=ig_weight * (1.0 - 0.5 * frac), **opts)
 
 
 def grpo(turn_rewards, turn_mask, group_ids, gamma=1.0, norm="joint", std=True, **_):

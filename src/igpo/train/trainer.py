@@ -395,6 +395,7 @@ class Trainer:
             turn_adv = compute_turn_advantages(
                 rewards, turn_mask, groups, a.estimator, gamma=a.gamma, norm=a.norm, std=a.std,
                 gate_threshold=a.gate_threshold, step=step, curriculum_steps=a.curriculum_steps,
+                outcome_weight=a.outcome_weight, ig_weight=a.ig_weight,
             )
             fault = (faults.finite_or_fault(rewards[turn_mask], step, "rewards", "turn rewards")
                      or faults.finite_or_fault(turn_adv[turn_mask], step, "advantages", "advantages"))
