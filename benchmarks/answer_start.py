@@ -26,6 +26,7 @@ from igpo.data.loaders import load_qa
 from igpo.policy.loading import load_checkpoint
 from igpo.train.trainer import make_chat_format, make_toolbox
 
+
 def answer_start(tok, traj) -> int | None:
     """Index into `traj.ids` of the token that completes the answer tag (or of the first answer token when the tag
     ends on a token boundary); None when the trajectory gave no answer."""
