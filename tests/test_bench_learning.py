@@ -49,6 +49,10 @@ def test_bench_config_splits_bench_keys_and_names_bad_ones(tmp_path, tiny_model_
         load_bench_config(path, ["bench.eval_evry=3"])
     with pytest.raises(ConfigError, match="bench.estimators: unknown estimator"):
         load_bench_config(path, ["bench.estimators=[ppo]"])
+    # An estimator-specific key is fine when one of the benchmark's estimators reads it, refused otherwise.
+    assert load_bench_config(path, ["algorithm.gate_threshold=0.3"])[1].algorithm.gate_threshold == 0.3
+    with pytest.raises(ConfigError, match="algorithm.gate_threshold: not read by estimator igpo, grpo"):
+        load_bench_config(path, ["algorithm.gate_threshold=0.3", "bench.estimators=[igpo, grpo]"])
 
 
 def _episode(step, group, outcome, turns, igs=None):

@@ -256,10 +256,24 @@ def validate(model: type[BaseModel], tree: dict, prefix: str = ""):
         raise ConfigError(_format(e, prefix)) from None
 
 
+def check_estimator_options(cfg: Config, estimators: list[str]) -> None:
+    """Refuse an estimator-specific `algorithm.*` key set explicitly that none of `estimators` reads: the run
+    would silently differ from what its config says (`algorithm.outcome_weight` with grpo)."""
+    from igpo.algo.advantages import ALL_OPTIONS, OPTIONS
+
+    read = frozenset().union(*(OPTIONS.get(e, frozenset()) for e in estimators))
+    if ignored := sorted((cfg.algorithm.model_fields_set & ALL_OPTIONS) - read):
+        raise ConfigError("; ".join(
+            f"algorithm.{k}: not read by estimator {', '.join(estimators)} "
+            f"(only by {', '.join(sorted(e for e, keys in OPTIONS.items() if k in keys))})" for k in ignored))
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
     """Config from a YAML file (optional) and `a.b=value` overrides (values parsed as YAML)."""
     tree = read_yaml(path) if path is not None else {}
-    return validate(Config, apply_overrides(tree, overrides))
+    cfg = validate(Config, apply_overrides(tree, overrides))
+    check_estimator_options(cfg, [cfg.algorithm.estimator])
+    return cfg
 
 
 def dump_config(cfg: Config) -> str:

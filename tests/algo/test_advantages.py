@@ -4,7 +4,7 @@ import math
 import pytest
 import torch
 
-from igpo.algo.advantages import compute_turn_advantages, turn_to_token_advantages
+from igpo.algo.advantages import ALL_OPTIONS, ESTIMATORS, OPTIONS, compute_turn_advantages, turn_to_token_advantages
 
 # Rollout A: IG 0.2 then outcome 1.0.  Rollout B: IG -0.1, IG exactly 0.0 (a real reward), outcome 0.0.
 R = torch.tensor([[0.2, 1.0, 0.0], [-0.1, 0.0, 0.0]])
@@ -127,6 +127,19 @@ def test_outcome_weight_scales_the_outcome_before_normalisation():
     joint = compute_turn_advantages(R, M, G, "igpo", outcome_weight=w, ig_weight=2.0)
     close(joint, [[a1 + a2, a2, 0.0], [b1 + b2 + b3, b2 + b3, b3]])
     assert not torch.allclose(joint, compute_turn_advantages(R, M, G, "igpo"))
+
+
+@pytest.mark.parametrize("estimator", sorted(ESTIMATORS))
+def test_options_registry_lists_exactly_the_keys_an_estimator_reads(estimator):
+    # The config refuses a key the estimator does not read (`check_estimator_options`), so the registry must be
+    # right both ways: changing a listed key changes the advantages, changing an unlisted one does not.
+    base = dict(norm="joint", std=False, step=50)
+    changed = {"outcome_weight": 0.3, "ig_weight": 2.0, "gate_threshold": 0.0, "curriculum_steps": 10}
+    assert set(changed) == ALL_OPTIONS
+    ref = compute_turn_advantages(R, M, G, estimator, **base)
+    for key, value in changed.items():
+        moved = not torch.allclose(ref, compute_turn_advantages(R, M, G, estimator, **base, **{key: value}))
+        assert moved == (key in OPTIONS[estimator]), (estimator, key)
 
 
 def test_groups_are_independent():

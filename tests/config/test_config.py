@@ -34,3 +34,13 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_an_option_the_estimator_does_not_read_is_refused():
+    with pytest.raises(ConfigError, match=r"algorithm.outcome_weight: not read by estimator grpo \(only by .*igpo"):
+        load_config(None, ["algorithm.estimator=grpo", "algorithm.outcome_weight=0.1"])
+    with pytest.raises(ConfigError, match="algorithm.gate_threshold: not read by estimator igpo"):
+        load_config(None, ["algorithm.gate_threshold=0.3"])
+    assert load_config(None, ["algorithm.outcome_weight=0.1"]).algorithm.outcome_weight == 0.1
+    # Left at its default, an unread key is no error: only what the user wrote is checked.
+    assert load_config(None, ["algorithm.estimator=grpo"]).algorithm.gate_threshold == 0.5

@@ -161,6 +161,19 @@ ESTIMATORS: dict[str, Callable[..., torch.Tensor]] = {
     "reinforce_pp_baseline": reinforce_pp_baseline,
 }
 NEEDS_BELIEFS = {"igpo", "igpo_ig_only", "igpo_curriculum", "gated"}
+# The estimator-specific options (`algorithm.*` keys) each estimator reads; the config refuses one set for an
+# estimator that would ignore it. `step` is the trainer's, not the user's. (Shared keys, gamma/norm/std, are not listed.)
+OPTIONS: dict[str, frozenset[str]] = {
+    "igpo": frozenset({"outcome_weight", "ig_weight"}),
+    "igpo_ig_only": frozenset({"ig_weight"}),
+    "igpo_outcome_only": frozenset({"outcome_weight"}),
+    "igpo_curriculum": frozenset({"outcome_weight", "ig_weight", "curriculum_steps"}),
+    "gated": frozenset({"outcome_weight", "ig_weight", "gate_threshold"}),
+    "grpo": frozenset(),
+    "rloo": frozenset(),
+    "reinforce_pp_baseline": frozenset(),
+}
+ALL_OPTIONS = frozenset().union(*OPTIONS.values())
 
 
 def compute_turn_advantages(

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from igpo.config import Config, ConfigError, apply_overrides, read_yaml, validate
+from igpo.config import Config, ConfigError, apply_overrides, check_estimator_options, read_yaml, validate
 from igpo.data.loaders import load_qa
 
 SMALL = {"bench.estimators": ["igpo", "grpo"], "bench.seeds": [0]}
@@ -61,6 +61,7 @@ def load_bench_config(path: str | Path, overrides: list[str] | None = None, smal
     cfg = validate(Config, apply_overrides(tree, [o for o in over if not o.startswith("bench.")]))
     if unknown := [e for e in bench.estimators if e not in ESTIMATORS]:
         raise ConfigError(f"bench.estimators: unknown estimator(s) {unknown}; known: {sorted(ESTIMATORS)}")
+    check_estimator_options(cfg, bench.estimators)
     return bench, cfg
 
 
