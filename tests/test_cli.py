@@ -78,6 +78,7 @@ def test_demo_pipeline_at_tiny_scale_and_rerun_resumes(tmp_path, tiny_model_dir,
     assert demo["before"]["overall"]["n"] == 2 and "valid_generation_rate" in demo["after"]["overall"]
     assert set(demo["seconds"]) >= {"data", "index", "sft", "eval_before", "train", "eval_after"}
     assert (out / "report.html").is_file() and "dev F1" in res.output and "report.html" in res.output
+    assert "after igpo," in " ".join(res.output.split())  # the summary names the estimator that trained
     assert not (tmp_path / "unused").exists()  # nothing to build: the config reads no VitalFactbook file
 
     res = runner.invoke(app, ["demo", "--config", str(path)])  # rerun: SFT, "before" and training are reused

@@ -305,7 +305,7 @@ def demo(
 
     before = run_eval("before")
     t = time.perf_counter()
-    _fit(trainer, console, bar_label="IGPO training")
+    _fit(trainer, console, bar_label=f"RL training ({cfg.algorithm.estimator})")
     times["train"] = time.perf_counter() - t
     after = run_eval("after")
     summary = {"f1_before": before["overall"]["f1"], "f1_after": after["overall"]["f1"],
@@ -317,7 +317,8 @@ def demo(
     where = build_report(out)
     total = time.perf_counter() - t0
     console.print(f"[bold]dev F1 {summary['f1_before']:.3f} → {summary['f1_after']:.3f}[/bold] "
-                  f"(EM {summary['em_before']:.3f} → {summary['em_after']:.3f}) in {total / 60:.1f} min; report: {where}")
+                  f"(EM {summary['em_before']:.3f} → {summary['em_after']:.3f}) after {cfg.algorithm.estimator}, "
+                  f"in {total / 60:.1f} min; report: {where}")
 
 
 @app.command()
