@@ -1,11 +1,12 @@
 """`igpo bench learning` orchestration at tiny scale: shared SFT, runs per (estimator, seed), resume, results."""
 import json
+import shutil
 
 import pytest
 import yaml
 from typer.testing import CliRunner
 
-from igpo.bench.learning import _steps_to_reach, advantage_signal, load_bench_config
+from igpo.bench.learning import _steps_to_reach, advantage_signal, included_runs, load_bench_config, regime
 from igpo.cli import app
 from igpo.config import ConfigError
 from igpo.train.faults import KILL_ENV
@@ -84,6 +85,47 @@ def test_steps_to_reach_counts_the_start():
     assert _steps_to_reach(curve, 0.20) == 0  # the starting model is already there
 
 
+def test_include_merges_only_comparable_results(tmp_path, tiny_model_dir, corpus_file, plans_file):
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo"])
+    bench, cfg = load_bench_config(path)
+    start = {"dev": {"n": 2, "f1": 0.5, "em": 0.5}, "test": None, "model_sha256": "a" * 64}
+    good = {"bench": bench.model_dump(), "start": dict(start), "config": regime(cfg),
+            "runs": {"grpo": {"0": {"dev_f1": [0.5, 0.6]}, "7": {"dev_f1": [0.1]}}, "gated": {"0": {"dev_f1": [0.2]}}}}
+
+    def include(other, **bench_over):
+        f = tmp_path / f"other{len(list(tmp_path.glob('other*')))}.json"
+        f.write_text(json.dumps(other))
+        return included_runs(bench.model_copy(update={"include": [str(f)], **bench_over}), start, regime(cfg)), f
+
+    runs, f = include(good)  # only the grid's runs (estimators x seeds), each saying where it came from
+    assert runs == {"grpo": {"0": {"dev_f1": [0.5, 0.6], "from": str(f)}}}
+    device = json.loads(json.dumps(good))
+    device["config"]["model.device"] = "cuda"  # where it ran is not what it computed
+    assert include(device)[0]["grpo"]["0"]["dev_f1"] == [0.5, 0.6]
+    cases = [
+        (("start", "model_sha256"), "b" * 64, "they started from another model"),
+        (("config", "trainer.lr"), 0.5, "trainer.lr is 0.5 there, 0.001 here"),
+        (("bench", "eval_every"), 5, "bench.eval_every is 5 there, 1 here"),
+    ]
+    for (section, key), value, message in cases:
+        bad = json.loads(json.dumps(good))
+        bad[section][key] = value
+        with pytest.raises(ConfigError, match=f"bench.include: .*other.*: {message}"):
+            include(bad)
+    # an older results.json records no model hash and no config: the starting model's dev scores must match
+    old = {k: v for k, v in good.items() if k != "config"}
+    old["start"] = {"dev": {"n": 2, "f1": 0.5, "em": 0.5}, "test": None}
+    assert "grpo" in include(old)[0]
+    old["start"]["dev"]["f1"] = 0.45
+    with pytest.raises(ConfigError, match=r"scored dev n/F1/EM \(2, 0.45, 0.5\) against \(2, 0.5, 0.5\)"):
+        include(old)
+    with pytest.raises(ConfigError, match="bench.include: .*missing.json: cannot read it"):
+        included_runs(bench.model_copy(update={"include": [str(tmp_path / "missing.json")]}), start, regime(cfg))
+    (tmp_path / "notes.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="notes.json: not a results.json"):
+        included_runs(bench.model_copy(update={"include": [str(tmp_path / "notes.json")]}), start, regime(cfg))
+
+
 def test_report_only_without_finished_runs_names_the_folder(tmp_path, tiny_model_dir, corpus_file, plans_file):
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo"])
     res = CliRunner().invoke(app, ["bench", "learning", "--config", str(path), "--report-only"])
@@ -160,3 +202,23 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
     assert set(result["runs"]) == {"igpo", "grpo"} and result["start"]["test"]["n"] == 3
     assert "not run yet: igpo_ig_only-s0" in res.output
     assert not (out / "igpo_ig_only-s0").exists() and not (out / "igpo-s1").exists()
+
+    # Results carried over from elsewhere (here: this results.json, then grpo's folder lost) count as finished
+    assert result["start"]["model_sha256"] and result["config"]["trainer.lr"] == 1e-3
+    elsewhere = tmp_path / "elsewhere.json"
+    shutil.copy(out / "results.json", elsewhere)
+    shutil.rmtree(out / "grpo-s0")
+    res = runner.invoke(app, ["bench", "learning", "--config", str(path), f"bench.include=[{elsewhere}]"])
+    assert res.exit_code == 0, res.output
+    assert f"grpo-s0: finished in {elsewhere}, skipped" in res.output and "igpo-s0: done, skipped" in res.output
+    assert not (out / "grpo-s0").exists()  # nothing trained
+    merged = json.loads((out / "results.json").read_text())
+    assert merged["pending"] == [] and merged["runs"]["grpo"]["0"]["from"] == str(elsewhere)
+    assert merged["runs"]["grpo"]["0"]["dev_f1"] == result["runs"]["grpo"]["0"]["dev_f1"]
+    assert "from" not in merged["runs"]["igpo"]["0"]  # finished here
+    assert merged["summary"]["grpo"] == result["summary"]["grpo"]
+    # a different training config is refused before anything trains
+    res = runner.invoke(app, ["bench", "learning", "--config", str(path), f"bench.include=[{elsewhere}]",
+                              "trainer.lr=0.5"])
+    assert res.exit_code != 0 and "trainer.lr is 0.001 there, 0.5 here" in res.output
+    assert not (out / "grpo-s0").exists()

@@ -360,7 +360,7 @@ def bench_learning(
     try:
         bench, cfg = load_bench_config(config, overrides, small=small)
         if report_only:
-            result = report_done(bench, log=console.print)
+            result = report_done(bench, cfg, log=console.print)
         else:
             _prepare(cfg, data_dir, console)
             result = run_learning_bench(bench, cfg, log=console.print)

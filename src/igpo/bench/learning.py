@@ -39,6 +39,10 @@ class BenchConfig(BaseModel):
     # keep two CPU threads busy: on 2 cores, 2 jobs of 1 thread train more steps an hour than 1 job of 2
     # (measured in benchmarks/README.md). Each job holds its own models and optimizer (~10 GB resident here).
     jobs: int = Field(1, ge=1)
+    # results.json files of earlier invocations (another machine, an out_dir since lost): their finished runs in
+    # this grid count as done and are aggregated with this out_dir's. Each must record the same starting model,
+    # training config and evaluation settings (`_incompatible`); a run finished here wins over an included one.
+    include: list[str] = []
 
 
 def load_bench_config(path: str | Path, overrides: list[str] | None = None, small: bool = False) -> tuple[BenchConfig, Config]:
@@ -272,14 +276,117 @@ def _steps_to_reach(curve: dict, target: float) -> int | None:
     return next((s for s, f in zip(curve["steps"], curve["dev_f1"]) if f >= target), None)
 
 
-def aggregate(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | None = None) -> dict:
-    """results.json: the starting model's dev and test scores; per estimator and seed, curves and final test scores;
-    per estimator, the summary."""
+# Settings that may differ between merged results: those each run sets itself (`run_one`; the bench settings
+# behind them are compared as `_BENCH_REGIME`), and those that say where or how fast a run went, not what it
+# computed (fast paths that have a test of agreement with their reference path count as the latter).
+_NOT_REGIME = {
+    "algorithm.estimator", "trainer.seed", "trainer.eval_every", "trainer.save_every", "trainer.eval_size",
+    "model.lora.enabled", "model.path", "model.device", "model.cache_dir", "trainer.out_dir", "sft.out_dir",
+    "trainer.keep_last", "trainer.tensorboard", "trainer.check_invariants", "trainer.micro_batch_size",
+    "trainer.eval_batch_size", "rollout.engine", "algorithm.belief_impl", "retrieval.cache", "retrieval.cache_dir",
+    "retrieval.timeout_s", "retrieval.retries", "retrieval.backoff_s", "retrieval.breaker_failures",
+    "retrieval.breaker_cooldown_s", "rollout.vllm.gpu_memory_utilization", "rollout.vllm.enforce_eager",
+    "rollout.vllm.check_weights",
+}
+_BENCH_REGIME = ("eval_every", "dev_size", "test", "test_size", "sft")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        out.update(_flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def regime(cfg: Config) -> dict:
+    """The training config every run shares, as dotted keys, less `_NOT_REGIME`: what results.json records so
+    that results from another invocation can be checked before they are merged."""
+    return {k: v for k, v in _flat(cfg.model_dump(mode="json")).items() if k not in _NOT_REGIME}
+
+
+def start_model_dir(bench: BenchConfig, cfg: Config) -> str:
+    """The model every run starts from: the shared SFT model, or `model.path`."""
+    return str(Path(bench.out_dir) / "sft" / "model") if bench.sft else cfg.model.path
+
+
+def model_sha256(model_dir: str) -> str | None:
+    """sha256 over a saved model's weight files (sorted by name); None when it is not a local folder of them."""
+    import hashlib
+
+    files = sorted(Path(model_dir).glob("*.safetensors")) if Path(model_dir).is_dir() else []
+    if not files:
+        return None
+    h = hashlib.sha256()
+    for f in files:
+        with f.open("rb") as fh:
+            while chunk := fh.read(1 << 24):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def _incompatible(other: dict, bench: BenchConfig, start: dict, reg: dict) -> str | None:
+    """Why the runs of an earlier results.json (`other`) cannot be merged with these, or None. `start`: this
+    out_dir's {"dev", "test", "model_sha256"}; `reg`: `regime(cfg)`. What `other` does not record (older files
+    have no config or model hash) is not checked; then the starting model's dev scores must match exactly."""
+    mine, theirs = start.get("model_sha256"), other.get("start", {}).get("model_sha256")
+    if mine and theirs and mine != theirs:
+        return f"they started from another model (weights sha256 {theirs[:12]}, here {mine[:12]})"
+    dev, their_dev = start.get("dev"), other.get("start", {}).get("dev")
+    if not (mine and theirs) and dev and their_dev:
+        a, b = (tuple(d.get(k) for k in ("n", "f1", "em")) for d in (their_dev, dev))
+        if a != b:
+            return (f"its starting model scored dev n/F1/EM {a} against {b} here, so it is not the same model "
+                    "(or not the same dev questions)")
+    for key in _BENCH_REGIME:
+        if key in other.get("bench", {}) and other["bench"][key] != getattr(bench, key):
+            return f"bench.{key} is {other['bench'][key]!r} there, {getattr(bench, key)!r} here"
+    theirs_reg = other.get("config")
+    if theirs_reg is not None:
+        for key in sorted(set(reg) | set(theirs_reg)):
+            if key not in _NOT_REGIME and reg.get(key) != theirs_reg.get(key):
+                return f"{key} is {theirs_reg.get(key)!r} there, {reg.get(key)!r} here"
+    return None
+
+
+def included_runs(bench: BenchConfig, start: dict, reg: dict) -> dict[str, dict[str, dict]]:
+    """The finished runs of `bench.include` that lie in this grid, {estimator: {seed: record}}, each record
+    with `"from"`: the file it came from (the first file to have a run wins). Raises ConfigError naming the
+    file if one is missing, not a results.json, or not comparable (`_incompatible`)."""
+    runs: dict[str, dict[str, dict]] = {}
+    for path in bench.include:
+        try:
+            other = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"bench.include: {path}: cannot read it as a results.json ({e})") from None
+        if not isinstance(other, dict) or not isinstance(other.get("runs"), dict):
+            raise ConfigError(f"bench.include: {path}: not a results.json of `igpo bench learning` (no `runs`)")
+        if why := _incompatible(other, bench, start, reg):
+            raise ConfigError(f"bench.include: {path}: {why}; its runs are not comparable with these")
+        for est, seeds in other["runs"].items():
+            for seed, rec in seeds.items():
+                if est in bench.estimators and int(seed) in bench.seeds:
+                    runs.setdefault(est, {}).setdefault(seed, {**rec, "from": rec.get("from", str(path))})
+    return runs
+
+
+def _start(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_test: dict | None) -> dict:
+    return {"dev": step0_dev, "test": step0_test, "model_sha256": model_sha256(start_model_dir(bench, cfg))}
+
+
+def aggregate(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_test: dict | None = None) -> dict:
+    """results.json: the starting model's dev and test scores (and weights' sha256), the shared training config;
+    per estimator and seed, curves and final test scores (runs of `bench.include` files too); per estimator,
+    the summary."""
+    start = _start(bench, cfg, step0_dev, step0_test)
+    reg = regime(cfg)
+    included = included_runs(bench, start, reg)
     runs: dict[str, dict[str, dict]] = {}
     for est in bench.estimators:
         for seed in bench.seeds:
             run = run_dir(bench, est, seed)
             if not is_done(bench, est, seed):
+                if str(seed) in included.get(est, {}):
+                    runs.setdefault(est, {})[str(seed)] = included[est][str(seed)]
                 continue
             rec = _curve(run, step0_dev)
             rec["test"] = json.loads((run / "done.json").read_text())["test"]
@@ -308,8 +415,8 @@ def aggregate(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | Non
             "steps_to_grpo_final_dev_f1": (
                 [_steps_to_reach(r, grpo_final) for r in seeds.values()] if grpo_final is not None else None),
         }
-    pending = [run_dir(bench, e, s).name for s in bench.seeds for e in bench.estimators if not is_done(bench, e, s)]
-    result = {"bench": bench.model_dump(), "start": {"dev": step0_dev, "test": step0_test},
+    pending = [run_dir(bench, e, s).name for s in bench.seeds for e in bench.estimators if str(s) not in runs.get(e, {})]
+    result = {"bench": bench.model_dump(), "start": start, "config": reg,
               "grpo_final_dev_f1": grpo_final, "summary": summary, "runs": runs, "pending": pending}
     (Path(bench.out_dir) / "results.json").write_text(json.dumps(result, indent=1))
     return result
@@ -349,21 +456,23 @@ def plot(result: dict, path: Path) -> Path:
     return path
 
 
-def _write_results(bench: BenchConfig, step0_dev: dict | None, step0_test: dict | None) -> dict:
-    result = aggregate(bench, step0_dev, step0_test)
+def _write_results(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_test: dict | None) -> dict:
+    result = aggregate(bench, cfg, step0_dev, step0_test)
     if result["runs"]:
         plot(result, Path(bench.out_dir) / "learning.png")
     return result
 
 
-def report_done(bench: BenchConfig, log: Callable[[str], None] = print) -> dict:
-    """results.json and learning.png from the runs already finished, training and evaluating nothing: what a
-    benchmark cut short (or split over machines) has so far. The rest are listed under `pending`."""
+def report_done(bench: BenchConfig, cfg: Config, log: Callable[[str], None] = print) -> dict:
+    """results.json and learning.png from the runs already finished (here or in `bench.include`), training and
+    evaluating nothing: what a benchmark cut short (or split over machines) has so far. The rest are listed
+    under `pending`."""
     out = Path(bench.out_dir)
-    if not any(is_done(bench, e, s) for e in bench.estimators for s in bench.seeds):
+    if not bench.include and not any(is_done(bench, e, s) for e in bench.estimators for s in bench.seeds):
         raise ConfigError(f"bench.out_dir: no finished run of {bench.estimators} x seeds {bench.seeds} "
                           f"in {out} (a finished run has done.json)")
-    result = _write_results(bench, *_start_scores(bench))
+    out.mkdir(parents=True, exist_ok=True)
+    result = _write_results(bench, cfg, *_start_scores(bench))
     log(f"{sum(len(v) for v in result['runs'].values())} finished runs aggregated, {len(result['pending'])} not run")
     return result
 
@@ -401,10 +510,9 @@ def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], Non
     out.mkdir(parents=True, exist_ok=True)
     if not cfg.data.eval:
         raise ConfigError("data.eval: the learning benchmark needs a dev QA file")
-    start_model = cfg.model.path
+    start_model = start_model_dir(bench, cfg)
     if bench.sft:
         cfg.sft.out_dir = str(out / "sft")
-        start_model = str(out / "sft" / "model")
     todo = ["shared SFT warm start"] if bench.sft and not sft_done(cfg.sft.out_dir) else []
     if not all(p.is_file() for p in _start_files(bench)):
         todo.append("greedy evaluation of the starting model (step 0)")
@@ -412,12 +520,16 @@ def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], Non
         log(f"{' and '.join(todo)}, in a child process")
         _in_child("the shared start", _prepare_start, bench, cfg, start_model)
     step0, step0_test = _start_scores(bench)
+    # checked before anything trains: a file that cannot be merged should stop the bench now, not in hours
+    included = included_runs(bench, _start(bench, cfg, step0, step0_test), regime(cfg))
     # Seed-major: a benchmark cut short still has every estimator at its first seeds, side by side.
     order = [(est, seed) for seed in bench.seeds for est in bench.estimators]
     pending = []
     for est, seed in order:
         if is_done(bench, est, seed):
             log(f"{est}-s{seed}: done, skipped")
+        elif str(seed) in included.get(est, {}):
+            log(f"{est}-s{seed}: finished in {included[est][str(seed)]['from']}, skipped")
         else:
             pending.append((est, seed))
     if bench.jobs > 1 and len(pending) > 1:
@@ -425,4 +537,4 @@ def run_learning_bench(bench: BenchConfig, cfg: Config, log: Callable[[str], Non
     else:
         for est, seed in pending:
             run_one(bench, cfg, est, seed, start_model, log)
-    return _write_results(bench, step0, step0_test)
+    return _write_results(bench, cfg, step0, step0_test)
