@@ -30,6 +30,8 @@ def test_a_grpo_run_without_eval_or_samples(tmp_path):
     assert "IG per turn" not in html and "Belief p" not in html  # GRPO: no beliefs were scored
     assert "No evaluation in this run" in html and "No trajectory samples" in html
     assert ">3</div><div class=\"k\">steps logged" in html  # the cut-off line dropped
+    assert "0.300 → 0.300</div><div class=\"k\">rollout F1, first → last step (each on its own questions)" in html
+    assert "dev F1, greedy" not in html  # no held-out evaluation, no card that pretends one
 
 
 def test_demo_results_and_model_text_are_escaped(tmp_path):
@@ -46,6 +48,8 @@ def test_demo_results_and_model_text_are_escaped(tmp_path):
     (run / "config.yaml").write_text("model:\n  path: <b>bold</b>\n")
     html = build_report(run).read_text()
     assert "igpo demo: dev set before and after" in html and '<td class="up">+0.300</td>' in html
+    assert '<div class="v">0.100 → 0.400</div><div class="k">dev F1, greedy (before → after)' in html
+    assert html.index("dev F1, greedy") < html.index("steps logged")  # the held-out score leads
     assert evil not in html and "&lt;b&gt;bold&lt;/b&gt;" in html
     blob = html.split('id="igpo-data">')[1].split("</script>")[0]
     assert json.loads(blob)["samples"][0]["question"] == evil

@@ -68,6 +68,8 @@ def test_report_holds_plots_tables_and_samples(run_dir, tmp_path):
                   "Tokens per second", "Greedy evaluation F1"):
         assert f'alt="{title}' in html
     assert "step 1 → step 2 (eval.jsonl)" in html and "<td>toy0</td>" in html
+    evals = [json.loads(line)["overall"]["f1"] for line in (run_dir / "eval.jsonl").read_text().splitlines()]
+    assert f'{evals[0]:.3f} → {evals[-1]:.3f}</div><div class="k">dev F1, greedy (step 1 → 2)' in html
     assert "://" not in html  # no URL of any kind: nothing to fetch
     blob = html.split('<script type="application/json" id="igpo-data">')[1].split("</script>")[0]
     samples = json.loads(blob)["samples"]

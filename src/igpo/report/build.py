@@ -79,7 +79,19 @@ def _change_class(gain: float | None) -> str:
     return ' class="up"' if gain > 0 else ' class="down"'
 
 
-def _header(run_dir: Path, cfg: dict, rows: list[dict]) -> str:
+def _dev_card(evals: list[dict], demo: dict | None) -> tuple[str, str] | None:
+    """The held-out greedy F1 before → after: the demo's, else the first and last rows of eval.jsonl."""
+    if demo and demo.get("before") and demo.get("after"):
+        return "dev F1, greedy (before → after)", f"{_fmt(demo['before']['overall'].get('f1'))} → " \
+                                                  f"{_fmt(demo['after']['overall'].get('f1'))}"
+    if len(evals) > 1:
+        first, last = evals[0], evals[-1]
+        return (f"dev F1, greedy (step {first['step']} → {last['step']})",
+                f"{_fmt(first['overall'].get('f1'))} → {_fmt(last['overall'].get('f1'))}")
+    return None
+
+
+def _header(run_dir: Path, cfg: dict, rows: list[dict], evals: list[dict], demo: dict | None) -> str:
     def get(path: str):
         node = cfg
         for k in path.split("."):
@@ -96,11 +108,16 @@ def _header(run_dir: Path, cfg: dict, rows: list[dict]) -> str:
     steps = f"{len(rows)}" + (f" / {planned}" if planned is not None else "")
     seconds = sum(v for r in rows for k, v in flatten(r.get("seconds", {})))
     cards = [("steps logged", steps), ("training time", f"{seconds / 60:.1f} min")]
+    if dev := _dev_card(evals, demo):
+        cards.insert(0, dev)
     if rows:
+        # Each step samples its own questions, so its first and last values differ by the questions' difficulty
+        # as much as by the policy (the demo's fall to 0 at step 6 is the questions'): the label says so.
         first, last = rows[0], rows[-1]
         for key, label in (("outcome_reward", "outcome reward"), ("f1", "rollout F1")):
             if key in last:
-                cards.append((label, f"{_fmt(first.get(key))} → {_fmt(last.get(key))}"))
+                cards.append((f"{label}, first → last step (each on its own questions)",
+                              f"{_fmt(first.get(key))} → {_fmt(last.get(key))}"))
     stats = "".join(f'<div class="stat"><div class="v">{escape(v)}</div><div class="k">{escape(k)}</div></div>'
                     for k, v in cards)
     return (f'<header><h1>IGPO run <code>{escape(run_dir.resolve().name)}</code></h1>'
@@ -237,7 +254,7 @@ def render(run_dir: Path, cfg: dict, rows: list[dict], evals: list[dict], demo: 
         '<meta name="viewport" content="width=device-width, initial-scale=1">'
         f"<title>igpo report: {escape(run_dir.resolve().name)}</title>"
         f"<style>{_asset('report.css')}</style></head><body>"
-        + _header(run_dir, cfg, rows)
+        + _header(run_dir, cfg, rows, evals, demo)
         + '<nav><a href="#curves">curves</a><a href="#evaluation">evaluation</a>'
         '<a href="#trajectories">trajectories</a></nav>'
         + _curves(rows, evals) + _evaluation(evals, demo) + _viewer(samples, shown, logged, ig_kind)
