@@ -6,10 +6,12 @@ and saved as safetensors in a cache directory, so later loads take well under a 
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import os
 import shutil
+import warnings
 from pathlib import Path
 
 import torch
@@ -116,6 +118,15 @@ def load_policy(cfg: ModelConfig):
     return model, load_tokenizer(cfg)
 
 
+@contextlib.contextmanager
+def _peft_probe_quiet():
+    """peft reads transformers' deprecated `is_gradient_checkpointing` when it wraps a model, which warns on
+    every LoRA load; that one FutureWarning is peft's to fix, so only it is silenced, and only here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+        yield
+
+
 def apply_lora(model, cfg: ModelConfig):
     from peft import LoraConfig, get_peft_model
 
@@ -124,9 +135,9 @@ def apply_lora(model, cfg: ModelConfig):
     targets = [m for m in lc.target_modules if m in present]
     if not targets:
         raise ModelLoadError(f"model.lora.target_modules: none of {lc.target_modules} is a module of this model")
-    return get_peft_model(
-        model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets, task_type="CAUSAL_LM")
-    )
+    with _peft_probe_quiet():
+        return get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
+                                                target_modules=targets, task_type="CAUSAL_LM"))
 
 
 def load_checkpoint(path: str | Path, cfg: ModelConfig):
@@ -138,7 +149,8 @@ def load_checkpoint(path: str | Path, cfg: ModelConfig):
         from peft import PeftModel
 
         base, tok = load_policy(cfg.model_copy(update={"lora": cfg.lora.model_copy(update={"enabled": False})}))
-        return PeftModel.from_pretrained(base, path, is_trainable=True), tok
+        with _peft_probe_quiet():
+            return PeftModel.from_pretrained(base, path, is_trainable=True), tok
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"checkpoint {path}: no config.json or adapter_config.json")
     model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation)
