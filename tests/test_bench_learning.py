@@ -3,6 +3,7 @@ import json
 import shutil
 
 import pytest
+import torch
 import yaml
 from typer.testing import CliRunner
 
@@ -107,6 +108,14 @@ def test_include_merges_only_comparable_results(tmp_path, tiny_model_dir, corpus
         (("config", "trainer.lr"), 0.5, "trainer.lr is 0.5 there, 0.001 here"),
         (("bench", "eval_every"), 5, "bench.eval_every is 5 there, 1 here"),
     ]
+    avx2 = {"torch": "2.13.0", "cpu_capability": "AVX2"}
+    other_cpu = {**good, "start": {**start, "model_sha256": "b" * 64, "built_on": avx2}}
+    with pytest.raises(ConfigError, match="sha256 bbbbbbbbbbbb, here aaaaaaaaaaaa; an SFT from the same recipe rounds"):
+        include(other_cpu)  # what built the model here is not known
+    start["built_on"] = {**avx2, "cpu_capability": "AVX512"}
+    with pytest.raises(ConfigError, match="built with torch 2.13.0 on CPU capability AVX2 there, torch 2.13.0 on "
+                                          "CPU capability AVX512 here"):
+        include(other_cpu)
     for (section, key), value, message in cases:
         bad = json.loads(json.dumps(good))
         bad[section][key] = value
@@ -205,6 +214,7 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
 
     # Results carried over from elsewhere (here: this results.json, then grpo's folder lost) count as finished
     assert result["start"]["model_sha256"] and result["config"]["trainer.lr"] == 1e-3
+    assert result["start"]["built_on"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     elsewhere = tmp_path / "elsewhere.json"
     shutil.copy(out / "results.json", elsewhere)
     shutil.rmtree(out / "grpo-s0")

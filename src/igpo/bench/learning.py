@@ -330,7 +330,12 @@ def _incompatible(other: dict, bench: BenchConfig, start: dict, reg: dict) -> st
     have no config or model hash) is not checked; then the starting model's dev scores must match exactly."""
     mine, theirs = start.get("model_sha256"), other.get("start", {}).get("model_sha256")
     if mine and theirs and mine != theirs:
-        return f"they started from another model (weights sha256 {theirs[:12]}, here {mine[:12]})"
+        there, here = other.get("start", {}).get("built_on"), start.get("built_on")
+        if there and here and there != here:
+            why = f"built with {_built(there)} there, {_built(here)} here"
+        else:
+            why = "an SFT from the same recipe rounds differently under another torch build or CPU vector unit"
+        return f"they started from another model (weights sha256 {theirs[:12]}, here {mine[:12]}; {why})"
     dev, their_dev = start.get("dev"), other.get("start", {}).get("dev")
     if not (mine and theirs) and dev and their_dev:
         a, b = (tuple(d.get(k) for k in ("n", "f1", "em")) for d in (their_dev, dev))
@@ -369,8 +374,16 @@ def included_runs(bench: BenchConfig, start: dict, reg: dict) -> dict[str, dict[
     return runs
 
 
+def _built(on: dict) -> str:
+    return f"torch {on.get('torch')} on CPU capability {on.get('cpu_capability')}"
+
+
 def _start(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_test: dict | None) -> dict:
-    return {"dev": step0_dev, "test": step0_test, "model_sha256": model_sha256(start_model_dir(bench, cfg))}
+    """The starting model's scores, weights' sha256 and, for the shared SFT, what built it (`sft.json`)."""
+    sft_json = Path(bench.out_dir) / "sft" / "sft.json"
+    built_on = json.loads(sft_json.read_text()).get("built_on") if bench.sft and sft_json.is_file() else None
+    return {"dev": step0_dev, "test": step0_test, "model_sha256": model_sha256(start_model_dir(bench, cfg)),
+            "built_on": built_on}
 
 
 def aggregate(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_test: dict | None = None) -> dict:

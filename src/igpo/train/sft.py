@@ -267,6 +267,8 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
         "heldout": heldout,
         "model_dir": str(model_dir),
         "seconds": {k: round(v, 1) for k, v in times.items()},
+        # The same recipe gives other weights (last-bit rounding) under another torch build or CPU vector unit.
+        "built_on": {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
     }
     (out / "sft.json").write_text(json.dumps(summary, indent=1))
     return summary
