@@ -380,7 +380,7 @@ def _built(on: dict) -> str:
 
 def _start(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_test: dict | None) -> dict:
     """The starting model's scores, weights' sha256 and, for the shared SFT, what built it (`sft.json`)."""
-    sft_json = Path(bench.out_dir) / "sft" / "sft.json"
+    sft_json = Path(start_model_dir(bench, cfg)).parent / "sft.json"
     built_on = json.loads(sft_json.read_text()).get("built_on") if bench.sft and sft_json.is_file() else None
     return {"dev": step0_dev, "test": step0_test, "model_sha256": model_sha256(start_model_dir(bench, cfg)),
             "built_on": built_on}
