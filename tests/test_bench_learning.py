@@ -116,6 +116,17 @@ def test_include_merges_only_comparable_results(tmp_path, tiny_model_dir, corpus
     with pytest.raises(ConfigError, match="built with torch 2.13.0 on CPU capability AVX2 there, torch 2.13.0 on "
                                           "CPU capability AVX512 here"):
         include(other_cpu)
+    # same recipe rebuilt elsewhere: merged only on request, and only when both starts scored the same dev and test
+    start["test"] = {"n": 3, "f1": 0.25, "em": 0.0}
+    rebuilt = {**good, "start": {**start, "model_sha256": "b" * 64, "built_on": avx2}}
+    with pytest.raises(ConfigError, match="same dev and test n/F1/EM .* bench.include_equivalent_starts=true would"):
+        include(rebuilt)
+    merged, f = include(rebuilt, include_equivalent_starts=True)
+    assert merged == {"grpo": {"0": {"dev_f1": [0.5, 0.6], "from": str(f), "start_sha256": "b" * 64}}}
+    rebuilt["start"]["test"] = {"n": 3, "f1": 0.5, "em": 0.0}
+    with pytest.raises(ConfigError, match=r"AVX512 here\); its runs are not comparable"):
+        include(rebuilt, include_equivalent_starts=True)  # scored otherwise: not the same start, and no hint
+    start["test"] = None
     for (section, key), value, message in cases:
         bad = json.loads(json.dumps(good))
         bad[section][key] = value
@@ -232,3 +243,15 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
                               "trainer.lr=0.5"])
     assert res.exit_code != 0 and "trainer.lr is 0.001 there, 0.5 here" in res.output
     assert not (out / "grpo-s0").exists()
+    # a start rebuilt elsewhere (other weights, same scores) is merged only on request, and results.json says so
+    rebuilt = json.loads(elsewhere.read_text())
+    rebuilt["start"]["model_sha256"] = "c" * 64
+    elsewhere.write_text(json.dumps(rebuilt))
+    res = runner.invoke(app, ["bench", "learning", "--config", str(path), f"bench.include=[{elsewhere}]"])
+    assert res.exit_code != 0 and "bench.include_equivalent_starts=true would merge them" in res.output
+    res = runner.invoke(app, ["bench", "learning", "--config", str(path), f"bench.include=[{elsewhere}]",
+                              "bench.include_equivalent_starts=true", "--report-only"])
+    assert res.exit_code == 0, res.output
+    merged = json.loads((out / "results.json").read_text())
+    assert merged["start"]["equivalent"] == ["c" * 64] and merged["runs"]["grpo"]["0"]["start_sha256"] == "c" * 64
+    assert "start_sha256" not in merged["runs"]["igpo"]["0"]

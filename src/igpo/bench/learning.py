@@ -43,6 +43,11 @@ class BenchConfig(BaseModel):
     # this grid count as done and are aggregated with this out_dir's. Each must record the same starting model,
     # training config and evaluation settings (`_incompatible`); a run finished here wins over an included one.
     include: list[str] = []
+    # Also merge `include` files whose starting model has other weights but scored the same dev and test n/F1/EM
+    # here: an SFT rebuilt from the same recipe under another torch build or CPU vector unit rounds differently
+    # (benchmarks/README.md). Off by default, since such runs share a start only up to rounding; merged runs then
+    # record their start's sha256 (`start_sha256`) and results.json lists the starts (`start.equivalent`).
+    include_equivalent_starts: bool = False
 
 
 def load_bench_config(path: str | Path, overrides: list[str] | None = None, small: bool = False) -> tuple[BenchConfig, Config]:
@@ -330,12 +335,16 @@ def _incompatible(other: dict, bench: BenchConfig, start: dict, reg: dict) -> st
     have no config or model hash) is not checked; then the starting model's dev scores must match exactly."""
     mine, theirs = start.get("model_sha256"), other.get("start", {}).get("model_sha256")
     if mine and theirs and mine != theirs:
-        there, here = other.get("start", {}).get("built_on"), start.get("built_on")
-        if there and here and there != here:
-            why = f"built with {_built(there)} there, {_built(here)} here"
-        else:
-            why = "an SFT from the same recipe rounds differently under another torch build or CPU vector unit"
-        return f"they started from another model (weights sha256 {theirs[:12]}, here {mine[:12]}; {why})"
+        same_scores = _same_start_scores(other.get("start", {}), start)
+        if not (same_scores and bench.include_equivalent_starts):
+            there, here = other.get("start", {}).get("built_on"), start.get("built_on")
+            if there and here and there != here:
+                why = f"built with {_built(there)} there, {_built(here)} here"
+            else:
+                why = "an SFT from the same recipe rounds differently under another torch build or CPU vector unit"
+            hint = ("; it scored the same dev and test n/F1/EM as the model here, so "
+                    "bench.include_equivalent_starts=true would merge them") if same_scores else ""
+            return f"they started from another model (weights sha256 {theirs[:12]}, here {mine[:12]}; {why}){hint}"
     dev, their_dev = start.get("dev"), other.get("start", {}).get("dev")
     if not (mine and theirs) and dev and their_dev:
         a, b = (tuple(d.get(k) for k in ("n", "f1", "em")) for d in (their_dev, dev))
@@ -353,6 +362,13 @@ def _incompatible(other: dict, bench: BenchConfig, start: dict, reg: dict) -> st
     return None
 
 
+def _same_start_scores(a: dict, b: dict) -> bool:
+    """Whether two starts scored the same greedy dev and test n/F1/EM (both must have been evaluated)."""
+    key = ("n", "f1", "em")
+    return all(a.get(s) and b.get(s) and tuple(a[s].get(k) for k in key) == tuple(b[s].get(k) for k in key)
+               for s in ("dev", "test"))
+
+
 def included_runs(bench: BenchConfig, start: dict, reg: dict) -> dict[str, dict[str, dict]]:
     """The finished runs of `bench.include` that lie in this grid, {estimator: {seed: record}}, each record
     with `"from"`: the file it came from (the first file to have a run wins). Raises ConfigError naming the
@@ -367,10 +383,14 @@ def included_runs(bench: BenchConfig, start: dict, reg: dict) -> dict[str, dict[
             raise ConfigError(f"bench.include: {path}: not a results.json of `igpo bench learning` (no `runs`)")
         if why := _incompatible(other, bench, start, reg):
             raise ConfigError(f"bench.include: {path}: {why}; its runs are not comparable with these")
+        theirs = other.get("start", {}).get("model_sha256")
         for est, seeds in other["runs"].items():
             for seed, rec in seeds.items():
                 if est in bench.estimators and int(seed) in bench.seeds:
-                    runs.setdefault(est, {}).setdefault(seed, {**rec, "from": rec.get("from", str(path))})
+                    rec = {**rec, "from": rec.get("from", str(path))}
+                    if theirs and theirs != start.get("model_sha256"):
+                        rec.setdefault("start_sha256", theirs)
+                    runs.setdefault(est, {}).setdefault(seed, rec)
     return runs
 
 
@@ -405,6 +425,9 @@ def aggregate(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_tes
             rec["test"] = json.loads((run / "done.json").read_text())["test"]
             rec["advantage_signal"] = advantage_signal(_read_jsonl(run / "samples.jsonl"))
             runs.setdefault(est, {})[str(seed)] = rec
+    others = {r.get("start_sha256") for seeds in runs.values() for r in seeds.values()} - {None, start["model_sha256"]}
+    if others:  # merged under bench.include_equivalent_starts
+        start["equivalent"] = sorted(others)
     summary = {}
     grpo_final = None
     if "grpo" in runs:
