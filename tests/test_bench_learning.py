@@ -7,7 +7,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from igpo.bench.learning import _steps_to_reach, advantage_signal, included_runs, load_bench_config, regime
+from igpo.bench.learning import (_steps_to_reach, advantage_signal, included_runs, load_bench_config, paired_vs_grpo,
+                                 regime)
 from igpo.cli import app
 from igpo.config import ConfigError
 from igpo.train.faults import KILL_ENV
@@ -84,6 +85,23 @@ def test_steps_to_reach_counts_the_start():
     curve = {"steps": [0, 5, 10], "dev_f1": [0.20, 0.25, 0.30]}
     assert _steps_to_reach(curve, 0.25) == 5 and _steps_to_reach(curve, 0.31) is None
     assert _steps_to_reach(curve, 0.20) == 0  # the starting model is already there
+
+
+def test_paired_vs_grpo_differences_seed_by_seed():
+    def rec(test_f1, dev):
+        return {"test": {"overall": {"f1": test_f1}}, "dev_f1": [0.3, dev]}
+
+    runs = {"grpo": {"0": rec(0.20, 0.25), "1": rec(0.10, 0.30), "2": rec(0.15, 0.20)},
+            "igpo": {"1": rec(0.16, 0.31), "0": rec(0.23, 0.25), "3": rec(0.9, 0.9)},  # seed 3: no grpo run
+            "gated": {"0": {**rec(0.5, 0.5), "test": None}}}  # no test score: nothing to pair
+    out = paired_vs_grpo(runs, "igpo")
+    assert out["seeds"] == [0, 1]
+    assert out["test_f1"]["per_seed"] == pytest.approx([0.03, 0.06])
+    assert out["test_f1"]["mean"] == pytest.approx(0.045) and out["test_f1"]["std"] == pytest.approx(0.03 / 2 ** 0.5)
+    assert out["final_dev_f1"]["per_seed"] == pytest.approx([0.0, 0.01])
+    assert paired_vs_grpo(runs, "grpo") is None and paired_vs_grpo(runs, "gated") is None
+    one = paired_vs_grpo({"grpo": runs["grpo"], "igpo": {"2": rec(0.1, 0.2)}}, "igpo")
+    assert one["test_f1"]["per_seed"] == pytest.approx([-0.05]) and one["test_f1"]["std"] is None
 
 
 def test_include_merges_only_comparable_results(tmp_path, tiny_model_dir, corpus_file, plans_file):
@@ -208,6 +226,10 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
         assert run["test"]["overall"]["n"] == 3 and run["test"]["by_source"]
         assert result["summary"][est]["test_f1_mean"] is not None
     assert result["summary"]["grpo"]["steps_to_grpo_final_dev_f1"] is not None
+    paired = result["summary"]["igpo"]["vs_grpo"]["test_f1"]
+    assert result["summary"]["grpo"]["vs_grpo"] is None and "test F1 − grpo (paired)" in res.output
+    assert paired["per_seed"] == [result["runs"]["igpo"]["0"]["test"]["overall"]["f1"]
+                                  - result["runs"]["grpo"]["0"]["test"]["overall"]["f1"]]
     assert (out / "learning.png").stat().st_size > 10_000
     assert result["pending"] == [] and result["summary"]["grpo"]["test_f1_std"] is None  # one seed: no spread
     sig = result["runs"]["grpo"]["0"]["advantage_signal"]  # grpo's advantage is the outcome's deviation itself

@@ -368,18 +368,21 @@ def bench_learning(
         _fail(e)
     except WorkerDied as e:
         _fail(e, 1)
-    table = Table("estimator", "seeds", "test F1 (mean ± std)", "final dev F1", "steps to GRPO's dev F1", "zero-var groups",
-                  "their share of |adv|")
+    table = Table("estimator", "seeds", "test F1 (mean ± std)", "test F1 − grpo (paired)", "final dev F1",
+                  "steps to GRPO's dev F1", "zero-var groups", "their share of |adv|")
     start = result["start"]
     if start["dev"] is not None:
         table.add_row("start (SFT)" if bench.sft else "start (model.path)", "-", f"{start['test']['f1']:.3f}" if start["test"] else "-",
-                      f"{start['dev']['f1']:.3f}", "-", "-", "-")
+                      "-", f"{start['dev']['f1']:.3f}", "-", "-", "-")
     for est, s in result["summary"].items():
         test = ("-" if s["test_f1_mean"] is None else f"{s['test_f1_mean']:.3f} (1 seed)" if s["test_f1_std"] is None
                 else f"{s['test_f1_mean']:.3f} ± {s['test_f1_std']:.3f}")
         zv = f"{s['zero_variance_share']:.2f}" if s["zero_variance_share"] is not None else "-"
         zv_adv = f"{s['zero_variance_share_of_abs_adv']:.3f}" if s["zero_variance_share_of_abs_adv"] is not None else "-"
-        table.add_row(est, str(s["seeds"]), test, f"{s['final_dev_f1_mean']:.3f}",
+        paired = s["vs_grpo"] and s["vs_grpo"]["test_f1"]
+        paired = ("-" if not paired else f"{paired['mean']:+.3f}" + (f" ± {paired['std']:.3f}" if paired["std"] is not None else "")
+                  + f" ({len(paired['per_seed'])} seed{'s' if len(paired['per_seed']) > 1 else ''})")
+        table.add_row(est, str(s["seeds"]), test, paired, f"{s['final_dev_f1_mean']:.3f}",
                       str(s["steps_to_grpo_final_dev_f1"]), zv, zv_adv)
     console.print(table)
     if result["pending"]:

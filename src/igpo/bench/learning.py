@@ -281,6 +281,27 @@ def _steps_to_reach(curve: dict, target: float) -> int | None:
     return next((s for s, f in zip(curve["steps"], curve["dev_f1"]) if f >= target), None)
 
 
+def paired_vs_grpo(runs: dict[str, dict[str, dict]], est: str) -> dict | None:
+    """`est`'s final test F1 and final dev F1 minus grpo's, seed by seed: a seed fixes the questions of every
+    step and the sampling stream, so the two runs of a seed differ only by the estimator, and the paired
+    difference has less spread than the two estimators' means over seeds. `runs`: {estimator: {seed: record}}
+    as in results.json. Returns {"seeds": [...], "test_f1": {"per_seed", "mean", "std"}, "final_dev_f1": {...}}
+    (std: sample std, None for one seed), or None for grpo itself or when no seed has both runs with a test."""
+    if est == "grpo":
+        return None
+    mine, base = runs.get(est, {}), runs.get("grpo", {})
+    seeds = sorted((s for s in mine if s in base and mine[s]["test"] and base[s]["test"]), key=int)
+    if not seeds:
+        return None
+
+    def diff(value: Callable[[dict], float]) -> dict:
+        d = [value(mine[s]) - value(base[s]) for s in seeds]
+        return {"per_seed": d, "mean": float(np.mean(d)), "std": float(np.std(d, ddof=1)) if len(d) > 1 else None}
+
+    return {"seeds": [int(s) for s in seeds], "test_f1": diff(lambda r: r["test"]["overall"]["f1"]),
+            "final_dev_f1": diff(lambda r: r["dev_f1"][-1])}
+
+
 # Settings that may differ between merged results: those each run sets itself (`run_one`; the bench settings
 # behind them are compared as `_BENCH_REGIME`), and those that say where or how fast a run went, not what it
 # computed (fast paths that have a test of agreement with their reference path count as the latter).
@@ -450,6 +471,7 @@ def aggregate(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_tes
             "outcome_sign_agreement": float(np.mean(agree)) if agree else None,
             "steps_to_grpo_final_dev_f1": (
                 [_steps_to_reach(r, grpo_final) for r in seeds.values()] if grpo_final is not None else None),
+            "vs_grpo": paired_vs_grpo(runs, est),
         }
     pending = [run_dir(bench, e, s).name for s in bench.seeds for e in bench.estimators if str(s) not in runs.get(e, {})]
     result = {"bench": bench.model_dump(), "start": start, "config": reg,
