@@ -342,6 +342,11 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that train (see b
 app.add_typer(bench_app, name="bench")
 
 
+def _mean_std(mean: float, std: float | None, sign: str = "") -> str:
+    """A mean over seeds with its sample std, or "(1 seed)" where there is no spread."""
+    return f"{mean:{sign}.3f} " + ("(1 seed)" if std is None else f"± {std:.3f}")
+
+
 @bench_app.command("learning")
 def bench_learning(
     overrides: Optional[list[str]] = typer.Argument(None, help="overrides: bench.seeds=[0], trainer.steps=20, ..."),
@@ -375,13 +380,10 @@ def bench_learning(
         table.add_row("start (SFT)" if bench.sft else "start (model.path)", "-", f"{start['test']['f1']:.3f}" if start["test"] else "-",
                       "-", f"{start['dev']['f1']:.3f}", "-", "-", "-")
     for est, s in result["summary"].items():
-        test = ("-" if s["test_f1_mean"] is None else f"{s['test_f1_mean']:.3f} (1 seed)" if s["test_f1_std"] is None
-                else f"{s['test_f1_mean']:.3f} ± {s['test_f1_std']:.3f}")
+        test = "-" if s["test_f1_mean"] is None else _mean_std(s["test_f1_mean"], s["test_f1_std"])
         zv = f"{s['zero_variance_share']:.2f}" if s["zero_variance_share"] is not None else "-"
         zv_adv = f"{s['zero_variance_share_of_abs_adv']:.3f}" if s["zero_variance_share_of_abs_adv"] is not None else "-"
-        paired = s["vs_grpo"] and s["vs_grpo"]["test_f1"]
-        paired = ("-" if not paired else f"{paired['mean']:+.3f}" + (f" ± {paired['std']:.3f}" if paired["std"] is not None else "")
-                  + f" ({len(paired['per_seed'])} seed{'s' if len(paired['per_seed']) > 1 else ''})")
+        paired = "-" if not s["vs_grpo"] else _mean_std(s["vs_grpo"]["test_f1"]["mean"], s["vs_grpo"]["test_f1"]["std"], "+")
         table.add_row(est, str(s["seeds"]), test, paired, f"{s['final_dev_f1_mean']:.3f}",
                       str(s["steps_to_grpo_final_dev_f1"]), zv, zv_adv)
     console.print(table)
