@@ -58,6 +58,55 @@ def test_bench_config_splits_bench_keys_and_names_bad_ones(tmp_path, tiny_model_
         load_bench_config(path, ["algorithm.gate_threshold=0.3", "bench.estimators=[igpo, grpo]"])
 
 
+def test_variants_are_arms_with_algorithm_overrides(tmp_path, tiny_model_dir, corpus_file, plans_file):
+    from igpo.bench.learning import arm_config
+
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["grpo", "igpo_raw_ig"])
+    tree = yaml.safe_load(path.read_text())
+    tree["bench"]["variants"] = {"igpo_raw_ig": {"algorithm.norm": "raw_ig", "algorithm.ig": "log_prob_diff"}}
+    tree["algorithm"] = {"std": False}
+    path.write_text(yaml.safe_dump(tree))
+    bench, cfg = load_bench_config(path)
+    raw = arm_config(bench, cfg, "igpo_raw_ig")
+    assert (raw.algorithm.estimator, raw.algorithm.norm, raw.algorithm.ig) == ("igpo", "raw_ig", "log_prob_diff")
+    assert raw.algorithm.std is False and raw.trainer.steps == cfg.trainer.steps  # the rest is shared
+    assert arm_config(bench, cfg, "grpo").algorithm.estimator == "grpo" and cfg.algorithm.estimator == "igpo"
+    bad = [
+        ({"igpo_raw_ig": {"trainer.lr": 1.0}}, "bench.variants.igpo_raw_ig: only algorithm.* keys may differ"),
+        ({"igpo_raw_ig": {"algorithm.norm": "raw_ig", "algorithm.gamma": 0.9}},
+         "bench.variants.igpo_raw_ig: invalid config: algorithm: .*gamma must stay 1.0"),
+        ({"igpo_raw_ig": {"algorithm.estimator": "grpo", "algorithm.ig_clip": "positive"}},
+         "algorithm.ig_clip: not read by estimator grpo"),
+        ({"grpo": {"algorithm.std": True}}, r"bench.variants: \['grpo'\] name estimators"),
+    ]
+    for variants, message in bad:
+        tree["bench"]["variants"] = variants
+        path.write_text(yaml.safe_dump(tree))
+        with pytest.raises(ConfigError, match=message):
+            load_bench_config(path)
+    with pytest.raises(ConfigError, match="unknown estimator.* or variant.*igpo_raw_ig"):
+        load_bench_config(path, ["bench.variants={}"])
+
+
+def test_a_key_added_since_counts_at_its_default_when_merging(tmp_path, tiny_model_dir, corpus_file, plans_file):
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo", "v"])
+    bench, cfg = load_bench_config(path, ['bench.variants={"v": {"algorithm.norm": "raw_ig"}}'])
+    start = {"dev": {"n": 2, "f1": 0.5, "em": 0.5}, "test": None, "model_sha256": "a" * 64}
+    older = regime(cfg)
+    del older["algorithm.gamma_min_weight"]  # recorded before the key existed
+    other = {"bench": bench.model_dump(), "start": start, "config": older, "runs": {"grpo": {"0": {"dev_f1": [0.5]}}}}
+    f = tmp_path / "older.json"
+    f.write_text(json.dumps(other))
+    assert included_runs(bench.model_copy(update={"include": [str(f)]}), start, regime(cfg))["grpo"]["0"]
+    moved = regime(cfg.model_copy(update={"algorithm": cfg.algorithm.model_copy(update={"gamma_min_weight": 0.5})}))
+    with pytest.raises(ConfigError, match="algorithm.gamma_min_weight is 0.0 there, 0.5 here"):
+        included_runs(bench.model_copy(update={"include": [str(f)]}), start, moved)
+    other["bench"]["variants"] = {"v": {"algorithm.norm": "scaled_separate"}}
+    f.write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match="bench.variants.v is .*scaled_separate.* there"):
+        included_runs(bench.model_copy(update={"include": [str(f)]}), start, regime(cfg))
+
+
 def _episode(step, group, outcome, turns, igs=None):
     return {"step": step, "group": group, "outcome": outcome,
             "turns": [{"advantage": a, "generated_tokens": n, "ig": g}
@@ -225,6 +274,8 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
         assert run["generated_tokens_at_step"][-1] == run["generated_tokens"]
         assert run["test"]["overall"]["n"] == 3 and run["test"]["by_source"]
         assert result["summary"][est]["test_f1_mean"] is not None
+        assert len(run["turns"]) == 2
+        assert result["summary"][est]["turns_first_steps"] == pytest.approx(sum(run["turns"]) / 2)
     assert result["summary"]["grpo"]["steps_to_grpo_final_dev_f1"] is not None
     paired = result["summary"]["igpo"]["vs_grpo"]["test_f1"]
     assert result["summary"]["grpo"]["vs_grpo"] is None and "test F1 − grpo (paired)" in res.output

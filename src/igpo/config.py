@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 
 class ConfigError(ValueError):
@@ -101,11 +101,10 @@ class RolloutConfig(_Strict):
 
 
 class AlgorithmConfig(_Strict):
-    estimator: Literal[
-        "igpo", "igpo_ig_only", "igpo_outcome_only", "grpo", "rloo", "reinforce_pp_baseline", "gated", "igpo_curriculum"
-    ] = "igpo"
+    estimator: str = "igpo"  # a name in igpo.algo.advantages.ESTIMATORS (docs/config.md lists them)
     gamma: float = Field(1.0, ge=0, le=1)
-    norm: Literal["joint", "separate"] = "joint"
+    # joint (paper) | separate | scaled_separate | raw_ig (the authors' later modes; igpo.algo.advantages._igpo)
+    norm: Literal["joint", "separate", "scaled_separate", "raw_ig"] = "joint"
     std: bool = True
     ig: Literal["prob_diff", "log_prob_diff"] = "prob_diff"
     aliases: Literal["max", "first"] = "max"
@@ -118,6 +117,13 @@ class AlgorithmConfig(_Strict):
     ig_weight: float = Field(1.0, ge=0)
     gate_threshold: float = 0.5  # `gated`: turn rewards count only when the outcome reaches this
     curriculum_steps: int = Field(100, ge=1)  # `igpo_curriculum`: steps over which weights move from IG to outcome
+    # igpo family: w > 0 discounts a rollout of n >= 2 turns with w^(1/n) in place of gamma (0 = off)
+    gamma_min_weight: float = Field(0.0, ge=0, le=1)
+    ig_clip: Literal["none", "positive"] = "none"  # positive: IG below 0 becomes 0 before normalisation
+    turn_format_penalty: float | None = Field(None, ge=0)  # a malformed tool call's turn gets -x in place of its IG
+    # IG warm-up gate: IG off until the EMA (rate ig_gate_ema) of each step's mean F1 first reaches the threshold
+    ig_gate_threshold: float | None = None
+    ig_gate_ema: float = Field(0.1, gt=0, le=1)
     belief_impl: Literal["packed", "reference"] = "packed"
     clip_eps: float = Field(0.2, gt=0)
     dual_clip: float | None = Field(3.0, gt=1)
@@ -128,6 +134,22 @@ class AlgorithmConfig(_Strict):
     # Truncated importance sampling: the PG loss of each token times min(π_old / π_rollout, tis_cap), where
     # π_rollout is the engine's sampling probability (needs a backend that records it: vllm). None = off.
     tis_cap: float | None = Field(None, gt=0)
+
+    @field_validator("estimator")
+    @classmethod
+    def _known_estimator(cls, name: str) -> str:
+        from igpo.algo.advantages import ESTIMATORS
+
+        if name not in ESTIMATORS:
+            raise ValueError(f"unknown estimator {name!r}; choose one of {', '.join(ESTIMATORS)}")
+        return name
+
+    @model_validator(mode="after")
+    def _raw_ig_has_no_discount(self) -> "AlgorithmConfig":
+        if self.norm == "raw_ig" and (self.gamma != 1.0 or self.gamma_min_weight > 0):
+            raise ValueError("algorithm.norm=raw_ig does not accumulate over turns: algorithm.gamma must stay 1.0 "
+                             f"and algorithm.gamma_min_weight 0 (got {self.gamma} and {self.gamma_min_weight})")
+        return self
 
 
 class TrainerConfig(_Strict):
@@ -183,10 +205,11 @@ class Config(_Strict):
 
     @model_validator(mode="after")
     def _coherent(self) -> "Config":
-        # These estimators learn only from differences between a question's rollouts: a group of one gives
+        from igpo.algo.advantages import ESTIMATORS
+
+        # Some estimators learn only from differences between a question's rollouts: a group of one gives
         # every advantage 0. (IGPO still learns from IG differences between turns.)
-        needs_group = {"grpo", "rloo", "igpo_outcome_only", "gated", "reinforce_pp_baseline"}
-        if self.algorithm.estimator in needs_group and self.rollout.group_size < 2:
+        if ESTIMATORS[self.algorithm.estimator].needs_group and self.rollout.group_size < 2:
             raise ValueError(f"rollout.group_size must be >= 2 for estimator {self.algorithm.estimator} "
                              "(a group of one has zero advantage)")
         if self.model.lora.enabled and self.rollout.backend == "vllm":
@@ -259,13 +282,13 @@ def validate(model: type[BaseModel], tree: dict, prefix: str = ""):
 def check_estimator_options(cfg: Config, estimators: list[str]) -> None:
     """Refuse an estimator-specific `algorithm.*` key set explicitly that none of `estimators` reads: the run
     would silently differ from what its config says (`algorithm.outcome_weight` with grpo)."""
-    from igpo.algo.advantages import ALL_OPTIONS, OPTIONS
+    from igpo.algo.advantages import ESTIMATORS, all_config_keys, config_keys
 
-    read = frozenset().union(*(OPTIONS.get(e, frozenset()) for e in estimators))
-    if ignored := sorted((cfg.algorithm.model_fields_set & ALL_OPTIONS) - read):
+    read = frozenset().union(*(config_keys(e) for e in estimators))
+    if ignored := sorted((cfg.algorithm.model_fields_set & all_config_keys()) - read):
         raise ConfigError("; ".join(
             f"algorithm.{k}: not read by estimator {', '.join(estimators)} "
-            f"(only by {', '.join(sorted(e for e, keys in OPTIONS.items() if k in keys))})" for k in ignored))
+            f"(only by {', '.join(e for e in ESTIMATORS if k in config_keys(e))})" for k in ignored))
 
 
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:

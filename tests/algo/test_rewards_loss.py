@@ -87,3 +87,34 @@ def test_tis_weight_is_the_capped_ratio_without_gradient():
     pg, _ = ppo_policy_loss(lp, lp.detach(), adv)
     (pg * w).sum().backward()
     torch.testing.assert_close(lp.grad, -w)
+
+
+def test_shape_ig_clips_and_penalises_malformed_calls():
+    from igpo.algo.rewards import shape_ig
+
+    ig = torch.tensor([0.2, -0.1, 0.0])
+    torch.testing.assert_close(shape_ig(ig), ig)
+    torch.testing.assert_close(shape_ig(ig, "positive"), torch.tensor([0.2, 0.0, 0.0]))
+    # the penalty replaces the IG of the malformed turn, and is not clipped away
+    torch.testing.assert_close(shape_ig(ig, "positive", [False, True, False], 0.5), torch.tensor([0.2, -0.5, 0.0]))
+    torch.testing.assert_close(shape_ig(ig, "none", [False, True, False], None), ig)
+    with pytest.raises(ValueError, match="unknown IG clip 'abs'"):
+        shape_ig(ig, "abs")
+
+
+def test_ig_gate_opens_once_the_ema_reaches_the_threshold_and_stays_open():
+    from igpo.algo.rewards import IGGate
+
+    gate = IGGate(threshold=0.3, rate=0.5)
+    assert not gate.on()  # no step seen yet
+    gate.observe(0.2)  # ema 0.2
+    assert not gate.on()
+    gate.observe(0.6)  # ema 0.4
+    saved = gate.state_dict()
+    assert gate.on()
+    gate.observe(0.0)  # ema 0.2: below the threshold again, the gate stays open
+    assert gate.ema == pytest.approx(0.2) and gate.on()
+    resumed = IGGate(threshold=0.3, rate=0.5)
+    resumed.load_state_dict(saved)
+    assert resumed.ema == pytest.approx(0.4) and resumed.on()
+    assert IGGate(threshold=None).on()

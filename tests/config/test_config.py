@@ -21,6 +21,12 @@ def test_defaults_yaml_and_overrides(tmp_path):
     (["rollout.group_size=1", "algorithm.estimator=grpo"], "rollout.group_size must be >= 2"),
     (["algorithm.format_penalty=.nan"], "algorithm.format_penalty: Input should be a finite number"),
     (["trainer.max_bad_steps=0"], "trainer.max_bad_steps"),
+    (["algorithm.norm=raw_ig", "algorithm.gamma=0.95"], "algorithm.norm=raw_ig does not accumulate over turns: "
+                                                         "algorithm.gamma must stay 1.0"),
+    (["algorithm.norm=raw_ig", "algorithm.gamma_min_weight=0.5"], "algorithm.gamma_min_weight 0"),
+    (["algorithm.ig_clip=abs"], "algorithm.ig_clip"),
+    (["algorithm.turn_format_penalty=-1"], "algorithm.turn_format_penalty"),
+    (["algorithm.ig_gate_ema=0"], "algorithm.ig_gate_ema"),
 ])
 def test_bad_config_names_the_key(override, fragment):
     with pytest.raises(ConfigError, match=fragment.replace(".", r"\.")):
@@ -42,5 +48,14 @@ def test_an_option_the_estimator_does_not_read_is_refused():
     with pytest.raises(ConfigError, match="algorithm.gate_threshold: not read by estimator igpo"):
         load_config(None, ["algorithm.gate_threshold=0.3"])
     assert load_config(None, ["algorithm.outcome_weight=0.1"]).algorithm.outcome_weight == 0.1
+    # The IG reward layer's keys go with the estimators that use IG.
+    with pytest.raises(ConfigError, match="algorithm.ig_gate_threshold: not read by estimator grpo"):
+        load_config(None, ["algorithm.estimator=grpo", "algorithm.ig_gate_threshold=0.2"])
+    with pytest.raises(ConfigError, match="algorithm.gamma_min_weight: not read by estimator rloo"):
+        load_config(None, ["algorithm.estimator=rloo", "algorithm.gamma_min_weight=0.5"])
+    cfg = load_config(None, ["algorithm.norm=scaled_separate", "algorithm.ig=log_prob_diff", "algorithm.gamma=0.95",
+                             "algorithm.gamma_min_weight=0.5", "algorithm.ig_clip=positive",
+                             "algorithm.turn_format_penalty=0.5", "algorithm.ig_gate_threshold=0.1"])
+    assert cfg.algorithm.norm == "scaled_separate" and cfg.algorithm.ig_gate_ema == 0.1
     # Left at its default, an unread key is no error: only what the user wrote is checked.
     assert load_config(None, ["algorithm.estimator=grpo"]).algorithm.gate_threshold == 0.5

@@ -37,10 +37,12 @@ def rows(run_dir) -> list[dict]:
 
 def test_a_nan_step_is_skipped_and_logged(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, monkeypatch):
     real = trainer_module.compute_turn_advantages
+    calls = []  # one call a step
 
     def nan_at_step_1(*args, **kw):
         adv = real(*args, **kw)
-        return adv * float("nan") if kw["step"] == 1 else adv
+        calls.append(None)
+        return adv * float("nan") if len(calls) == 2 else adv
 
     monkeypatch.setattr(trainer_module, "compute_turn_advantages", nan_at_step_1)
     trainer = make_trainer(make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file), tokenizer)

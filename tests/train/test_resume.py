@@ -89,6 +89,38 @@ def test_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, corpus_file, 
     assert state["bad_steps_in_a_row"] == 0 and set(state["rng"]) >= {"torch", "numpy", "python"}
 
 
+def test_ig_warm_up_gate_switches_on_and_survives_a_resume(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
+    """The gate decides each step from the EMA of the steps before it; the EMA and the switch are in the
+    checkpoint, so a run interrupted after the switch resumes to the same rows and weights."""
+    extra = ["trainer.save_every=2", "rollout.group_size=2", "algorithm.ig_gate_threshold=0.0",
+             "algorithm.ig_gate_ema=0.5"]
+    whole = make_cfg(tmp_path / "a", tiny_model_dir, corpus_file, qa_file, *extra)
+    scripted_trainer(whole, tokenizer, 4).fit()
+    a = rows_of(tmp_path / "a" / "run")
+    # step 0: no step seen yet, IG off (no belief pass); from step 1 on (EMA 0 or more >= 0) on, and it stays on
+    assert [r["ig_gate_on"] for r in a] == [False, True, True, True]
+    assert "ig_turn1_mean" not in a[0] and any("ig_turn1_mean" in r for r in a[1:])
+    ema = a[0]["f1"]
+    for r in a[1:]:
+        ema = 0.5 * r["f1"] + 0.5 * ema
+        assert r["ig_gate_ema"] == pytest.approx(ema)
+
+    cut = make_cfg(tmp_path / "b", tiny_model_dir, corpus_file, qa_file, *extra)
+
+    def stop_after_step_2(m):
+        if m["step"] == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        scripted_trainer(cut, tokenizer, 4).fit(progress=stop_after_step_2)
+    resumed = scripted_trainer(cut, tokenizer, 4)
+    assert resumed.step == 2 and resumed.ig_gate.opened and resumed.ig_gate.ema == pytest.approx(a[1]["ig_gate_ema"])
+    resumed.fit()
+    b = tmp_path / "b" / "run"
+    assert rows_of(b) == a
+    assert_same_final_state(tmp_path / "a" / "run", b)
+
+
 def test_damaged_checkpoints_are_detected_and_the_previous_one_used(tmp_path, tiny_model_dir, corpus_file, qa_file,
                                                                     tokenizer, caplog):
     cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "trainer.save_every=1", "trainer.keep_last=3",

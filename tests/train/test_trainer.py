@@ -6,7 +6,7 @@ import torch
 from transformers import AutoModelForCausalLM
 
 from igpo.config import load_config
-from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
+from igpo.train.trainer import Timer, Trainer, make_chat_format, make_toolbox
 from tests.conftest import QUESTIONS
 from tests.scripted import ScriptedGenerator
 
@@ -83,3 +83,29 @@ def test_sampling_rollouts_with_a_random_model(tmp_path, tiny_model_dir, corpus_
     assert m["format_error_rate"] == 1.0 and m["outcome_reward"] == cfg.algorithm.format_penalty
     assert "ref_logprobs" not in m["seconds"]  # β = 0: no reference forward
     assert "old_logprobs" not in m["seconds"]  # one epoch, one mini-batch: on-policy
+
+
+def test_the_authors_later_options_in_a_step(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
+    """scaled_separate + log_prob_diff + adaptive γ + a per-turn format penalty: the malformed call's turn gets −x
+    in place of its IG, and the step logs the new diagnostics."""
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "trainer.steps=1", "algorithm.norm=scaled_separate",
+                   "algorithm.ig=log_prob_diff", "algorithm.gamma=0.95", "algorithm.gamma_min_weight=0.5",
+                   "algorithm.turn_format_penalty=0.7", "algorithm.ig_clip=positive")
+    toolbox = make_toolbox(cfg)
+    trainer = Trainer(cfg, toolbox=toolbox,
+                      generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS))
+    trajs = trainer.collect(0, Timer())
+    trainer.score_beliefs(trajs, Timer())
+    rewards, mask, _ = trainer.turn_rewards(trajs)
+    malformed = [(b, k) for b, tr in enumerate(trajs) for k, t in enumerate(tr.turns[:-1])
+                 if t.tool_error in ("unknown_tool", "malformed_call", "bad_arguments")]
+    assert malformed, "the scripts hold an unknown tool"
+    assert all(rewards[b, k] == -0.7 for b, k in malformed)
+    ig_turns = [(b, k) for b, tr in enumerate(trajs) for k in range(tr.num_turns - 1) if (b, k) not in malformed]
+    assert ig_turns and all(rewards[b, k] >= 0 for b, k in ig_turns)  # clipped at 0
+
+    (m,) = trainer.fit()
+    assert 0 < m["ig_scale"] <= 10
+    assert 0.5 ** 0.5 - 1e-6 <= m["gamma_effective"] <= 0.95 + 1e-6
+    assert m["turns_min"] <= m["turns"] <= m["turns_max"]
+    assert 0 < m["ig_rollout_share"] <= 1 and {"ig_raw_mean", "ig_raw_std", "ig_raw_positive_share"} <= set(m)

@@ -22,6 +22,8 @@ log = logging.getLogger(__name__)
 _JSON_TYPES = {"string": str, "integer": int, "number": (int, float), "boolean": bool, "array": list, "object": dict}
 SEARCH_FAILED = "Search failed. Try again or answer."
 BUDGET_EXHAUSTED = "Search budget exhausted: no more web searches in this run. Answer with what you know."
+# Tool errors that are the policy's fault (the call itself was wrong), unlike a failed search or a spent budget.
+MALFORMED_CALL_ERRORS = frozenset({"malformed_call", "unknown_tool", "bad_arguments"})
 
 
 @dataclass

@@ -12,6 +12,7 @@ import re
 import string
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 
@@ -84,3 +85,52 @@ def information_gain(belief_logprobs: torch.Tensor, kind: str = "prob_diff") -> 
     if kind == "log_prob_diff":
         return belief_logprobs.diff()
     raise ValueError(f"unknown IG kind {kind!r} (prob_diff | log_prob_diff)")
+
+
+IG_CLIPS = ("none", "positive")
+
+
+def shape_ig(ig: torch.Tensor, clip: str = "none", malformed: Sequence[bool] | None = None,
+             turn_format_penalty: float | None = None) -> torch.Tensor:
+    """[T-1] IG of a rollout's non-final turns -> the turn rewards the estimator sees.
+
+    clip `positive`: max(IG, 0), the positive-part belief reward of ΔBelief-RL (arXiv 2602.12342).
+    `turn_format_penalty` x: a turn whose tool call was malformed (`malformed[t]`) gets −x in place of its IG.
+    """
+    if clip not in IG_CLIPS:
+        raise ValueError(f"unknown IG clip {clip!r} ({' | '.join(IG_CLIPS)})")
+    out = ig.clamp(min=0.0) if clip == "positive" else ig.clone()
+    if turn_format_penalty is not None and malformed is not None:
+        bad = torch.tensor(list(malformed)[: len(out)], dtype=torch.bool)
+        out[: len(bad)][bad] = -turn_format_penalty
+    return out
+
+
+@dataclass
+class IGGate:
+    """The IG warm-up gate: IG rewards stay off until an EMA of each step's mean outcome F1 first reaches
+    `threshold`; from then on they stay on. `threshold` None: always on.
+
+    A step asks `on()` before its rollouts are scored (the EMA of the steps before it decides) and reports
+    its mean F1 with `observe()` after. `state_dict()` goes into the checkpoint so a resumed run decides alike.
+    """
+
+    threshold: float | None = None
+    rate: float = 0.1  # weight of the newest step in the EMA
+    ema: float | None = None
+    opened: bool = False
+
+    def on(self) -> bool:
+        if self.threshold is None or self.opened:
+            return True
+        self.opened = self.ema is not None and self.ema >= self.threshold
+        return self.opened
+
+    def observe(self, mean_f1: float) -> None:
+        self.ema = mean_f1 if self.ema is None else self.rate * mean_f1 + (1 - self.rate) * self.ema
+
+    def state_dict(self) -> dict:
+        return {"ema": self.ema, "opened": self.opened}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.ema, self.opened = state["ema"], bool(state["opened"])

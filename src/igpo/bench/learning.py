@@ -14,6 +14,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
@@ -48,6 +49,10 @@ class BenchConfig(BaseModel):
     # (benchmarks/README.md). Off by default, since such runs share a start only up to rounding; merged runs then
     # record their start's sha256 (`start_sha256`) and results.json lists the starts (`start.equivalent`).
     include_equivalent_starts: bool = False
+    # Named variants, runnable like estimators in `estimators`: dotted `algorithm.*` overrides of the shared config
+    # (e.g. igpo_raw_ig: {algorithm.norm: raw_ig, algorithm.ig: log_prob_diff}). Only the algorithm may differ
+    # between runs; everything else (budget, evaluation) is shared.
+    variants: dict[str, dict[str, Any]] = {}
 
 
 def load_bench_config(path: str | Path, overrides: list[str] | None = None, small: bool = False) -> tuple[BenchConfig, Config]:
@@ -68,10 +73,35 @@ def load_bench_config(path: str | Path, overrides: list[str] | None = None, smal
     apply_overrides(bench_tree, [o[len("bench."):] for o in over if o.startswith("bench.")])
     bench = validate(BenchConfig, bench_tree, prefix="bench.")
     cfg = validate(Config, apply_overrides(tree, [o for o in over if not o.startswith("bench.")]))
-    if unknown := [e for e in bench.estimators if e not in ESTIMATORS]:
-        raise ConfigError(f"bench.estimators: unknown estimator(s) {unknown}; known: {sorted(ESTIMATORS)}")
-    check_estimator_options(cfg, bench.estimators)
+    if clash := sorted(set(bench.variants) & set(ESTIMATORS)):
+        raise ConfigError(f"bench.variants: {clash} name estimators; give variants names of their own")
+    if unknown := [e for e in bench.estimators if e not in ESTIMATORS and e not in bench.variants]:
+        raise ConfigError(f"bench.estimators: unknown estimator(s) or variant(s) {unknown}; "
+                          f"known: {sorted(ESTIMATORS)} and bench.variants {sorted(bench.variants)}")
+    check_estimator_options(cfg, [e for e in bench.estimators if e in ESTIMATORS])
+    for name in bench.estimators:
+        if name in bench.variants:
+            variant = arm_config(bench, cfg, name)
+            check_estimator_options(variant, [variant.algorithm.estimator])
     return bench, cfg
+
+
+def arm_config(bench: BenchConfig, base: Config, arm: str) -> Config:
+    """The training config of one arm of the benchmark: `base` with `algorithm.estimator` = arm, or with the
+    overrides of the variant `arm` (validated; an error names `bench.variants.<arm>`)."""
+    if arm not in bench.variants:
+        cfg = base.model_copy(deep=True)
+        cfg.algorithm.estimator = arm
+        return cfg
+    overrides = bench.variants[arm]
+    if bad := sorted(k for k in overrides if not k.startswith("algorithm.")):
+        raise ConfigError(f"bench.variants.{arm}: only algorithm.* keys may differ between runs (got {bad})")
+    # Only the keys written in the base file and the variant count as set (the options check reads that).
+    tree = base.model_dump(mode="json", exclude_unset=True)
+    try:
+        return validate(Config, apply_overrides(tree, [f"{k}={json.dumps(v)}" for k, v in overrides.items()]))
+    except ConfigError as e:
+        raise ConfigError(f"bench.variants.{arm}: {e}") from None
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -110,10 +140,9 @@ def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_m
     from igpo.train.trainer import Trainer
 
     run = run_dir(bench, estimator, seed)
-    cfg = base.model_copy(deep=True)
+    cfg = arm_config(bench, base, estimator)
     cfg.model.path = start_model
     cfg.model.lora.enabled = False
-    cfg.algorithm.estimator = estimator
     cfg.trainer.seed = seed
     cfg.trainer.out_dir = str(run)
     cfg.trainer.eval_every = bench.eval_every
@@ -228,6 +257,7 @@ def _curve(run: Path, step0: dict | None) -> dict:
         "dev_em": [evals[s]["em"] for s in steps],
         "generated_tokens_at_step": [0 if s == 0 else tokens[min(s, len(tokens)) - 1] for s in steps],
         "zero_variance_groups": [m["zero_variance_groups"] for m in metrics],
+        "turns": [m["turns"] for m in metrics],
         "train_f1": [m["f1"] for m in metrics],
         "generated_tokens": int(tokens[-1]) if tokens else 0,
         "tokens": int(sum(m["tokens"] for m in metrics)),
@@ -279,6 +309,14 @@ def _steps_to_reach(curve: dict, target: float) -> int | None:
     """The first evaluated step with dev F1 ≥ target; 0 when the starting model already is (then the figure
     says nothing about sample efficiency); None if never."""
     return next((s for s, f in zip(curve["steps"], curve["dev_f1"]) if f >= target), None)
+
+
+def _turns_trend(per_seed: list[list[float] | None], k: int = 5) -> dict:
+    curves = [c for c in per_seed if c]
+    if not curves:
+        return {"turns_first_steps": None, "turns_last_steps": None}
+    return {"turns_first_steps": float(np.mean([np.mean(c[:k]) for c in curves])),
+            "turns_last_steps": float(np.mean([np.mean(c[-k:]) for c in curves]))}
 
 
 def paired_vs_grpo(runs: dict[str, dict[str, dict]], est: str) -> dict | None:
@@ -375,11 +413,18 @@ def _incompatible(other: dict, bench: BenchConfig, start: dict, reg: dict) -> st
     for key in _BENCH_REGIME:
         if key in other.get("bench", {}) and other["bench"][key] != getattr(bench, key):
             return f"bench.{key} is {other['bench'][key]!r} there, {getattr(bench, key)!r} here"
+    their_variants = other.get("bench", {}).get("variants", {})
+    for name in sorted(set(their_variants) & set(bench.variants)):
+        if their_variants[name] != bench.variants[name]:
+            return f"bench.variants.{name} is {their_variants[name]!r} there, {bench.variants[name]!r} here"
     theirs_reg = other.get("config")
     if theirs_reg is not None:
+        # A key the other file does not record was added since: at its default it computes what it did before.
+        default = regime(Config())
         for key in sorted(set(reg) | set(theirs_reg)):
-            if key not in _NOT_REGIME and reg.get(key) != theirs_reg.get(key):
-                return f"{key} is {theirs_reg.get(key)!r} there, {reg.get(key)!r} here"
+            there = theirs_reg[key] if key in theirs_reg else default.get(key)
+            if key not in _NOT_REGIME and reg.get(key) != there:
+                return f"{key} is {there!r} there, {reg.get(key)!r} here"
     return None
 
 
@@ -472,6 +517,9 @@ def aggregate(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_tes
             "steps_to_grpo_final_dev_f1": (
                 [_steps_to_reach(r, grpo_final) for r in seeds.values()] if grpo_final is not None else None),
             "vs_grpo": paired_vs_grpo(runs, est),
+            # turns per episode in the first and the last 5 training steps (mean over steps and seeds): does
+            # training shorten the episodes (the joint pool's charge on every extra turn)?
+            **_turns_trend([r.get("turns") for r in seeds.values()]),
         }
     pending = [run_dir(bench, e, s).name for s in bench.seeds for e in bench.estimators if str(s) not in runs.get(e, {})]
     result = {"bench": bench.model_dump(), "start": start, "config": reg,

@@ -26,7 +26,11 @@ CURVES: list[tuple[str, list[str] | str, bool]] = [
     ("Format- and tool-error rates", ["format_error_rate", "tool_error_rate"], True),
     ("Tokens per second", "tokens_per_s/*", False),
     ("Seconds per phase", "seconds/*", False),
-    ("Turns per episode", ["turns"], False),
+    ("Turns per episode (mean, min, max)", ["turns", "turns_min", "turns_max"], False),
+    ("Raw IG of the step's tool turns (mean ± std)", ["ig_raw_mean"], False),
+    ("IG shares: rollouts with IG, IG > 0", ["ig_rollout_share", "ig_raw_positive_share"], True),
+    ("IG scale (scaled_separate) and effective γ", ["ig_scale", "gamma_effective"], False),
+    ("IG warm-up gate: F1 EMA and switch", ["ig_gate_ema", "ig_gate_on"], True),
     ("Gradient norm", ["grad_norm"], False),
 ]
 

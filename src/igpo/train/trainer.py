@@ -20,11 +20,12 @@ import torch
 from igpo.agent.engine import make_generator
 from igpo.agent.rollout import Generator, SamplingParams, rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, WEB_SEARCH_SYSTEM_PROMPT, ChatFormat
-from igpo.agent.tools import SearchTool, Toolbox, WebSearchTool
+from igpo.agent.tools import MALFORMED_CALL_ERRORS, SearchTool, Toolbox, WebSearchTool
 from igpo.agent.trajectory import Trajectory
-from igpo.algo.advantages import NEEDS_BELIEFS, compute_turn_advantages, turn_to_token_advantages
+from igpo.algo.advantages import ESTIMATORS, StepInputs, compute_turn_advantages, turn_to_token_advantages
 from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss, tis_weights
-from igpo.algo.rewards import answer_em, answer_f1, information_gain, outcome_reward, reduce_aliases
+from igpo.algo.rewards import (IGGate, answer_em, answer_f1, information_gain, outcome_reward, reduce_aliases,
+                               shape_ig)
 from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
 from igpo.files import atomic_write_text
@@ -61,6 +62,16 @@ def step_seed(seed: int, step: int) -> int:
 def episode_seed(seed: int, step: int, question: int, k: int) -> int:
     """The sampling seed of rollout k of the step's question: the same on any rank and in any batch."""
     return (step_seed(seed, step) * 1_000_033 + question * 4099 + k) % (2**62)
+
+
+def ig_summary(trajs: list[Trajectory], kind: str) -> dict[str, float]:
+    """The step's raw IG (before clipping or penalties): share of rollouts that have any, mean, std, share > 0."""
+    raw = [float(x) for tr in trajs if tr.beliefs is not None for x in information_gain(torch.tensor(tr.beliefs), kind)]
+    out = {"ig_rollout_share": sum(tr.beliefs is not None and tr.num_turns > 1 for tr in trajs) / len(trajs)}
+    if raw:
+        out |= {"ig_raw_mean": float(np.mean(raw)), "ig_raw_std": float(np.std(raw)),
+                "ig_raw_positive_share": float(np.mean([x > 0 for x in raw]))}
+    return out
 
 
 class Timer:
@@ -118,6 +129,8 @@ class Trainer:
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
         self.step = 0
         self.bad_steps = faults.BadStepGuard(cfg.trainer.max_bad_steps)
+        self.estimator = ESTIMATORS[cfg.algorithm.estimator]
+        self.ig_gate = IGGate(cfg.algorithm.ig_gate_threshold, cfg.algorithm.ig_gate_ema)
         self.retrieval_counts = faults.PerStepCounts()
         self._eval_set: list[QAExample] | None = None
         if cfg.trainer.eval_every and cfg.data.eval:  # a bad eval file fails now, not steps into the run
@@ -129,6 +142,8 @@ class Trainer:
             ckpt.restore_rng(state)
             self.step = state["step"]
             self.bad_steps.in_a_row = state.get("bad_steps_in_a_row", 0)
+            if "ig_gate" in state:
+                self.ig_gate.load_state_dict(state["ig_gate"])
             ckpt.check_resume_state(state, cfg.rollout.questions_per_step, self._retriever())
             log.info("resumed from %s (step %d)", resume[0], self.step)
 
@@ -255,7 +270,8 @@ class Trainer:
                 ig = information_gain(lp, a.ig)
                 if self.cfg.trainer.check_invariants:
                     check_ig_telescopes(lp, ig, a.ig, f"rollout {b}")
-                rewards[b, : n - 1] = ig
+                malformed = [t.tool_error in MALFORMED_CALL_ERRORS for t in tr.turns[: n - 1]]
+                rewards[b, : n - 1] = shape_ig(ig, a.ig_clip, malformed, a.turn_format_penalty)
             o = outcome_reward(tr.answer, tr.example.answers, a.format_penalty, a.f1_mode)
             rewards[b, n - 1] = o
             outcomes.append(o)
@@ -380,7 +396,9 @@ class Trainer:
         step = self.step
         timer = Timer()
         trajs = self.collect(step, timer)
-        if a.estimator in NEEDS_BELIEFS:
+        # Beliefs only where IG is used and the warm-up gate (decided by the steps before this one) is open.
+        ig_on = self.estimator.uses_ig and self.ig_gate.on()
+        if ig_on:
             self.score_beliefs(trajs, timer)
         if self.cfg.trainer.check_invariants:
             for b, tr in enumerate(trajs):
@@ -392,19 +410,20 @@ class Trainer:
         if fault is None:
             rewards, turn_mask, outcomes = self.turn_rewards(trajs)
             groups = [tr.group for tr in trajs]
-            turn_adv = compute_turn_advantages(
-                rewards, turn_mask, groups, a.estimator, gamma=a.gamma, norm=a.norm, std=a.std,
-                gate_threshold=a.gate_threshold, step=step, curriculum_steps=a.curriculum_steps,
-                outcome_weight=a.outcome_weight, ig_weight=a.ig_weight,
-            )
+            inputs = StepInputs(turn_tokens=self.turn_tokens(trajs, turn_mask.shape[1]), ig_on=ig_on,
+                                all_sum=self.dist.all_sum)
+            turn_adv = compute_turn_advantages(rewards, turn_mask, groups, a.estimator, gamma=a.gamma, norm=a.norm,
+                                               std=a.std, inputs=inputs, **self.estimator_options(step))
             fault = (faults.finite_or_fault(rewards[turn_mask], step, "rewards", "turn rewards")
                      or faults.finite_or_fault(turn_adv[turn_mask], step, "advantages", "advantages"))
         faults.agree(fault, step, self.dist.all_sum)
+        f1_sum, n_rollouts = self.dist.all_sum([sum(self._f1(tr) for tr in trajs), float(len(trajs))])
+        self.ig_gate.observe(f1_sum / max(n_rollouts, 1.0))
         batch = self.batch_tensors(trajs)
         batch["adv"] = turn_to_token_advantages(turn_adv, batch["turns"], batch["loss_mask"])
         if self.cfg.trainer.check_invariants:
             check_batch_tokens(trajs, batch["ids"], batch["loss_mask"])
-        losses = self.update(batch, timer)
+        losses = {**self.update(batch, timer), **inputs.stats}
         self.step += 1
         if self.dist.enabled:  # rank 0 reports the whole step
             merged = distributed.gather_step(self.dist, trajs, rewards, turn_mask, outcomes, turn_adv, losses,
@@ -417,10 +436,27 @@ class Trainer:
         self.samples = sample_records(trajs, rewards, turn_adv, outcomes, step, self.cfg.trainer.log_samples, a.f1_mode)
         return self._metrics(step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer)
 
+    def estimator_options(self, step: int) -> dict:
+        """The options the chosen estimator reads, from the config (and the step, for a schedule)."""
+        a = self.cfg.algorithm
+        return {k: step if k == "step" else getattr(a, k) for k in self.estimator.options}
+
+    @staticmethod
+    def turn_tokens(trajs: list[Trajectory], T: int) -> torch.Tensor:
+        """[B, T] tokens the policy generated in each turn."""
+        out = torch.zeros(len(trajs), T, dtype=torch.long)
+        for b, tr in enumerate(trajs):
+            for k, t in enumerate(tr.turns):
+                out[b, k] = t.gen_end - t.gen_start
+        return out
+
+    def _f1(self, tr: Trajectory) -> float:
+        return answer_f1(tr.answer, tr.example.answers, self.cfg.algorithm.f1_mode) if tr.answer is not None else 0.0
+
     def _metrics(self, step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer: Timer) -> dict:
         a = self.cfg.algorithm
         n = len(trajs)
-        f1 = [answer_f1(tr.answer, tr.example.answers, a.f1_mode) if tr.answer is not None else 0.0 for tr in trajs]
+        f1 = [self._f1(tr) for tr in trajs]
         em = [answer_em(tr.answer, tr.example.answers, a.f1_mode) if tr.answer is not None else 0.0 for tr in trajs]
         finish = Counter(tr.finish for tr in trajs)
         calls = [t for tr in trajs for t in tr.turns if t.action.kind == "tool_call" and t.tool_result is not None]
@@ -438,6 +474,8 @@ class Trainer:
             "f1": float(np.mean(f1)),
             "em": float(np.mean(em)),
             "turns": float(np.mean([tr.num_turns for tr in trajs])),
+            "turns_min": min(tr.num_turns for tr in trajs),
+            "turns_max": max(tr.num_turns for tr in trajs),
             "format_error_rate": finish["format_error"] / n,
             "finish": dict(sorted(finish.items())),
             "tool_calls": len(calls),
@@ -454,6 +492,11 @@ class Trainer:
         believed = [tr for tr in trajs if tr.beliefs is not None]
         if believed:
             m["p0_mean"] = float(np.mean([np.exp(tr.beliefs[0]) for tr in believed]))
+        if self.estimator.uses_ig:
+            m.update(ig_summary(trajs, a.ig))
+            if a.ig_gate_threshold is not None:
+                m["ig_gate_on"] = self.ig_gate.opened
+                m["ig_gate_ema"] = self.ig_gate.ema
         T = rewards.shape[1]
         for k in range(T - 1):
             vals = [float(rewards[b, k]) for b, tr in enumerate(trajs) if tr.beliefs is not None and k < tr.num_turns - 1]
@@ -552,6 +595,7 @@ class Trainer:
             q = self.cfg.rollout.questions_per_step
             extra = {"data": {"questions_per_step": q, "examples_seen": self.step * q},
                      "bad_steps_in_a_row": self.bad_steps.in_a_row,
+                     "ig_gate": self.ig_gate.state_dict(),
                      "retrieval": ckpt.retrieval_pointer(self._retriever())}
             path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
                                         self.cfg.trainer.keep_last, extra, model_state=model_state,
