@@ -1,6 +1,9 @@
 """The KV-cache rollout engine generates what `model.generate` over the full context generates."""
+import copy
+
 import pytest
 import torch
+from transformers import GenerationConfig
 
 from igpo.agent.engine import CachedGenerator, make_generator
 from igpo.agent.rollout import HFGenerator, SamplingParams, rollout, turn_seed
@@ -92,6 +95,43 @@ def test_sampling_matches_generate_and_is_reproducible(model):
         torch.manual_seed(seed)
         runs.append(engine.generate(ctx, params, []))
     assert runs[0] == runs[1] and runs[0] != runs[2]
+
+
+@pytest.fixture(scope="module")
+def model_with_generation_defaults(model):
+    """The same weights, shipped with a generation_config whose every entry would change what is sampled (as
+    Qwen2.5-Instruct's repetition_penalty 1.05 does)."""
+    m = copy.deepcopy(model)
+    m.generation_config = GenerationConfig(
+        repetition_penalty=1.05, no_repeat_ngram_size=2, suppress_tokens=[5, 6], bad_words_ids=[[7]],
+        begin_suppress_tokens=[8], min_new_tokens=6, top_k=3, top_p=0.5, temperature=0.3, do_sample=True,
+    )
+    return m
+
+
+@pytest.mark.parametrize("mode", ["greedy", "seeded", "unseeded"])
+def test_the_models_generation_config_changes_nothing(model, model_with_generation_defaults, mode):
+    """Both engines sample the policy the loss scores (temperature and top-p only), whatever the model's
+    generation_config holds: the same ids as the same weights without it."""
+    g = torch.Generator().manual_seed(4)
+    ctx = contexts(g)
+    params = {"greedy": SamplingParams(12, temperature=0.0),
+              "seeded": SamplingParams(12, temperature=1.3, top_p=0.95, seeds=[5, 6, 7, 8]),
+              "unseeded": SamplingParams(12, temperature=1.3, top_p=0.95)}[mode]
+    rows = ctx[:1] if mode == "unseeded" else ctx  # one row: HF's sampler and ours draw the same random numbers
+
+    def run(engine, m):
+        torch.manual_seed(11)
+        return engine(m, 0).generate(rows, params, stops)
+
+    stops = [VOCAB + 1]
+    dry = run(HFGenerator, model)
+    stops = [dry[0][2]]  # a token the model does emit early: min_new_tokens would hold it back
+    want = run(HFGenerator, model)
+    assert want == run(CachedGenerator, model)
+    assert run(HFGenerator, model_with_generation_defaults) == want
+    assert run(CachedGenerator, model_with_generation_defaults) == want
+    assert model_with_generation_defaults.generation_config.repetition_penalty == 1.05  # left as it was
 
 
 def test_rollout_releases_caches_and_engine_is_selectable(model, tokenizer):

@@ -10,11 +10,13 @@ what it samples does not depend on which other episodes share its batch, its pro
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from transformers import (
+    GenerationConfig,
     LogitsProcessor,
     LogitsProcessorList,
     TemperatureLogitsWarper,
@@ -59,7 +61,12 @@ class Generator(Protocol):
 
 
 class HFGenerator:
-    """`model.generate` over a left-padded batch of full contexts."""
+    """`model.generate` over a left-padded batch of full contexts.
+
+    It samples exactly the policy the loss scores: softmax at `temperature`, restricted to the top-p nucleus,
+    and nothing else, whatever the model's own `generation_config` holds (Qwen2.5-Instruct ships
+    `repetition_penalty: 1.05`; others ship `top_k`, `no_repeat_ngram_size`, `suppress_tokens`, ...).
+    """
 
     def __init__(self, model, pad_id: int):
         self.model, self.pad_id = model, pad_id
@@ -74,25 +81,47 @@ class HFGenerator:
             ids[i, width - len(c):] = torch.tensor(c)
             mask[i, width - len(c):] = 1
         sample = params.temperature > 0
+        processors = LogitsProcessorList()
         if sample and params.seeds is not None:
             # Per-row streams: HF's own sampler draws for the whole batch from one generator.
-            sampler = SeededSampler(params.seeds, params.temperature, params.top_p)
-            mode = {"do_sample": False, "temperature": None, "top_p": None, "top_k": None,
-                    "logits_processor": LogitsProcessorList([sampler])}
-        else:
-            # top_k=0: no hidden top-k from the model's generation_config; the policy is sampled as scored.
-            mode = {"do_sample": sample, "temperature": params.temperature if sample else None,
-                    "top_p": params.top_p if sample else None, "top_k": 0 if sample else None}
+            processors.append(SeededSampler(params.seeds, params.temperature, params.top_p))
+            sample = False
+        # top_k=0: the global default (50) would cut the distribution the loss scores.
+        settings = GenerationConfig(
+            max_new_tokens=params.max_new_tokens, eos_token_id=list(stop_ids), pad_token_id=self.pad_id,
+            do_sample=sample, temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None, top_k=0 if sample else None,
+        )
         was_training = self.model.training
         self.model.eval()
         try:
-            out = self.model.generate(
-                input_ids=ids.to(device), attention_mask=mask.to(device), max_new_tokens=params.max_new_tokens,
-                eos_token_id=stop_ids, pad_token_id=self.pad_id, **mode,
-            )
+            with _no_model_generation_defaults(self.model):
+                out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
+                                          generation_config=settings, logits_processor=processors)
         finally:
             self.model.train(was_training)
         return [cut_at_stop(row.tolist(), stop_ids) for row in out[:, width:].cpu()]
+
+
+@contextmanager
+def _no_model_generation_defaults(model):
+    """For the duration, the model's `generation_config` holds the library defaults only.
+
+    `model.generate` fills every setting its `generation_config` argument leaves unset (None) from the model's
+    own, and several logits processors are only turned off by leaving them unset (`suppress_tokens`,
+    `bad_words_ids`, ...), so passing our settings alone does not keep the model's out. The object is reset in
+    place, not replaced: a PEFT wrapper forwards `generation_config` to its base model's and copies it there
+    in `generate`, so in-place is what every wrapper sees.
+    """
+    held = model.generation_config
+    saved = dict(vars(held))
+    vars(held).clear()
+    vars(held).update(vars(GenerationConfig()))
+    try:
+        yield
+    finally:
+        vars(held).clear()
+        vars(held).update(saved)
 
 
 class SeededSampler(LogitsProcessor):
