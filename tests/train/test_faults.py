@@ -20,7 +20,7 @@ from igpo.train.invariants import InvariantError
 from tests.conftest import FACTS, QUESTIONS
 from tests.retrieval.conftest import ThreadServer
 from tests.scripted import ScriptedGenerator
-from tests.train.test_trainer import SCRIPTS, make_cfg
+from tests.train.test_trainer import SCRIPTS, SEARCH, make_cfg
 
 pytestmark = pytest.mark.integration
 
@@ -73,8 +73,13 @@ def test_nan_weights_stop_the_run_naming_the_phase(tmp_path, tiny_model_dir, cor
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def test_a_tool_that_repeats_the_probe_stops_the_run(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
-    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file)
+def probe_scripts(scaffold: str) -> dict[str, list[list[str]]]:
+    """Every episode searches, then writes the probe's words before its answer."""
+    return {q: [[SEARCH.format("Eiffel Tower")], [f"{scaffold}{answers[0]}</answer>"]] for _, q, answers in QUESTIONS}
+
+
+def probe_trainer(cfg, tokenizer):
+    """A policy and a search tool that both write the probe text (scaffold + every gold answer)."""
     probes = "\n".join(cfg.algorithm.scaffold + a for _, _, answers in QUESTIONS for a in answers)
 
     class Leaky(SearchTool):
@@ -82,8 +87,29 @@ def test_a_tool_that_repeats_the_probe_stops_the_run(tmp_path, tiny_model_dir, c
             return [ToolResult(probes) for _ in arguments]
 
     toolbox = Toolbox([Leaky(BM25Retriever([Passage(*f) for f in FACTS]))])
+    fmt = trainer_module.make_chat_format(cfg, tokenizer, toolbox)
+    gen = ScriptedGenerator(tokenizer, fmt, probe_scripts(cfg.algorithm.scaffold))
+    return trainer_module.Trainer(cfg, toolbox=toolbox, generator=gen)
+
+
+@pytest.mark.parametrize("estimator", ["igpo", "grpo"])
+def test_a_policy_and_a_tool_that_write_the_probe_do_not_stop_the_run(tmp_path, tiny_model_dir, corpus_file, qa_file,
+                                                                     tokenizer, estimator):
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, f"algorithm.estimator={estimator}",
+                   "trainer.steps=2")
+    probe_trainer(cfg, tokenizer).fit()
+    r = rows(tmp_path / "run")
+    assert [x["step"] for x in r] == [0, 1] and all(x["outcome_reward"] == 1.0 and x["tool_calls"] == 6 for x in r)
+
+
+def test_a_probe_left_in_the_template_stops_the_run(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file)
+    trainer = probe_trainer(cfg, tokenizer)
+    fmt = trainer.fmt  # a stale probe buffer: every probe of the data set in the ids written after a tool result
+    stale = [i for _, _, answers in QUESTIONS for a in answers for i in fmt.scaffold_ids + fmt.answer_ids(a)]
+    fmt.tool_post_ids = stale + fmt.tool_post_ids
     with pytest.raises(InvariantError, match="the belief probe .*appears in the policy context"):
-        make_trainer(cfg, tokenizer, toolbox).fit()
+        trainer.fit()
     assert rows(tmp_path / "run") == []  # stopped in step 0, before its row
 
 

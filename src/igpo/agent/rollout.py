@@ -229,13 +229,16 @@ def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_c
         for (i, _), res in zip(calls, results):
             tr, turn = trajs[i], trajs[i].turns[-1]
             turn.tool_result, turn.tool_error = res.text, res.error
-            obs = fmt.close_generation(tr.ids[turn.gen_start:turn.gen_end]) + fmt.tool_message_ids(res.text)
+            close = fmt.close_generation(tr.ids[turn.gen_start:turn.gen_end])
+            obs = close + fmt.tool_message_ids(res.text)
             if len(tr.ids) + len(obs) >= max_context:
                 # No room for the result and a next turn: the episode ends without an answer.
                 tr.finish = "max_context"
                 continue
+            result_start = len(tr.ids) + len(close) + len(fmt.tool_pre_ids)
             tr.ids.extend(obs)
             turn.end = len(tr.ids)
+            turn.result_span = (result_start, turn.end - len(fmt.tool_post_ids))
             still.append(i)
         active = still
     return trajs

@@ -1,8 +1,9 @@
 """The trajectory: token ids exactly as sampled and as tool results were tokenized, never re-tokenized.
 
 Layout of `ids`: prompt | turn 1: generated ids, template close, tool message, next assistant opening | turn 2 ...
-Each `Turn` records the span of ids the policy sampled; the loss mask and per-token turn index are derived
-from those spans, so they cannot drift from the ids.
+Each `Turn` records the span of ids the policy sampled and the span of its tool result's own ids; the loss
+mask, the per-token turn index and the ids the rollout wrote itself are derived from those spans, so they
+cannot drift from the ids.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ class Turn:
     action: Action
     tool_result: str | None = None
     tool_error: str | None = None
+    result_span: tuple[int, int] | None = None  # ids[a:b]: the tool result's text, without the template around it
     logprobs: list[float] | None = None  # the rollout engine's log-prob of each id in ids[gen_start:gen_end]
 
 
@@ -52,6 +54,19 @@ class Trajectory:
         for t in self.turns:
             mask[t.gen_start:t.gen_end] = [True] * (t.gen_end - t.gen_start)
         return mask
+
+    def rollout_spans(self) -> list[tuple[int, int]]:
+        """[(a, b)] the runs of ids the rollout wrote itself: the prompt (template and question) and the template
+        ids between turns (end of a generation, tool message around its result, next assistant opening); neither
+        what the policy sampled nor a tool result's text."""
+        other = sorted([(t.gen_start, t.gen_end) for t in self.turns]
+                       + [t.result_span for t in self.turns if t.result_span is not None])
+        spans, pos = [], 0
+        for a, b in other + [(len(self.ids), len(self.ids))]:
+            if a > pos:
+                spans.append((pos, a))
+            pos = max(pos, b)
+        return spans
 
     def rollout_logprobs(self) -> list[float] | None:
         """[L] the rollout engine's log-prob of each generated token, 0 elsewhere; None if it recorded none."""

@@ -43,18 +43,26 @@ def _norm(text: str) -> str:
 
 def check_no_probe_leak(tr: Trajectory, tokenizer, scaffold: str, scaffold_ids: list[int],
                         answers_ids: list[list[int]], where: str) -> None:
-    """The belief probe (scaffold followed by a gold answer) never appears in a policy context.
+    """The belief probe (scaffold followed by a gold answer) was never written into a policy context by us.
 
-    Retrieved passages may contain the answer; only the probe itself is forbidden. Checked on the ids and on
-    the decoded text (a leak could be tokenized differently)."""
-    ids = tr.ids
-    for ans_ids in answers_ids:
-        probe = scaffold_ids + ans_ids
-        n = len(probe)
-        for k in range(len(ids) - n + 1):
-            if ids[k] == probe[0] and ids[k:k + n] == probe:
-                raise InvariantError(f"{where}: the belief probe appears in the policy context at token {k}")
-    text = _norm(tokenizer.decode(ids))
-    for ans in tr.example.answers:
-        if _norm(scaffold + ans) in text:
-            raise InvariantError(f"{where}: the belief probe text {_norm(scaffold + ans)!r} appears in the policy context")
+    The probe is built only by belief scoring, as `scaffold_ids + answer ids` after a copy of a context prefix;
+    the defect this guards against is that buffer leaking into the context the next turn is generated from (the
+    official code left stale probe tokens there). Such a leak can only land in ids the rollout writes itself:
+    the prompt and the template ids between turns (`Trajectory.rollout_spans`), so only those are searched, each
+    run on its own, on the ids and on the decoded text (a leak could be tokenized differently). The policy's own
+    sampled text and a tool result's text are not searched: the policy may well write the scaffold's words
+    ("Now there's enough information to answer </think> <answer> London"), and a retrieved page may hold the
+    answer after any words; neither is the probe, and stopping the run on them would stop it on model output."""
+    for a, b in tr.rollout_spans():
+        ids = tr.ids[a:b]
+        for ans_ids in answers_ids:
+            probe = scaffold_ids + ans_ids
+            n = len(probe)
+            for k in range(len(ids) - n + 1):
+                if ids[k] == probe[0] and ids[k:k + n] == probe:
+                    raise InvariantError(f"{where}: the belief probe appears in the policy context at token {a + k}")
+        text = _norm(tokenizer.decode(ids))
+        for ans in tr.example.answers:
+            if _norm(scaffold + ans) in text:
+                raise InvariantError(f"{where}: the belief probe text {_norm(scaffold + ans)!r} appears in the policy "
+                                     f"context (tokens {a}..{b})")

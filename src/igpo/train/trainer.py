@@ -400,10 +400,11 @@ class Trainer:
         ig_on = self.estimator.uses_ig and self.ig_gate.on()
         if ig_on:
             self.score_beliefs(trajs, timer)
-        if self.cfg.trainer.check_invariants:
-            for b, tr in enumerate(trajs):
-                check_no_probe_leak(tr, self.tok, a.scaffold, self.fmt.scaffold_ids, self.answer_ids(tr.example),
-                                    f"step {step}, rollout {b}")
+            # Without beliefs no probe is ever built: there is nothing that could leak.
+            if self.cfg.trainer.check_invariants:
+                for b, tr in enumerate(trajs):
+                    check_no_probe_leak(tr, self.tok, a.scaffold, self.fmt.scaffold_ids,
+                                        self.answer_ids(tr.example), f"step {step}, rollout {b}")
         # Nothing below is collective until `faults.agree`: a rank that finds a NaN goes straight there, and
         # every rank skips the step if any rank found one.
         fault = faults.finite_or_fault([p for tr in trajs for p in tr.beliefs or []], step, "beliefs", "beliefs")
