@@ -109,3 +109,20 @@ def test_the_authors_later_options_in_a_step(tmp_path, tiny_model_dir, corpus_fi
     assert 0.5 ** 0.5 - 1e-6 <= m["gamma_effective"] <= 0.95 + 1e-6
     assert m["turns_min"] <= m["turns"] <= m["turns_max"]
     assert 0 < m["ig_rollout_share"] <= 1 and {"ig_raw_mean", "ig_raw_std", "ig_raw_positive_share"} <= set(m)
+
+
+def test_empty_scaffold_packed_beliefs_equal_reference(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
+    """`algorithm.scaffold: ''` in a trainer step: both belief implementations score the same probe."""
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "algorithm.scaffold=''")
+    toolbox = make_toolbox(cfg)
+    trainer = Trainer(cfg, toolbox=toolbox,
+                      generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS))
+    assert trainer.fmt.scaffold_ids == []
+    trajs = trainer.collect(0, Timer())
+    beliefs = {}
+    for impl in ("packed", "reference"):
+        trainer.cfg = cfg.model_copy(update={"algorithm": cfg.algorithm.model_copy(update={"belief_impl": impl})})
+        trainer.score_beliefs(trajs, Timer())
+        beliefs[impl] = torch.tensor([b for tr in trajs for b in tr.beliefs or []])
+    assert len(beliefs["packed"]) > 0
+    torch.testing.assert_close(beliefs["packed"], beliefs["reference"], atol=1e-4, rtol=0)

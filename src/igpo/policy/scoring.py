@@ -85,9 +85,12 @@ def _pack(q: BeliefQuery, scaffold: list[int]) -> _Packed:
         # The scaffold is the same for every alias: it is fed once per prefix and the aliases attend to it.
         s0 = append(scaffold, p, [(0, p)])
         s1 = s0 + len(scaffold)
+        # The column that predicts the first answer id: the scaffold's last, or with an empty scaffold
+        # (`algorithm.scaffold: ''`) the prefix's last.
+        first = s1 - 1 if scaffold else p - 1
         for ans in q.answers:
             a0 = append(ans, p + len(scaffold), [(0, p), (s0, s1)])
-            row.scores.append(([s1 - 1] + list(range(a0, a0 + len(ans) - 1)), list(ans)))
+            row.scores.append(([first] + list(range(a0, a0 + len(ans) - 1)), list(ans)))
     return row
 
 
