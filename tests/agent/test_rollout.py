@@ -36,9 +36,11 @@ def test_multi_turn_trajectory_is_token_exact(setup, tokenizer):
     obs_start = t1.gen_end + len(fmt.close_generation(tr.ids[t1.gen_start:t1.gen_end]))
     assert tr.ids[obs_start:t1.end] == fmt.tool_message_ids(t1.tool_result)
     assert tr.ids[slice(*t1.result_span)] == fmt.encode_text(t1.tool_result) and t2.result_span is None
-    # What the rollout wrote itself: the prompt, then the template around the tool result and after the answer.
-    assert tr.rollout_spans() == [(0, tr.prompt_len), (t1.gen_end, t1.result_span[0]), (t1.result_span[1], t1.end),
-                                  (t2.gen_end, t2.end)]
+    # What the rollout wrote from the template: around the question, around the tool result, after the answer.
+    q0, q1 = tr.question_span
+    assert tr.ids[q0:q1] == fmt.encode_text(Q)
+    assert tr.rollout_spans() == [(0, q0), (q1, tr.prompt_len), (t1.gen_end, t1.result_span[0]),
+                                  (t1.result_span[1], t1.end), (t2.gen_end, t2.end)]
     assert "Eiffel Tower" in t1.tool_result and t2.gen_start == t1.end
     mask, turns = tr.loss_mask(), tr.token_turns()
     assert sum(mask) == (t1.gen_end - t1.gen_start) + (t2.gen_end - t2.gen_start)

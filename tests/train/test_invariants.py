@@ -55,3 +55,15 @@ def test_a_probe_in_what_the_rollout_writes_is_a_leak(tokenizer, where):
         tr, fmt = episode(tokenizer, stale_probe=True)
     with pytest.raises(InvariantError, match="rollout 0: the belief probe .*appears in the policy context"):
         check(tr, fmt, tokenizer)
+
+
+def test_a_question_that_holds_its_answer_is_no_leak_even_with_an_empty_scaffold(tokenizer):
+    """With `algorithm.scaffold: ''` the probe is the bare answer, which a (comparison) question may hold."""
+    box = Toolbox([])
+    fmt = ChatFormat(tokenizer, DEFAULT_SYSTEM_PROMPT, box.schemas(), "")
+    question = "Which is older, Big Ben or the Colosseum?"
+    gen = ScriptedGenerator(tokenizer, fmt, {question: [["<answer>Colosseum</answer>"]]})
+    (tr,) = rollout([QAExample("q", question, ["Colosseum"])], [0], gen, fmt, box, SamplingParams(64), 3, 4096)
+    assert fmt.scaffold_ids == [] and tr.answer == "Colosseum"
+    assert tr.ids[slice(*tr.question_span)] == fmt.encode_text(question)
+    check_no_probe_leak(tr, tokenizer, "", [], [fmt.answer_ids("Colosseum")], "rollout 0")

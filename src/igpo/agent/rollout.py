@@ -188,8 +188,10 @@ def rollout(
 def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context, seeds) -> list[Trajectory]:
     trajs = []
     for ex, g in zip(examples, groups):
-        ids = fmt.prompt_ids(ex.question)
-        trajs.append(Trajectory(example=ex, group=g, ids=ids, prompt_len=len(ids)))
+        pre, question, post = fmt.prompt_parts(ex.question)
+        ids = pre + question + post
+        trajs.append(Trajectory(example=ex, group=g, ids=ids, prompt_len=len(ids),
+                                question_span=(len(pre), len(pre) + len(question))))
     tok = fmt.tokenizer
     active = []
     for i, tr in enumerate(trajs):

@@ -149,12 +149,17 @@ class ChatFormat:
 
     def prompt_ids(self, question: str) -> list[int]:
         """System + user turn + the opening of the first assistant turn."""
+        pre, q, post = self.prompt_parts(question)
+        return pre + q + post
+
+    def prompt_parts(self, question: str) -> tuple[list[int], list[int], list[int]]:
+        """`prompt_ids` in three parts: the template before the question, the question, the template after it."""
         text = self._render(
             [{"role": "system", "content": self.system_prompt}, {"role": "user", "content": _MARK}],
             add_generation_prompt=True,
         )
         pre, post = text.split(_MARK)
-        return self._encode_template(pre) + self.encode_text(question) + self._encode_template(post)
+        return self._encode_template(pre), self.encode_text(question), self._encode_template(post)
 
     def close_generation(self, generated: list[int]) -> list[int]:
         """Template ids that complete an assistant message after the sampled ids (not trained on)."""

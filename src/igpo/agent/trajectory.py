@@ -2,7 +2,7 @@
 
 Layout of `ids`: prompt | turn 1: generated ids, template close, tool message, next assistant opening | turn 2 ...
 Each `Turn` records the span of ids the policy sampled and the span of its tool result's own ids; the loss
-mask, the per-token turn index and the ids the rollout wrote itself are derived from those spans, so they
+mask, the per-token turn index and the ids the rollout wrote from the template are derived from those spans, so they
 cannot drift from the ids.
 """
 from __future__ import annotations
@@ -35,6 +35,7 @@ class Trajectory:
     turns: list[Turn] = field(default_factory=list)
     finish: str = "running"  # answer | format_error | max_turns | max_context
     beliefs: list[float] | None = None  # p_0 .. p_{T-1}: belief after the prompt and after each non-final turn
+    question_span: tuple[int, int] | None = None  # ids[a:b]: the question's text, inside the prompt
 
     @property
     def num_turns(self) -> int:
@@ -56,11 +57,11 @@ class Trajectory:
         return mask
 
     def rollout_spans(self) -> list[tuple[int, int]]:
-        """[(a, b)] the runs of ids the rollout wrote itself: the prompt (template and question) and the template
-        ids between turns (end of a generation, tool message around its result, next assistant opening); neither
-        what the policy sampled nor a tool result's text."""
-        other = sorted([(t.gen_start, t.gen_end) for t in self.turns]
-                       + [t.result_span for t in self.turns if t.result_span is not None])
+        """[(a, b)] the runs of ids the rollout wrote from the chat template: the prompt around the question and
+        the ids between turns (end of a generation, tool message around its result, next assistant opening);
+        not the text of the question, of what the policy sampled or of a tool result."""
+        texts = [t.result_span for t in self.turns] + [self.question_span]
+        other = sorted([(t.gen_start, t.gen_end) for t in self.turns] + [s for s in texts if s is not None])
         spans, pos = [], 0
         for a, b in other + [(len(self.ids), len(self.ids))]:
             if a > pos:

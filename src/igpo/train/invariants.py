@@ -47,12 +47,14 @@ def check_no_probe_leak(tr: Trajectory, tokenizer, scaffold: str, scaffold_ids: 
 
     The probe is built only by belief scoring, as `scaffold_ids + answer ids` after a copy of a context prefix;
     the defect this guards against is that buffer leaking into the context the next turn is generated from (the
-    official code left stale probe tokens there). Such a leak can only land in ids the rollout writes itself:
-    the prompt and the template ids between turns (`Trajectory.rollout_spans`), so only those are searched, each
-    run on its own, on the ids and on the decoded text (a leak could be tokenized differently). The policy's own
-    sampled text and a tool result's text are not searched: the policy may well write the scaffold's words
-    ("Now there's enough information to answer </think> <answer> London"), and a retrieved page may hold the
-    answer after any words; neither is the probe, and stopping the run on them would stop it on model output."""
+    official code left stale probe tokens there). Such a leak lands among the ids the rollout writes from the
+    chat template: the prompt around the question and the ids between turns (`Trajectory.rollout_spans`), so
+    only those are searched, each run on its own, on the ids and on the decoded text (a leak could be tokenized
+    differently). The text of the question, of the policy's own generations and of tool results is not
+    searched: the policy may well write the scaffold's words ("Now there's enough information to answer
+    </think> <answer> London"), a retrieved page may hold them, and a question may hold its answer (with an
+    empty scaffold the probe is the bare answer); none of them is the probe, and stopping the run on them would
+    stop it on model output or data."""
     for a, b in tr.rollout_spans():
         ids = tr.ids[a:b]
         for ans_ids in answers_ids:
