@@ -16,7 +16,7 @@ from igpo.policy.vllm_engine import (
 )
 from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
 from tests.scripted import ScriptedGenerator
-from tests.train.test_trainer import SCRIPTS, make_cfg
+from tests.train.test_trainer import SCRIPTS, make_cfg, prompt_lengths
 
 
 class FakeEngine:
@@ -109,3 +109,20 @@ def test_tis_without_rollout_logprobs_is_a_config_error(tmp_path, tiny_model_dir
     gen = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
     with pytest.raises(ConfigError, match="algorithm.tis_cap"):
         Trainer(cfg, toolbox=toolbox, generator=gen).fit()
+
+
+@pytest.mark.integration
+def test_an_episode_without_turns_keeps_the_batchs_sampling_logprobs(tmp_path, tiny_model_dir, corpus_file, qa_file,
+                                                                    tokenizer):
+    # The longest prompt alone fills the context: that question's episodes have no turn, the others generate.
+    lengths = prompt_lengths(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer)
+    full = max(lengths)
+    assert sorted(lengths)[-2] < full
+    trainer = _trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, "algorithm.tis_cap=1.5",
+                       f"rollout.max_context={full}")
+    rows = trainer.fit()  # two steps: all four questions, one of them without turns
+    assert sum(r["finish"].get("max_context", 0) for r in rows) >= 3
+    for r in rows:
+        assert r["generated_tokens"] > 0
+        assert r["tis_weight"] == pytest.approx(1.5)
+        assert r["rollout_lp_abs_diff"] == pytest.approx(1.0, abs=1e-4)

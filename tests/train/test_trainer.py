@@ -126,3 +126,27 @@ def test_empty_scaffold_packed_beliefs_equal_reference(tmp_path, tiny_model_dir,
         beliefs[impl] = torch.tensor([b for tr in trajs for b in tr.beliefs or []])
     assert len(beliefs["packed"]) > 0
     torch.testing.assert_close(beliefs["packed"], beliefs["reference"], atol=1e-4, rtol=0)
+
+
+def prompt_lengths(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer) -> list[int]:
+    """The prompt length of each question of `QUESTIONS` under `make_cfg`'s chat format."""
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file)
+    fmt = make_chat_format(cfg, tokenizer, make_toolbox(cfg))
+    return [len(fmt.prompt_ids(q)) for _, q, _ in QUESTIONS]
+
+
+@pytest.mark.parametrize("estimator", ["igpo", "grpo"])
+def test_a_step_whose_prompts_fill_the_context_scores_the_format_penalty(tmp_path, tiny_model_dir, corpus_file,
+                                                                        qa_file, tokenizer, estimator):
+    """Every prompt alone fills `rollout.max_context`: episodes without a turn, no token to train on."""
+    full = min(prompt_lengths(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer))
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, f"rollout.max_context={full}",
+                   f"algorithm.estimator={estimator}", "trainer.steps=1")
+    toolbox = make_toolbox(cfg)
+    gen = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
+    trainer = Trainer(cfg, toolbox=toolbox, generator=gen)
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    (m,) = trainer.fit()
+    assert gen.calls == 0 and m["finish"] == {"max_context": 6} and m["turns"] == 0 and m["generated_tokens"] == 0
+    assert m["outcome_reward"] == cfg.algorithm.format_penalty and m["adv_abs_mean"] == 0.0
+    assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # nothing to learn from

@@ -10,8 +10,8 @@ from igpo.agent.trajectory import Trajectory
 
 def collate(trajs: Sequence[Trajectory], pad_id: int, loss_masks: Sequence[list[bool]] | None = None) -> dict[str, torch.Tensor]:
     """Right-padded batch: ids [B, L], attn [B, L], loss_mask [B, L] (bool), turns [B, L] (-1 = prompt or pad),
-    prompt_len [B], and rollout_lp [B, L] (float, 0 outside generations) when every trajectory recorded its
-    sampling log-probs. `loss_masks` overrides each trajectory's own mask (SFT trains on some turns only)."""
+    prompt_len [B], and rollout_lp [B, L] (float, 0 outside generations) when every trajectory that generated
+    recorded its sampling log-probs. `loss_masks` overrides each trajectory's own mask (SFT trains on some turns only)."""
     L = max(len(tr.ids) for tr in trajs)
     B = len(trajs)
     ids = torch.full((B, L), pad_id, dtype=torch.long)
@@ -26,9 +26,11 @@ def collate(trajs: Sequence[Trajectory], pad_id: int, loss_masks: Sequence[list[
         turns[b, :n] = torch.tensor(tr.token_turns())
     prompt_len = torch.tensor([tr.prompt_len for tr in trajs])
     out = {"ids": ids, "attn": attn, "loss_mask": loss_mask, "turns": turns, "prompt_len": prompt_len}
-    sampled = [tr.rollout_logprobs() for tr in trajs]
-    if all(lp is not None for lp in sampled):  # the engine's log-probs (vLLM), for TIS and the mismatch metric
+    # The engine's log-probs (vLLM), for TIS and the mismatch metric. An episode without turns (its prompt filled
+    # the context) sampled nothing: it has nothing to record, and its row stays 0.
+    sampled = {b: tr.rollout_logprobs() for b, tr in enumerate(trajs) if tr.turns}
+    if sampled and all(lp is not None for lp in sampled.values()):
         out["rollout_lp"] = torch.zeros((B, L))
-        for b, lp in enumerate(sampled):
+        for b, lp in sampled.items():
             out["rollout_lp"][b, : len(lp)] = torch.tensor(lp)
     return out

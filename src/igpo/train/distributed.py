@@ -272,8 +272,9 @@ def gather_step(d: Dist, trajs: list, rewards: torch.Tensor, turn_mask: torch.Te
         return torch.cat([torch.nn.functional.pad(p[k], (0, T - p[k].shape[1])) for p in parts])
 
     merged_losses = {}
-    for key in parts[0][5]:
-        vals = [p[5][key] for p in parts]
+    for key in dict.fromkeys(k for p in parts for k in p[5]):
+        # A rate is missing on a rank whose episodes generated no token (their prompts filled the context).
+        vals = [p[5][key] for p in parts if key in p[5]]
         if key in SUMMED_LOSSES:
             merged_losses[key] = sum(vals)
         elif key in SHARED_LOSSES:

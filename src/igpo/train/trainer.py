@@ -258,12 +258,18 @@ class Trainer:
     def turn_rewards(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         """turn rewards [B, T], turn mask [B, T], outcome per rollout."""
         a = self.cfg.algorithm
-        T = max(tr.num_turns for tr in trajs)
+        T = max(1, max(tr.num_turns for tr in trajs))
         rewards = torch.zeros(len(trajs), T)
         mask = torch.zeros(len(trajs), T, dtype=torch.bool)
         outcomes = []
         for b, tr in enumerate(trajs):
             n = tr.num_turns
+            if n == 0:
+                # The prompt alone filled rollout.max_context: no answer, so the format penalty as outcome, but no
+                # turn to carry it and no token to train on. (All rollouts of a question share its prompt, so
+                # the whole group is like this: no advantage, and none taken from another group.)
+                outcomes.append(outcome_reward(None, tr.example.answers, a.format_penalty, a.f1_mode))
+                continue
             mask[b, :n] = True
             if tr.beliefs is not None:
                 lp = torch.tensor(tr.beliefs)
@@ -319,15 +325,19 @@ class Trainer:
         adv = batch["adv"][rows, :length].to(dev)
         old = lp.detach() if on_policy else batch["old_lp"][rows, :length].to(dev)
         pg, clipped = ppo_policy_loss(lp, old, adv, a.clip_eps, a.dual_clip)
+        # Means over this micro-batch's tokens; one without any (its episodes had no turn) has none to report.
+        generated = bool(mask.any())
         if "rollout_lp" in batch:  # the engine's sampling log-probs (vLLM)
             rollout_lp = batch["rollout_lp"][rows, :length].to(dev)
             n = mask.sum().clamp(min=1)
-            stats["rollout_lp_abs_diff"].append(float(((old - rollout_lp).abs() * mask).sum() / n))
+            if generated:
+                stats["rollout_lp_abs_diff"].append(float(((old - rollout_lp).abs() * mask).sum() / n))
             if a.tis_cap is not None:
                 w = tis_weights(old, rollout_lp, a.tis_cap)
                 pg = pg * w
-                stats["tis_weight"].append(float((w * mask).sum() / n))
-        elif a.tis_cap is not None:
+                if generated:
+                    stats["tis_weight"].append(float((w * mask).sum() / n))
+        elif a.tis_cap is not None and generated:
             raise ConfigError("algorithm.tis_cap: the rollout backend recorded no sampling log-probs "
                               "(rollout.backend=vllm records them)")
         loss = agg_loss(pg, mask, **agg)
@@ -341,7 +351,8 @@ class Trainer:
         if a.entropy_coef != 0:
             loss = loss - a.entropy_coef * ent_term
         stats["entropy"].append(float(ent_term.detach()))
-        stats["clip_frac"].append(float((clipped * mask).sum() / mask.sum().clamp(min=1)))
+        if generated:
+            stats["clip_frac"].append(float((clipped * mask).sum() / mask.sum().clamp(min=1)))
         return loss
 
     def update(self, batch: dict[str, torch.Tensor], timer: Timer) -> dict[str, float]:
@@ -483,7 +494,7 @@ class Trainer:
             "tool_error_rate": sum(errors.values()) / max(len(calls), 1),
             "tool_errors": dict(sorted(errors.items())),
             "zero_variance_groups": zero_var,
-            "adv_abs_mean": float(turn_adv[turn_mask].abs().mean()),
+            "adv_abs_mean": float(turn_adv[turn_mask].abs().mean()) if turn_mask.any() else 0.0,
             "generated_tokens": gen_tokens,
             "tokens": all_tokens,
             **losses,
