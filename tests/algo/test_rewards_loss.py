@@ -75,6 +75,19 @@ def test_aggregation_modes_and_microbatch_normalisers():
         assert parts == pytest.approx(float(whole))
 
 
+def test_only_seq_mean_token_sum_weighs_tokens_without_a_length_term():
+    """What docs/config.md states for Dr. GRPO: the weight of each token's term in the loss, per mode."""
+    m = torch.tensor([[1, 1, 1, 1], [1, 0, 0, 0]], dtype=torch.bool)  # |o| = 4 and 1, N = 2
+    weights = {}
+    for mode in ("seq-mean-token-mean", "token-mean", "seq-mean-token-sum"):
+        v = torch.ones(2, 4, requires_grad=True)
+        agg_loss(v, m, mode).backward()
+        weights[mode] = pytest.approx(v.grad[m].tolist())
+    assert [1 / 8] * 4 + [1 / 2] == weights["seq-mean-token-mean"]  # 1/(N |o_i|): the short one's token weighs 4x
+    assert [1 / 5] * 5 == weights["token-mean"]  # equal, divided by this batch's 5 tokens
+    assert [1 / 2] * 5 == weights["seq-mean-token-sum"]  # 1/N: Dr. GRPO's (1/G) Σ_i Σ_t
+
+
 def test_tis_weight_is_the_capped_ratio_without_gradient():
     old = torch.tensor([[-1.0, -2.0, -0.5, -3.0]], requires_grad=True)
     rollout = torch.tensor([[-1.0, -2.0 - 0.4, -0.5 + 0.3, -3.0 - 5.0]])

@@ -14,9 +14,11 @@ def agg_loss(values: torch.Tensor, mask: torch.Tensor, mode: str, num_seqs: floa
 
     `num_seqs` / `num_tokens` are the sizes of the whole mini-batch when it is split into micro-batches, so
     that the accumulated gradient equals the mini-batch's; by default this batch's own sizes.
-    - token-mean: Σ v / #tokens
-    - seq-mean-token-mean (paper, 1/|o_i|): Σ_seq mean_tokens(v) / #seqs
-    - seq-mean-token-sum: Σ_seq Σ_tokens v / #seqs
+    - token-mean (DAPO): Σ v / #tokens; every token weighs the same, the divisor varies with the batch's lengths
+    - seq-mean-token-mean (GRPO/IGPO papers, 1/|o_i|): Σ_seq mean_tokens(v) / #seqs; a short sequence's tokens
+      weigh more (Dr. GRPO's length bias)
+    - seq-mean-token-sum: Σ_seq Σ_tokens v / #seqs; no length term (Dr. GRPO's objective, without the constant
+      divisor its code adds)
     """
     m = mask.float()
     if mode == "token-mean":
