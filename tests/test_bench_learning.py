@@ -7,8 +7,8 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from igpo.bench.learning import (_steps_to_reach, advantage_signal, included_runs, load_bench_config, paired_vs_grpo,
-                                 regime)
+from igpo.bench.learning import (_start_scores, _steps_to_reach, advantage_signal, aggregate, included_runs,
+                                 load_bench_config, paired_vs_grpo, regime)
 from igpo.cli import app
 from igpo.config import ConfigError
 from igpo.train.faults import KILL_ENV
@@ -211,6 +211,39 @@ def test_include_merges_only_comparable_results(tmp_path, tiny_model_dir, corpus
     (tmp_path / "notes.json").write_text("[1, 2]")
     with pytest.raises(ConfigError, match="notes.json: not a results.json"):
         included_runs(bench.model_copy(update={"include": [str(tmp_path / "notes.json")]}), start, regime(cfg))
+
+
+def _evaluation(calls: dict[str, float]) -> dict:
+    """An `evaluate` result whose sources have these tool calls per question (overall: their mean)."""
+    def summary(c: float) -> dict:
+        return {"n": 2, "f1": 0.5, "em": 0.5, "tool_calls": c}
+
+    return {"overall": summary(sum(calls.values()) / len(calls)),
+            "by_source": {s: summary(c) for s, c in calls.items()}, "rows": []}
+
+
+def test_results_carry_tool_calls_by_source_for_the_start_and_every_run(tmp_path, tiny_model_dir, corpus_file,
+                                                                        plans_file):
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["grpo"])
+    bench, cfg = load_bench_config(path, ["bench.seeds=[0, 1]"])
+    out = tmp_path / "bench"
+    out.mkdir()
+    (out / "step0_dev.json").write_text(json.dumps(_evaluation({"vfb/single": 2.0, "vfb/three": 2.0})))
+    (out / "step0_test.json").write_text(json.dumps(_evaluation({"vfb/single": 2.0, "vfb/three": 1.0})))
+    for seed, calls in ((0, {"vfb/single": 1.0, "vfb/three": 3.0}), (1, {"vfb/single": 1.5, "vfb/three": 2.0})):
+        run = out / f"grpo-s{seed}"
+        run.mkdir()
+        test = _evaluation(calls)
+        (run / "done.json").write_text(json.dumps({"test": {k: test[k] for k in ("overall", "by_source")}}))
+    result = aggregate(bench, cfg, *_start_scores(bench))
+    assert result["start"]["tool_calls"] == {"dev": {"vfb/single": 2.0, "vfb/three": 2.0, "overall": 2.0},
+                                             "test": {"vfb/single": 2.0, "vfb/three": 1.0, "overall": 1.5}}
+    runs = result["runs"]["grpo"]
+    assert runs["0"]["test_tool_calls"] == {"vfb/single": 1.0, "vfb/three": 3.0, "overall": 2.0}
+    assert runs["1"]["test_tool_calls"] == {"vfb/single": 1.5, "vfb/three": 2.0, "overall": 1.75}
+    assert result["summary"]["grpo"]["test_tool_calls_mean"] == {"vfb/single": 1.25, "vfb/three": 2.5,
+                                                                 "overall": 1.875}
+    assert json.loads((out / "results.json").read_text())["start"]["tool_calls"] == result["start"]["tool_calls"]
 
 
 def test_report_only_without_finished_runs_names_the_folder(tmp_path, tiny_model_dir, corpus_file, plans_file):

@@ -77,6 +77,14 @@ def test_demo_pipeline_at_tiny_scale_and_rerun_resumes(tmp_path, tiny_model_dir,
     demo = json.loads((out / "demo.json").read_text())
     assert demo["before"]["overall"]["n"] == 2 and "valid_generation_rate" in demo["after"]["overall"]
     assert set(demo["seconds"]) >= {"data", "index", "sft", "eval_before", "train", "eval_after"}
+    # tool calls per question by source, before and after training: in demo.json and in the printed summary
+    for tag in ("before", "after"):
+        calls = demo["tool_calls"][tag]
+        assert calls == {"toy": demo[tag]["by_source"]["toy"]["tool_calls"],
+                         "overall": demo[tag]["overall"]["tool_calls"]}
+    toy = [f"{demo['tool_calls'][tag]['toy']:.2f}" for tag in ("before", "after")]
+    assert "tool calls / question    before     after" in res.output
+    assert ["toy", *toy] in [line.split() for line in res.output.splitlines()]
     assert (out / "report.html").is_file() and "dev F1" in res.output and "report.html" in res.output
     assert "after igpo," in " ".join(res.output.split())  # the summary names the estimator that trained
     assert not (tmp_path / "unused").exists()  # nothing to build: the config reads no VitalFactbook file

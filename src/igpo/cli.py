@@ -259,7 +259,7 @@ def demo(
 
     from igpo.config import load_config
     from igpo.data.loaders import load_qa
-    from igpo.eval.evaluate import evaluate
+    from igpo.eval.evaluate import evaluate, format_tool_calls, tool_calls_by_source
     from igpo.train.sft import sft_done
     from igpo.train.trainer import Trainer
 
@@ -310,12 +310,14 @@ def demo(
     after = run_eval("after")
     summary = {"f1_before": before["overall"]["f1"], "f1_after": after["overall"]["f1"],
                "em_before": before["overall"]["em"], "em_after": after["overall"]["em"],
+               "tool_calls": {"before": tool_calls_by_source(before), "after": tool_calls_by_source(after)},
                "sft_heldout": sft_res.get("heldout"), "seconds": {k: round(v, 1) for k, v in times.items()}}
     (out / "demo.json").write_text(json.dumps({**summary, "before": before, "after": after}, indent=1))
     from igpo.report.build import build_report
 
     where = build_report(out)
     total = time.perf_counter() - t0
+    console.print(format_tool_calls({"before": before, "after": after}), highlight=False)
     console.print(f"[bold]dev F1 {summary['f1_before']:.3f} → {summary['f1_after']:.3f}[/bold] "
                   f"(EM {summary['em_before']:.3f} → {summary['em_after']:.3f}) after {cfg.algorithm.estimator}, "
                   f"in {total / 60:.1f} min; report: {where}")

@@ -189,6 +189,7 @@ class SftConfig(_Strict):
     wasted_search_rate: float = Field(0.15, ge=0, le=1)  # share that first runs an unhelpful search
     malformed_call_rate: float = Field(0.1, ge=0, le=1)  # share that first writes a broken call and recovers
     grounded_only: bool = True  # keep a demonstration only if its searches really retrieve the bridge and answer
+    balance_hops: bool = False  # sample questions with 1, 2, 3... searches in equal shares (as far as data.train has)
     eval_size: int = Field(50, ge=0)  # held-out questions (data.eval) for format validity and tool-call rate
     out_dir: str = "runs/sft"  # the warm-started model goes to out_dir/model
     seed: int = 0

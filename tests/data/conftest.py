@@ -53,6 +53,30 @@ COUNTRIES = {
                           "Prime Minister Victor VON DOOM (since 1962)", "King Boris DOOM (since 1960)"),
     "world/xx": {"Introduction": {"Background": {"text": "The world."}}},
 }
+# Two more groups of neighbours, for version 2's three-hop chains (version 1's fixture build stays as it was).
+CHAIN_COUNTRIES = {
+    "europe/gf": _country("Grand Fenwick", "Fenwick Town", "Fenwick pounds (GFP) per US dollar -", ".gf",
+                          '"Pinot Forever"', "Ambassador Tully BASCOMBE (since 2 May 2025)", "Mount Pinot 1,200 m",
+                          "Prime Minister Rupert MOUNTJOY (since 3 June 2025)", "Duchess GLORIANA XII (since 1955)",
+                          "Tomania 300 km"),
+    "europe/tm": _country("Tomania", "Hynkelburg", "Tomanian thalers (TMT) per US dollar -", ".tm",
+                          '"March of Tomania"', "Ambassador Hannah SCHULTZ (since 6 June 2024)",
+                          "Mount Garbitsch 2,400 m",
+                          "Prime Minister Adenoid HYNKEL (since 1940)", "President Napaloni BENZINO (since 1939)",
+                          "Grand Fenwick 300 km; Osterlich 20 km"),
+    "europe/os": _country("Osterlich", "Osterburg", "Osterlich schillings (OSS) per US dollar -", ".os",
+                          '"Alpine Hymn"', "Ambassador Joe BARBER (since 7 July 2025)", "Oster Peak 3,100 m",
+                          "Prime Minister Karl HERRING (since 8 August 2025)", "President Lisa GARBE (since 2021)",
+                          "Tomania 20 km"),
+    "asia/kz": _country("Krakozhia", "Krakov City", "Krakozhian rubles (KZR) per US dollar -", ".kz",
+                        '"Song of Krakozhia"', "Ambassador Viktor NAVORSKI (since 9 September 2025)",
+                        "Mount Krak 5,000 m", "Prime Minister Amelia WARREN (since 10 October 2025)",
+                        "President Frank DIXON (since 2004)", "Zubrowka 150 km"),
+    "asia/zb": _country("Zubrowka", "Lutz", "Zubrowkan klubecks (ZUK) per US dollar -", ".zb",
+                        '"Grand Budapest Anthem"', "Ambassador Gustave HOTEL (since 11 November 2024)",
+                        "Mount Zero 2,900 m", "Prime Minister Zero MOUSTAFA (since 12 December 2025)",
+                        "President Dmitri DESGOFFE (since 2010)", "Krakozhia 150 km"),
+}
 ARTICLES = {
     "Old Bridge": {"title": "Old Bridge", "description": "Stone bridge in Ruritania",
                    "extract": "The Old Bridge crosses the river near the castle.", "topic": "Geography"},
@@ -69,6 +93,13 @@ ARTICLES = {
     "Bob Painter": {"title": "Bob Painter", "description": "Sylvanian painter (born 1950)",
                     "extract": "Bob Painter paints skies such as Blue Sky.", "topic": "People"},
     "Zero": {"title": "Zero", "description": "", "extract": "Zero is a number.", "topic": "Mathematics"},
+}
+
+CHAIN_ARTICLES = {
+    "Hynkel Palace": {"title": "Hynkel Palace", "description": "Baroque palace in Tomania",
+                      "extract": "The palace has a globe room.", "topic": "Arts"},
+    "Krakov Bridge": {"title": "Krakov Bridge", "description": "Suspension bridge in Krakozhia",
+                      "extract": "The bridge spans a wide gorge.", "topic": "Geography"},
 }
 
 

@@ -126,3 +126,25 @@ def test_run_log_resume_drops_the_samples_of_steps_that_run_again(tmp_path):
 def test_flatten_keeps_numbers_only():
     tree = {"a": 1, "b": {"c": 2.5, "d": None, "e": {"f": 3}}, "g": "text", "h": [1]}
     assert dict(flatten(tree)) == {"a": 1.0, "b/c": 2.5, "b/e/f": 3.0}
+
+
+def test_demo_table_shows_tool_calls_per_question_by_source_before_and_after(tmp_path):
+    run = write_run(tmp_path / "run")
+
+    def summary(calls):
+        return {"n": 4, "f1": 0.5, "em": 0.5, "format_error_rate": 0.0, "tool_calls": calls}
+
+    def evaluation(single, three):
+        return {"overall": summary((single + three) / 2),
+                "by_source": {"vitalfactbook/factbook_field": summary(single),
+                              "vitalfactbook/place_neighbour_attribute": summary(three)}}
+
+    (run / "demo.json").write_text(json.dumps({"before": evaluation(2.0, 2.0), "after": evaluation(1.25, 3.0)}))
+    html = build_report(run).read_text()
+    table = html.split("igpo demo: dev set before and after training")[1].split("</table>")[0]
+    assert "<th>tool calls before</th><th>tool calls after</th><th>Δ</th>" in table
+    rows = {r.split("<td>")[1].split("</td>")[0]: r for r in table.split("<tbody>")[1].split("</tr>")[:-1]}
+    assert set(rows) == {"vitalfactbook/factbook_field", "vitalfactbook/place_neighbour_attribute", "overall"}
+    assert rows["vitalfactbook/factbook_field"].endswith("<td>2.000</td><td>1.250</td><td>-0.750</td>")
+    assert rows["vitalfactbook/place_neighbour_attribute"].endswith("<td>2.000</td><td>3.000</td><td>+1.000</td>")
+    assert rows["overall"].endswith("<td>2.000</td><td>2.125</td><td>+0.125</td>")

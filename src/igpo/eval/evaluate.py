@@ -1,4 +1,4 @@
-"""Greedy evaluation over a QA set: F1 / EM overall and per `source`."""
+"""Greedy evaluation over a QA set: F1 / EM / tool calls per question, overall and per `source`."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -23,7 +23,7 @@ def _summary(rows: list[dict]) -> dict:
         "format_error_rate": float(np.mean([r["finish"] == "format_error" for r in rows])),
         "answer_rate": float(np.mean([r["answer"] is not None for r in rows])),
         "turns": float(np.mean([r["turns"] for r in rows])),
-        "tool_calls": float(np.mean([r["tool_calls"] for r in rows])),
+        "tool_calls": float(np.mean([r["tool_calls"] for r in rows])),  # well-formed calls per question
         # format validity: generations that are a well-formed tool call or a closed answer
         "valid_generation_rate": sum(r["valid_generations"] for r in rows) / max(1, sum(r["turns"] for r in rows)),
         "tool_call_rate": float(np.mean([r["tool_calls"] > 0 for r in rows])),  # questions with a well-formed call
@@ -60,3 +60,20 @@ def evaluate(generator: Generator, fmt: ChatFormat, toolbox: Toolbox, examples: 
     for row in rows:
         by_source[row["source"]].append(row)
     return {"overall": _summary(rows), "by_source": {s: _summary(v) for s, v in sorted(by_source.items())}, "rows": rows}
+
+
+def tool_calls_by_source(res: dict) -> dict[str, float]:
+    """{source: mean well-formed tool calls per question, ..., "overall": ...} of an `evaluate` result."""
+    return {**{s: v["tool_calls"] for s, v in res["by_source"].items()}, "overall": res["overall"]["tool_calls"]}
+
+
+def format_tool_calls(results: dict[str, dict]) -> str:
+    """A plain-text table of tool calls per question by source, one column per named `evaluate` result
+    ({"before": ..., "after": ...})."""
+    cols = {name: tool_calls_by_source(res) for name, res in results.items()}
+    sources = sorted({s for c in cols.values() for s in c if s != "overall"}) + ["overall"]
+    w = max(len(s) for s in [*sources, "tool calls / question"])
+    lines = [f"{'tool calls / question':<{w}}" + "".join(f"  {name:>8}" for name in cols)]
+    for s in sources:
+        lines.append(f"{s:<{w}}" + "".join(f"  {c[s]:>8.2f}" if s in c else f"  {'-':>8}" for c in cols.values()))
+    return "\n".join(lines)

@@ -81,8 +81,9 @@ def line_plot(title: str, lines: dict[str, Line], bands: dict[str, Line] | None 
     return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
 
 
-def training_curves(rows: list[dict]) -> list[tuple[str, str]]:
-    """(title, PNG data URI) for every panel of `CURVES` that has data; rows: flattened metric rows with `step`."""
+def curve_panels(rows: list[dict]) -> list[tuple[str, dict[str, Line], dict[str, Line], bool]]:
+    """(title, lines, ± bands, rate) for every panel of `CURVES` that has data; rows: flattened metric rows with
+    `step`. A glob panel gets a line per matching key: "IG per turn index" one per `ig_turn<k>_mean` logged."""
     names = sorted({k for r in rows for k in r}, key=_natural)
     out = []
     for title, keys, rate in CURVES:
@@ -92,5 +93,10 @@ def training_curves(rows: list[dict]) -> list[tuple[str, str]]:
         if not lines:
             continue
         bands = {_label(k): _series(rows, k.removesuffix("_mean") + "_std") for k in keys if k.endswith("_mean")}
-        out.append((title, line_plot(title, lines, bands, rate)))
+        out.append((title, lines, bands, rate))
     return out
+
+
+def training_curves(rows: list[dict]) -> list[tuple[str, str]]:
+    """(title, PNG data URI) for every panel of `curve_panels`."""
+    return [(title, line_plot(title, lines, bands, rate)) for title, lines, bands, rate in curve_panels(rows)]

@@ -1,11 +1,12 @@
 """Supervised warm start: demonstrations of the search loop, rendered exactly as rollouts are.
 
 A small model does not follow a tool-call format zero-shot, so RL from scratch gets no signal. A demonstration
-follows a question's stored plan (its `oracle_queries`): search the first hop, read the result, search the
-second hop (the query names the bridge entity found), answer. Some demonstrations first run an unhelpful search
-(another question's query) or write a broken tool call and read the tool's error message. Those first
-generations are context, not targets: the policy learns to go on after a search that did not help and to
-recover from an error, without being taught to make either.
+follows a question's stored plan (its `oracle_queries`, one per hop): one search per hop, each query naming the
+entity the previous search found, then the answer. So a single-hop question is demonstrated with one search, a
+two-hop one with two, a three-hop one with three. Some demonstrations first run an unhelpful search (another
+question's query) or write a broken tool call and read the tool's error message. Those first generations are
+context, not targets: the policy learns to go on after a search that did not help and to recover from an
+error, without being taught to make either.
 
 Demonstrations are played through `rollout()` by a teacher generator, so the template, the tool messages, the
 token ids and the masks are exactly those of RL rollouts, and tool results are real retrieval results. The loss
@@ -67,15 +68,54 @@ def _broken_call(query: str, rng: random.Random) -> str:
     ])
 
 
-def plan_demos(examples: Sequence[QAExample], rng: random.Random, wasted_rate: float, malformed_rate: float) -> list[Demo]:
-    """One demonstration per example that has `oracle_queries` (others are skipped)."""
+def bridges(example: QAExample) -> list[str]:
+    """The entities the searches before the last must find, in order: `bridges` (VitalFactbook version 2), else
+    `[bridge]`, else none."""
+    found = example.meta.get("bridges")
+    if found is None:
+        found = [example.meta["bridge"]] if example.meta.get("bridge") else []
+    return [str(b) for b in found]
+
+
+def plan_queries(example: QAExample) -> list[str]:
+    """The searches of the example's plan: its `oracle_queries`, one per hop. Raises ValueError naming the
+    question when the plan and the bridge entities disagree (a three-hop plan needs two bridges)."""
+    queries = [str(q) for q in example.meta["oracle_queries"]]
+    if "bridges" in example.meta and len(bridges(example)) != len(queries) - 1:
+        raise ValueError(f"question {example.id}: {len(queries)} oracle_queries but bridges "
+                         f"{bridges(example)}; a plan of n searches needs n - 1 bridge entities")
+    return queries
+
+
+def sample_by_hops(pool: Sequence[QAExample], n: int, rng: random.Random) -> list[QAExample]:
+    """`n` examples (all of them if fewer) with the hop counts (number of `oracle_queries`) in shares as equal as
+    the pool allows: a count with fewer questions than its share gives the rest to the others."""
+    by_hops: dict[int, list[QAExample]] = {}
+    for ex in pool:
+        by_hops.setdefault(len(ex.meta["oracle_queries"]), []).append(ex)
+    left, chosen = min(n, len(pool)), []
+    groups = sorted(by_hops.items(), key=lambda kv: len(kv[1]))  # smallest first: what they cannot fill passes on
+    for k, (_, exs) in enumerate(groups):
+        take = min(len(exs), left // (len(groups) - k))
+        chosen += rng.sample(exs, take)
+        left -= take
+    rng.shuffle(chosen)
+    return chosen
+
+
+def plan_demos(examples: Sequence[QAExample], rng: random.Random, wasted_rate: float, malformed_rate: float,
+               max_turns: int | None = None) -> list[Demo]:
+    """One demonstration per example that has `oracle_queries` (others are skipped). A failed first attempt that
+    would take the demonstration past `max_turns` generations is left out (the plan is demonstrated clean)."""
     usable = [ex for ex in examples if ex.meta.get("oracle_queries")]
     demos = []
     for ex in usable:
-        queries = [str(q) for q in ex.meta["oracle_queries"]]
+        queries = plan_queries(ex)
         texts = [call_text(q) for q in queries] + [answer_text(ex.answers[0])]
         u = rng.random()
-        if u < malformed_rate:
+        if max_turns is not None and len(texts) + 1 > max_turns:
+            demos.append(Demo(ex, texts, [True] * len(texts), "clean"))
+        elif u < malformed_rate:
             demos.append(Demo(ex, [_broken_call(queries[0], rng)] + texts, [False] + [True] * len(texts), "malformed_call"))
         elif u < malformed_rate + wasted_rate and len(usable) > 1:
             other = rng.choice([o for o in usable[:64] if o is not ex] or usable)
@@ -109,13 +149,14 @@ class TeacherGenerator:
 
 
 def _grounded(demo: Demo, tr: Trajectory) -> bool:
-    """The first hop's results name the bridge entity and the last search's results hold a gold answer."""
+    """Each hop's results name the bridge entity the next search needs, and the last search's results hold a
+    gold answer."""
     results = [t.tool_result or "" for t, keep in zip(tr.turns, demo.trained) if keep and t.action.kind == "tool_call"]
     if not results:
         return False
-    bridge = demo.example.meta.get("bridge")
-    if bridge and len(results) > 1 and normalize_answer(str(bridge)) not in normalize_answer(results[0]):
-        return False
+    for bridge, result in zip(bridges(demo.example), results[:-1]):
+        if normalize_answer(bridge) not in normalize_answer(result):
+            return False
     last = normalize_answer(results[-1])
     return any(normalize_answer(a) in last for a in demo.example.answers)
 
@@ -229,9 +270,9 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
     if not pool:
         raise ConfigError(f"data.train: {cfg.data.train} has no questions with oracle_queries to demonstrate")
     rng = random.Random(s.seed)
-    chosen = rng.sample(pool, min(len(pool), s.examples))
-    demos = plan_demos(chosen, rng, s.wasted_search_rate, s.malformed_call_rate)
+    chosen = sample_by_hops(pool, s.examples, rng) if s.balance_hops else rng.sample(pool, min(len(pool), s.examples))
     r = cfg.rollout
+    demos = plan_demos(chosen, rng, s.wasted_search_rate, s.malformed_call_rate, r.max_turns)
     trajs, masks, counts = play_demos(demos, fmt, toolbox, r.max_turns, r.max_context, r.max_new_tokens, s.grounded_only)
     if not trajs:
         raise ConfigError(f"sft: none of {counts['planned']} demonstrations fit the rollout limits ({counts})")
