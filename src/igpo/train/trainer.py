@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -530,8 +531,12 @@ class Trainer:
         return m
 
     # ------------------------------------------------------------------ loop
-    def fit(self, progress=None) -> list[dict]:
-        """Runs the remaining steps; returns the metric rows (on rank 0: the whole steps; elsewhere: steps only)."""
+    def fit(self, progress: Callable[[dict], None] | None = None,
+            eval_progress: Callable[[int, int], None] | None = None) -> list[dict]:
+        """Runs the remaining steps; returns the metric rows (on rank 0: the whole steps; elsewhere: steps only).
+
+        On rank 0, `progress(row)` gets each step's metrics row and `eval_progress(done, total)` follows each
+        evaluation (`trainer.eval_every`)."""
         t = self.cfg.trainer
         history = []
         with self._run_files() as (f, run_log):
@@ -553,7 +558,7 @@ class Trainer:
                         progress(m)
                 self.bad_steps.check()  # skips are agreed by all ranks: every rank stops at the same step
                 if t.eval_every and self.step % t.eval_every == 0 and self.cfg.data.eval:
-                    row = self.evaluate_to_file()
+                    row = self.evaluate_to_file(eval_progress)
                     if run_log is not None:
                         run_log.eval(row)
                 if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
@@ -578,10 +583,11 @@ class Trainer:
                 RunLog(self.out, self.step, self.cfg.trainer.tensorboard) as run_log:
             yield f, run_log
 
-    def evaluate_to_file(self) -> dict | None:
+    def evaluate_to_file(self, progress: Callable[[int, int], None] | None = None) -> dict | None:
         """Greedy evaluation on the first `trainer.eval_size` questions of `data.eval`, appended to eval.jsonl.
 
         Rank 0 evaluates (every rank must call: FSDP gathers the weights); the row, or None on other ranks.
+        `progress(done, total)` is called after each batch of questions.
         """
         from igpo.eval.evaluate import evaluate
 
@@ -592,7 +598,7 @@ class Trainer:
                 if self._eval_set is None:
                     self._eval_set = load_qa(self.cfg.data.eval,
                                              skip_bad_rows=self.cfg.data.skip_bad_rows)[: self.cfg.trainer.eval_size]
-                res = evaluate(self.generator, self.fmt, self.toolbox, self._eval_set, self.cfg)
+                res = evaluate(self.generator, self.fmt, self.toolbox, self._eval_set, self.cfg, progress=progress)
                 row = {"step": self.step, "overall": res["overall"], "by_source": res["by_source"]}
                 with (self.out / "eval.jsonl").open("a") as f:
                     f.write(json.dumps(row) + "\n")
