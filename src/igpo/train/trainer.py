@@ -6,9 +6,11 @@ turn advantages → token advantages → PPO update. Each phase is timed; metric
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import random
+import secrets
 import time
 from collections import Counter, defaultdict
 from collections.abc import Callable
@@ -136,6 +138,13 @@ class Trainer:
         self._eval_set: list[QAExample] | None = None
         if cfg.trainer.eval_every and cfg.data.eval:  # a bad eval file fails now, not steps into the run
             self._eval_set = load_qa(cfg.data.eval, skip_bad_rows=cfg.data.skip_bad_rows)[: cfg.trainer.eval_size]
+        # The wandb run continues across resumes: its id is kept in each checkpoint.
+        self.wandb_run_id = None
+        if "wandb" in cfg.trainer.loggers:
+            if importlib.util.find_spec("wandb") is None:
+                raise ConfigError("trainer.loggers: wandb is not installed (pip install -c constraints.txt "
+                                  "'igpo[wandb]')")
+            self.wandb_run_id = (resume[1].get("wandb_run_id") if resume else None) or secrets.token_hex(4)
         if resume is not None:
             state = resume[1]
             self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
@@ -567,7 +576,7 @@ class Trainer:
 
     @contextmanager
     def _run_files(self):
-        """On rank 0: metrics.jsonl opened for appending and the `RunLog` (samples, TensorBoard), after writing
+        """On rank 0: metrics.jsonl opened for appending and the `RunLog` (samples, TensorBoard, wandb), after writing
         config.yaml and dropping the rows of steps that run again. (None, None) on other ranks."""
         if not self.dist.is_main:
             yield None, None
@@ -579,8 +588,10 @@ class Trainer:
         # of the checkpointed weights themselves (step == self.step) is kept: the resumed run does not redo it.
         ckpt.truncate_rows(self.out / "metrics.jsonl", self.step)
         ckpt.truncate_rows(self.out / "eval.jsonl", self.step + 1)
+        t = self.cfg.trainer
+        wandb = (self.wandb_run_id, t.wandb, self.cfg.model_dump(mode="json")) if self.wandb_run_id else None
         with (self.out / "metrics.jsonl").open("a") as f, \
-                RunLog(self.out, self.step, self.cfg.trainer.tensorboard) as run_log:
+                RunLog(self.out, self.step, "tensorboard" in t.loggers, wandb) as run_log:
             yield f, run_log
 
     def evaluate_to_file(self, progress: Callable[[int, int], None] | None = None) -> dict | None:
@@ -613,7 +624,7 @@ class Trainer:
             q = self.cfg.rollout.questions_per_step
             extra = {"data": {"questions_per_step": q, "examples_seen": self.step * q},
                      "bad_steps_in_a_row": self.bad_steps.in_a_row,
-                     "ig_gate": self.ig_gate.state_dict(),
+                     "ig_gate": self.ig_gate.state_dict(), "wandb_run_id": self.wandb_run_id,
                      "retrieval": ckpt.retrieval_pointer(self._retriever())}
             path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
                                         self.cfg.trainer.keep_last, extra, model_state=model_state,
