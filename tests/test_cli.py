@@ -1,5 +1,6 @@
 """The command line: train, eval, and errors that name what was wrong."""
 import json
+import re
 
 import pytest
 from typer.testing import CliRunner
@@ -24,6 +25,17 @@ def test_train_then_eval(tmp_path, tiny_model_dir, corpus_file, qa_file):
     assert res.exit_code == 0, res.output
     result = json.loads(out.read_text())
     assert result["overall"]["n"] == 3 and set(result["by_source"]) == {"toy", "toy2"}
+
+
+def test_eval_into_a_log_shows_progress_before_its_table(tiny_model_dir, corpus_file, qa_file):
+    res = runner.invoke(app, ["eval", f"model.path={tiny_model_dir}", f"retrieval.corpus={corpus_file}",
+                              "rollout.max_new_tokens=4", "rollout.max_turns=1", "trainer.eval_batch_size=2",
+                              "--data", str(qa_file)])
+    assert res.exit_code == 0, res.output
+    shown = list(re.finditer(r"\[eval\] question (\d+)/4 .*", res.output))
+    assert [m.group(1) for m in shown] == ["0", "2", "4"], res.output  # opened, then after each batch of 2
+    assert "elapsed" in shown[1].group(0) and "eta" in shown[1].group(0)
+    assert shown[-1].end() < res.output.index("overall")  # before the final table
 
 
 @pytest.mark.parametrize("args, fragment", [

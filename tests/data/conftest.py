@@ -1,4 +1,5 @@
-"""Fixture wheels for the VitalFactbook builder: tiny zip files shaped like the real ones, with made-up text."""
+"""Fixture wheels for the VitalFactbook builder: tiny zip files shaped like the real ones, with made-up text; and
+a QA parquet file in the exact schema of IGPO's released data, with made-up rows."""
 from __future__ import annotations
 
 import json
@@ -116,3 +117,39 @@ def write_fixture_wheels(cache_dir: Path, countries=COUNTRIES, articles=ARTICLES
 @pytest.fixture
 def wheel_cache(tmp_path) -> Path:
     return write_fixture_wheels(tmp_path / "wheels")
+
+
+# IGPO's released parquet (Search-R1 / verl layout), column for column and in the same order: the question is the
+# only (user) message of `prompt`; `ground_truth` joins a question's aliases with <|answer_split|>.
+IGPO_SOURCES = ("2wiki", "Bamboogle", "hotpotqa", "musique", "nq", "popqa", "tq")
+IGPO_QUESTIONS = [  # (question, aliases), all made up
+    ("Which river runs through the fictional town of Brindlemoor?", ["Wend", "River Wend"]),
+    ("Who painted the imaginary mural Seven Lanterns?", ["Ilse Marrow"]),
+    ("In what year did the invented Harrowgate Bridge open?", ["1874"]),
+]
+
+
+def write_igpo_parquet(path: Path) -> Path:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    schema = pa.schema([
+        ("data_source", pa.string()),
+        ("prompt", pa.list_(pa.struct([("content", pa.string()), ("role", pa.string())]))),
+        ("ability", pa.string()),
+        ("reward_model", pa.struct([("ground_truth", pa.string()), ("style", pa.string())])),
+        ("extra_info", pa.struct([("index", pa.string()), ("split", pa.string())])),
+    ])
+    rows = [{"data_source": source,
+             "prompt": [{"content": question, "role": "user"}],
+             "ability": "search & question answering",
+             "reward_model": {"ground_truth": "<|answer_split|>".join(aliases), "style": "unknown"},
+             "extra_info": {"index": f"{source}_{k}", "split": "dev"}}
+            for source in IGPO_SOURCES for k, (question, aliases) in enumerate(IGPO_QUESTIONS)]
+    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    return path
+
+
+@pytest.fixture
+def igpo_parquet(tmp_path) -> Path:
+    return write_igpo_parquet(tmp_path / "igpo_dev_sample.parquet")

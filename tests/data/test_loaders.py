@@ -1,4 +1,4 @@
-"""QA and corpus loaders: the real IGPO parquet sample, JSONL rows, malformed rows."""
+"""QA and corpus loaders: IGPO's parquet schema, JSONL rows, malformed rows."""
 from __future__ import annotations
 
 import json
@@ -8,17 +8,20 @@ from pathlib import Path
 import pytest
 
 from igpo.data import DataError, load_corpus, load_qa
+from tests.data.conftest import IGPO_QUESTIONS, IGPO_SOURCES
 
-SAMPLE = Path(__file__).resolve().parents[3] / "shared" / "qa" / "igpo_dev_sample.parquet"
 
-
-@pytest.mark.skipif(not SAMPLE.is_file(), reason=f"the real IGPO sample is not at {SAMPLE} (../shared is absent)")
-def test_real_igpo_parquet_sample_loads_as_is():
-    qs = load_qa(SAMPLE)
-    assert len(qs) == 875
-    sources = Counter(q.source for q in qs)
-    assert len(sources) == 7 and set(sources.values()) == {125}
-    assert all(q.question and q.answers and all(isinstance(a, str) and a for a in q.answers) for q in qs)
+def test_igpo_parquet_loads_as_is(igpo_parquet):
+    """A file in the schema of IGPO's released data (tests/data/conftest.py) loads without conversion."""
+    qs = load_qa(igpo_parquet)
+    assert len(qs) == len(IGPO_SOURCES) * len(IGPO_QUESTIONS)
+    assert Counter(q.source for q in qs) == {s: len(IGPO_QUESTIONS) for s in IGPO_SOURCES}
+    by_id = {q.id: q for q in qs}
+    river = by_id["Bamboogle_0"]
+    assert river.question == IGPO_QUESTIONS[0][0] and river.answers == ["Wend", "River Wend"]
+    assert river.meta == {"ability": "search & question answering",
+                          "extra_info": {"index": "Bamboogle_0", "split": "dev"}}
+    assert by_id["tq_2"].answers == ["1874"] and by_id["tq_2"].source == "tq"
 
 
 def _jsonl(path: Path, rows: list) -> Path:
@@ -27,7 +30,7 @@ def _jsonl(path: Path, rows: list) -> Path:
 
 
 def test_parquet_rows_in_search_r1_format(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
     rows = [

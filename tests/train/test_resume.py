@@ -229,7 +229,8 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
             resumed_at.append(newest())
             if kill.startswith("external"):
                 proc, log = start()
-                while sum(line.startswith("step ") for line in log.read_text().splitlines()) < 3:
+                # the line that opens the stage, then one a step
+                while sum(line.startswith("[train] step ") for line in log.read_text().splitlines()) < 1 + 3:
                     assert proc.poll() is None, log.read_text()
                     time.sleep(0.02)
                 time.sleep(float(kill.split()[-1][:-1]))

@@ -108,6 +108,11 @@ def _read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.is_file() else []
 
 
+def _say(line: str) -> None:
+    """A line to the bench's output, from a worker process as from the main one."""
+    print(line, flush=True)
+
+
 def _eval_file(cfg: Config, model_dir: str, examples, out: Path) -> dict:
     """Greedy evaluation of a saved model, cached in `out`."""
     if out.is_file():
@@ -115,13 +120,15 @@ def _eval_file(cfg: Config, model_dir: str, examples, out: Path) -> dict:
     from igpo.agent.engine import make_generator
     from igpo.eval.evaluate import evaluate
     from igpo.policy.loading import load_policy
+    from igpo.progress import Progress
     from igpo.train.trainer import make_chat_format, make_toolbox
 
     mcfg = cfg.model.model_copy(update={"path": model_dir})
     model, tok = load_policy(mcfg)
     toolbox = make_toolbox(cfg)
     generator = make_generator(cfg.rollout.engine, model, tok.pad_token_id)
-    res = evaluate(generator, make_chat_format(cfg, tok, toolbox), toolbox, examples, cfg)
+    with Progress(f"start: {out.stem}", len(examples), unit="question", write=_say) as bar:
+        res = evaluate(generator, make_chat_format(cfg, tok, toolbox), toolbox, examples, cfg, progress=bar.update)
     out.write_text(json.dumps(res))
     return res
 
@@ -137,6 +144,7 @@ def is_done(bench: BenchConfig, estimator: str, seed: int) -> bool:
 def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_model: str, log: Callable[[str], None]) -> Path:
     """Train (or resume) and evaluate one (estimator, seed) run; returns its directory."""
     from igpo.eval.evaluate import evaluate
+    from igpo.progress import Progress, per_run
     from igpo.train.trainer import Trainer
 
     run = run_dir(bench, estimator, seed)
@@ -151,14 +159,22 @@ def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_m
     t = time.perf_counter()
     trainer = Trainer(cfg)
     log(f"{run.name}: training from step {trainer.step} to {cfg.trainer.steps}")
-    trainer.fit(progress=lambda m: log(f"{run.name}: step {m['step'] + 1}/{cfg.trainer.steps} " + (
-        f"skipped: {m['skipped']['error']}" if "skipped" in m else f"reward {m['outcome_reward']:+.3f} f1 {m['f1']:.3f}")))
+    # Plain lines, never bars: the runs of a pool write to one output side by side.
+    with Progress(run.name, cfg.trainer.steps, done=trainer.step, write=log, every_s=0) as steps:
+
+        def show(m: dict) -> None:
+            steps.update(m["step"] + 1, info=f"skipped: {m['skipped']['error']}" if "skipped" in m
+                         else f"reward {m['outcome_reward']:+.3f} f1 {m['f1']:.3f}")
+
+        trainer.fit(progress=show, eval_progress=per_run(
+            lambda n: Progress(f"{run.name}: dev eval", n, unit="question", write=log)))
     train_s = time.perf_counter() - t
     test = {}
     if bench.test:
         t = time.perf_counter()
         examples = load_qa(bench.test)[: bench.test_size]
-        res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, examples, cfg)
+        with Progress(f"{run.name}: test eval", len(examples), unit="question", write=log) as bar:
+            res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, examples, cfg, progress=bar.update)
         test = {"overall": res["overall"], "by_source": res["by_source"], "seconds": time.perf_counter() - t}
     (run / "done.json").write_text(json.dumps({"test": test, "train_seconds_this_invocation": train_s}))
     return run
@@ -181,7 +197,7 @@ def _worker_run(bench: BenchConfig, base: Config, estimator: str, seed: int, sta
     import torch
 
     torch.set_num_threads(threads)
-    return str(run_one(bench, base, estimator, seed, start_model, lambda line: print(line, flush=True)))
+    return str(run_one(bench, base, estimator, seed, start_model, _say))
 
 
 class WorkerDied(RuntimeError):
@@ -346,7 +362,8 @@ def paired_vs_grpo(runs: dict[str, dict[str, dict]], est: str) -> dict | None:
 _NOT_REGIME = {
     "algorithm.estimator", "trainer.seed", "trainer.eval_every", "trainer.save_every", "trainer.eval_size",
     "model.lora.enabled", "model.path", "model.device", "model.cache_dir", "trainer.out_dir", "sft.out_dir",
-    "trainer.keep_last", "trainer.tensorboard", "trainer.check_invariants", "trainer.micro_batch_size",
+    "trainer.keep_last", "trainer.loggers", "trainer.wandb.project", "trainer.wandb.entity", "trainer.wandb.name",
+    "trainer.wandb.tags", "trainer.check_invariants", "trainer.micro_batch_size",
     "trainer.eval_batch_size", "rollout.engine", "algorithm.belief_impl", "retrieval.cache", "retrieval.cache_dir",
     "retrieval.timeout_s", "retrieval.retries", "retrieval.backoff_s", "retrieval.breaker_failures",
     "retrieval.breaker_cooldown_s", "rollout.vllm.gpu_memory_utilization", "rollout.vllm.enforce_eager",
@@ -610,10 +627,10 @@ def report_done(bench: BenchConfig, cfg: Config, log: Callable[[str], None] = pr
 def _prepare_start(bench: BenchConfig, cfg: Config, start_model: str) -> None:
     """The shared SFT warm start (when `bench.sft`) and the starting model's greedy dev and test scores, each
     cached in `bench.out_dir` (runs in a child process: see `_in_child`)."""
-    from igpo.train.sft import run_sft, sft_done
+    from igpo.train.sft import run_sft_with_progress, sft_done
 
     if bench.sft and not sft_done(cfg.sft.out_dir):
-        run_sft(cfg)
+        run_sft_with_progress(cfg, write=_say)
     dev_file, *test_file = _start_files(bench)
     _eval_file(cfg, start_model, load_qa(cfg.data.eval)[: bench.dev_size], dev_file)
     if test_file:  # the yardstick for every run's final test score

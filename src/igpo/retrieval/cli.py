@@ -25,16 +25,18 @@ def build(
     overwrite: Annotated[bool, typer.Option(help="Replace an index already in --out.")] = False,
 ) -> None:
     """Build a BM25 or dense index of a corpus, with metadata naming the corpus (sha256) and parameters."""
+    from igpo.progress import stage
     from igpo.retrieval.index import RetrievalIndexError, build_index
 
     if kind not in ("bm25", "dense"):
         raise typer.BadParameter(f"--kind must be bm25 or dense, not {kind!r}")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
-        meta = build_index(
-            corpus, kind, out, encoder=encoder, faiss_factory=faiss_factory, batch_size=batch_size, device=device,
-            overwrite=overwrite,
-        )
+        with stage("index", f"building the {kind} index of {corpus} in {out}"):
+            meta = build_index(
+                corpus, kind, out, encoder=encoder, faiss_factory=faiss_factory, batch_size=batch_size,
+                device=device, overwrite=overwrite,
+            )
     except (RetrievalIndexError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)
         raise typer.Exit(1) from None

@@ -158,8 +158,7 @@ def build_index(
 
 def _embed_resumable(model, passages, chunk_dir: Path, meta: dict, batch_size: int, show_progress: bool) -> np.ndarray:
     """Embed in chunks saved as they finish, so an interrupted build (minutes on a CPU) resumes where it stopped."""
-    from rich.progress import Progress
-
+    from igpo.progress import Progress
     from igpo.retrieval.dense import embed, passage_text
 
     chunk = 4096
@@ -170,8 +169,8 @@ def _embed_resumable(model, passages, chunk_dir: Path, meta: dict, batch_size: i
     chunk_dir.mkdir(parents=True, exist_ok=True)
     key_file.write_text(json.dumps(key))
     parts = []
-    with Progress(disable=not show_progress) as progress:
-        task = progress.add_task("embedding passages", total=len(passages))
+    progress = Progress("index: embedding", len(passages), unit="passage") if show_progress else None
+    try:
         for start in range(0, len(passages), chunk):
             path = chunk_dir / f"{start:09d}.npy"
             if path.exists():
@@ -181,7 +180,11 @@ def _embed_resumable(model, passages, chunk_dir: Path, meta: dict, batch_size: i
                 np.save(path.with_suffix(".tmp.npy"), vectors)
                 path.with_suffix(".tmp.npy").replace(path)
             parts.append(vectors)
-            progress.advance(task, len(vectors))
+            if progress is not None:
+                progress.update(start + len(vectors))
+    finally:
+        if progress is not None:
+            progress.close()
     return np.concatenate(parts)
 
 

@@ -2,11 +2,12 @@
 
 A checkpoint is a folder `checkpoints/step_NNNNNN/`: the model (`save_pretrained`: full weights or the LoRA
 adapter), the tokenizer, `trainer_state.pt` (step, optimizer, scheduler, every RNG state, data position,
-skipped-step count, retrieval cache pointer) and, written last, `manifest.json` listing every file with its size
-and SHA-256. It is written in `step_NNNNNN.tmp/` and renamed into place, so a run killed while saving leaves a
-`.tmp` folder (removed by the next save), never a half-written checkpoint under the final name. A checkpoint whose
-manifest is missing or does not match its files (truncated, corrupted) is moved aside to `step_NNNNNN.corrupt`
-with a warning, and the previous one is used. The last `trainer.keep_last` checkpoints are kept.
+skipped-step count, retrieval cache pointer, wandb run id) and, written last, `manifest.json` listing every file
+with its size and SHA-256. It is written in `step_NNNNNN.tmp/` and renamed into place, so a run killed while saving
+leaves a `.tmp` folder (removed by the next save), never a half-written checkpoint under the final name. A
+checkpoint whose manifest is missing or does not match its files (truncated, corrupted) is moved aside to
+`step_NNNNNN.corrupt` with a warning, and the previous one is used. The last `trainer.keep_last` checkpoints are
+kept.
 """
 from __future__ import annotations
 

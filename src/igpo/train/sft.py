@@ -313,3 +313,26 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
     }
     (out / "sft.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def run_sft_with_progress(cfg: Config, *, console=None, write: Callable[[str], None] | None = None) -> dict:
+    """`run_sft` with its progress shown (`igpo.progress`, to `console` or through `write`): the steps, whose count
+    is known once the demonstrations are played, then the held-out evaluation."""
+    from igpo.progress import Progress
+
+    steps = Progress("sft", console=console, write=write)
+    held = Progress("sft: held-out eval", unit="question", console=console, write=write)
+
+    def on_step(row: dict) -> None:
+        steps.update(row["step"] + 1, row["total_steps"], info=f"loss {row['loss']:.3f}")
+
+    def on_eval(done: int, total: int) -> None:
+        steps.close()
+        held.update(done, total)
+
+    steps.open()
+    try:
+        return run_sft(cfg, progress=on_step, eval_progress=on_eval)
+    finally:
+        steps.close()
+        held.close()

@@ -6,11 +6,14 @@ turn advantages → token advantages → PPO update. Each phase is timed; metric
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import logging
 import random
+import secrets
 import time
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -135,6 +138,13 @@ class Trainer:
         self._eval_set: list[QAExample] | None = None
         if cfg.trainer.eval_every and cfg.data.eval:  # a bad eval file fails now, not steps into the run
             self._eval_set = load_qa(cfg.data.eval, skip_bad_rows=cfg.data.skip_bad_rows)[: cfg.trainer.eval_size]
+        # The wandb run continues across resumes: its id is kept in each checkpoint.
+        self.wandb_run_id = None
+        if "wandb" in cfg.trainer.loggers:
+            if importlib.util.find_spec("wandb") is None:
+                raise ConfigError("trainer.loggers: wandb is not installed (pip install -c constraints.txt "
+                                  "'igpo[wandb]')")
+            self.wandb_run_id = (resume[1].get("wandb_run_id") if resume else None) or secrets.token_hex(4)
         if resume is not None:
             state = resume[1]
             self.dist.load_optimizer_state(self.model, self.optimizer, state["optimizer"])
@@ -530,8 +540,12 @@ class Trainer:
         return m
 
     # ------------------------------------------------------------------ loop
-    def fit(self, progress=None) -> list[dict]:
-        """Runs the remaining steps; returns the metric rows (on rank 0: the whole steps; elsewhere: steps only)."""
+    def fit(self, progress: Callable[[dict], None] | None = None,
+            eval_progress: Callable[[int, int], None] | None = None) -> list[dict]:
+        """Runs the remaining steps; returns the metric rows (on rank 0: the whole steps; elsewhere: steps only).
+
+        On rank 0, `progress(row)` gets each step's metrics row and `eval_progress(done, total)` follows each
+        evaluation (`trainer.eval_every`)."""
         t = self.cfg.trainer
         history = []
         with self._run_files() as (f, run_log):
@@ -553,7 +567,7 @@ class Trainer:
                         progress(m)
                 self.bad_steps.check()  # skips are agreed by all ranks: every rank stops at the same step
                 if t.eval_every and self.step % t.eval_every == 0 and self.cfg.data.eval:
-                    row = self.evaluate_to_file()
+                    row = self.evaluate_to_file(eval_progress)
                     if run_log is not None:
                         run_log.eval(row)
                 if (t.save_every and self.step % t.save_every == 0) or self.step == t.steps:
@@ -562,7 +576,7 @@ class Trainer:
 
     @contextmanager
     def _run_files(self):
-        """On rank 0: metrics.jsonl opened for appending and the `RunLog` (samples, TensorBoard), after writing
+        """On rank 0: metrics.jsonl opened for appending and the `RunLog` (samples, TensorBoard, wandb), after writing
         config.yaml and dropping the rows of steps that run again. (None, None) on other ranks."""
         if not self.dist.is_main:
             yield None, None
@@ -574,14 +588,17 @@ class Trainer:
         # of the checkpointed weights themselves (step == self.step) is kept: the resumed run does not redo it.
         ckpt.truncate_rows(self.out / "metrics.jsonl", self.step)
         ckpt.truncate_rows(self.out / "eval.jsonl", self.step + 1)
+        t = self.cfg.trainer
+        wandb = (self.wandb_run_id, t.wandb, self.cfg.model_dump(mode="json")) if self.wandb_run_id else None
         with (self.out / "metrics.jsonl").open("a") as f, \
-                RunLog(self.out, self.step, self.cfg.trainer.tensorboard) as run_log:
+                RunLog(self.out, self.step, "tensorboard" in t.loggers, wandb) as run_log:
             yield f, run_log
 
-    def evaluate_to_file(self) -> dict | None:
+    def evaluate_to_file(self, progress: Callable[[int, int], None] | None = None) -> dict | None:
         """Greedy evaluation on the first `trainer.eval_size` questions of `data.eval`, appended to eval.jsonl.
 
         Rank 0 evaluates (every rank must call: FSDP gathers the weights); the row, or None on other ranks.
+        `progress(done, total)` is called after each batch of questions.
         """
         from igpo.eval.evaluate import evaluate
 
@@ -592,7 +609,7 @@ class Trainer:
                 if self._eval_set is None:
                     self._eval_set = load_qa(self.cfg.data.eval,
                                              skip_bad_rows=self.cfg.data.skip_bad_rows)[: self.cfg.trainer.eval_size]
-                res = evaluate(self.generator, self.fmt, self.toolbox, self._eval_set, self.cfg)
+                res = evaluate(self.generator, self.fmt, self.toolbox, self._eval_set, self.cfg, progress=progress)
                 row = {"step": self.step, "overall": res["overall"], "by_source": res["by_source"]}
                 with (self.out / "eval.jsonl").open("a") as f:
                     f.write(json.dumps(row) + "\n")
@@ -607,7 +624,7 @@ class Trainer:
             q = self.cfg.rollout.questions_per_step
             extra = {"data": {"questions_per_step": q, "examples_seen": self.step * q},
                      "bad_steps_in_a_row": self.bad_steps.in_a_row,
-                     "ig_gate": self.ig_gate.state_dict(),
+                     "ig_gate": self.ig_gate.state_dict(), "wandb_run_id": self.wandb_run_id,
                      "retrieval": ckpt.retrieval_pointer(self._retriever())}
             path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
                                         self.cfg.trainer.keep_last, extra, model_state=model_state,
