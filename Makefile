@@ -17,7 +17,7 @@ CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install test test-fast demo bench lock clean
+.PHONY: install test test-fast demo bench lock docs clean
 
 install: $(STAMP)
 
@@ -40,6 +40,10 @@ test-fast: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/igpo demo --config configs/demo.yaml
+
+# docs/config.md is generated from the config model (igpo.config): rewrite it after changing a field.
+docs: $(STAMP)
+	$(PY) -m igpo.config docs/config.md
 
 # The performance benchmarks (benchmarks/README.md): TRL is their only extra dependency, kept on the CPU torch.
 bench: $(STAMP)
