@@ -1,7 +1,7 @@
 """Belief scoring cost: packed (ours) vs reference vs the official code's way vs one plain forward.
 
 (a) packed: `belief_logprobs_packed`, one forward per `--rows` trajectories: each trajectory once, then per prefix
-    the scaffold once and every alias after it;
+    the belief probe once and every alias after it;
 (b) reference: `belief_logprobs_reference`, one forward per (prefix, alias);
 (c) official: for every turn and alias, one padded forward over every row's context up to that turn plus the probe,
     for every row of the batch (rows with fewer turns, i.e. finished ones, included), full logits, as the authors'
@@ -64,13 +64,13 @@ def synthetic(fmt: ChatFormat, rng: random.Random, tool_turns: int, result_words
 
 
 @torch.no_grad()
-def official_way(model, scaffold, queries):
+def official_way(model, probe, queries):
     """Every turn × alias: one padded forward over every row's context up to that turn + probe (all rows)."""
     pad = 0
     T = max(len(q.prefixes) for q in queries)
     for t in range(T):
         for k in range(max(len(q.answers) for q in queries)):
-            rows = [q.ids[: q.prefixes[min(t, len(q.prefixes) - 1)]] + scaffold + q.answers[min(k, len(q.answers) - 1)]
+            rows = [q.ids[: q.prefixes[min(t, len(q.prefixes) - 1)]] + probe + q.answers[min(k, len(q.answers) - 1)]
                     for q in queries]
             width = max(map(len, rows))
             ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
@@ -110,12 +110,12 @@ def main() -> None:
         rng = random.Random(0)
         queries = [synthetic(fmt, rng, args.tool_turns, args.result_words, n_alias) for _ in range(args.trajectories)]
         methods = {
-            "packed": partial(belief_logprobs_packed, model, fmt.scaffold_ids, queries, args.rows),
-            "reference": partial(belief_logprobs_reference, model, fmt.scaffold_ids, queries),
+            "packed": partial(belief_logprobs_packed, model, fmt.belief_probe_ids, queries, args.rows),
+            "reference": partial(belief_logprobs_reference, model, fmt.belief_probe_ids, queries),
             "floor": partial(plain_forward, model, queries, args.rows),
         }
         if not args.skip_official:
-            methods["official"] = partial(official_way, model, fmt.scaffold_ids, queries)
+            methods["official"] = partial(official_way, model, fmt.belief_probe_ids, queries)
         plain_forward(model, queries[:1], 1)  # warm-up: first calls pay for allocation and kernel selection
         wall = {k: [] for k in methods}
         cpu = {k: [] for k in methods}

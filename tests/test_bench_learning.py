@@ -107,6 +107,24 @@ def test_a_key_added_since_counts_at_its_default_when_merging(tmp_path, tiny_mod
         included_runs(bench.model_copy(update={"include": [str(f)]}), start, regime(cfg))
 
 
+def test_a_key_renamed_since_is_compared_under_its_new_name(tmp_path, tiny_model_dir, corpus_file, plans_file):
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo"])
+    bench, cfg = load_bench_config(path)
+    start = {"dev": {"n": 2, "f1": 0.5, "em": 0.5}, "test": None, "model_sha256": "a" * 64}
+    older = regime(cfg)
+    older["algorithm.scaffold"] = older.pop("algorithm.belief_probe")  # recorded under the old names
+    older["algorithm.f1_mode"] = older.pop("algorithm.answer_norm")
+    other = {"bench": bench.model_dump(), "start": start, "config": older, "runs": {"grpo": {"0": {"dev_f1": [0.5]}}}}
+    f = tmp_path / "older.json"
+    f.write_text(json.dumps(other))
+    bench = bench.model_copy(update={"include": [str(f)]})
+    assert included_runs(bench, start, regime(cfg))["grpo"]["0"]
+    older["algorithm.f1_mode"] = "squad"
+    f.write_text(json.dumps(other))
+    with pytest.raises(ConfigError, match="algorithm.answer_norm is 'squad' there, 'official' here"):
+        included_runs(bench, start, regime(cfg))
+
+
 def _episode(step, group, outcome, turns, igs=None):
     return {"step": step, "group": group, "outcome": outcome,
             "turns": [{"advantage": a, "generated_tokens": n, "ig": g}

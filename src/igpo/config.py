@@ -191,12 +191,13 @@ class AlgorithmConfig(_Strict):
     aliases: Literal["max", "first"] = Field("max", description=(
         "`max`: the belief is the largest over gold aliases; `first`: the first alias only (official code)"))
     max_aliases: int = Field(4, ge=1, description="aliases probed per question")
-    scaffold: str = Field("\nNow there's enough information to answer\n</think>\n<answer>\n", description=(
-        "text between the assistant-turn opening and the gold answer in the belief probe; `''` scores the answer "
-        "right after the opening"))
+    belief_probe: str = Field("\nNow there's enough information to answer\n</think>\n<answer>\n", description=(
+        "the belief probe: the text between the assistant-turn opening and the gold answer when a belief is scored; "
+        "`''` scores the answer right after the opening"))
     format_penalty: float = Field(-2.0, description="outcome reward without an answer")
-    f1_mode: Literal["official", "squad"] = Field("official", description=(
-        "answer normalisation: `official` (punctuation to spaces, set F1) or `squad`"))
+    answer_norm: Literal["official", "squad"] = Field("official", description=(
+        "answer normalisation for F1, EM and the outcome reward: `official` (punctuation to spaces, set F1) or "
+        "`squad`"))
     outcome_weight: float = Field(1.0, ge=0, description=(
         "`igpo` family (`igpo`, `gated`, `igpo_curriculum`, the ablations): the outcome reward times this before "
         "normalisation. With `norm: separate` and `std: false`, `igpo`'s advantage is exactly `igpo_ig_only`'s plus "
@@ -411,6 +412,11 @@ class Config(_Strict):
         return self
 
 
+# Keys that were renamed, {old dotted key: new}: a config that sets an old one is refused with the new name, and
+# results recorded under an old one (`igpo bench learning`'s results.json) are read under the new one.
+RENAMED = {"algorithm.scaffold": "algorithm.belief_probe", "algorithm.f1_mode": "algorithm.answer_norm"}
+
+
 def _parse_value(text: str) -> Any:
     try:
         return yaml.safe_load(text)
@@ -433,7 +439,9 @@ def _format(err: ValidationError, prefix: str = "") -> str:
     lines = []
     for e in err.errors():
         loc = prefix + (".".join(str(x) for x in e["loc"]) or "config")
-        msg = "unknown key" if e["type"] == "extra_forbidden" else e["msg"]
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            msg = f"renamed to {RENAMED[loc]}" if loc in RENAMED else "unknown key"
         lines.append(f"{loc}: {msg}")
     return "invalid config: " + "; ".join(lines)
 
@@ -548,6 +556,8 @@ def config_reference() -> str:
         if info.annotation.__doc__:
             lines += [inspect.cleandoc(info.annotation.__doc__), ""]
         lines += _table(info.annotation, f"{name}.")
+    lines += ["", "## renamed keys", "A config that sets an old name stops with an error naming the new one.", "",
+              "| old key | new key |", "|---|---|"] + [f"| `{old}` | `{new}` |" for old, new in RENAMED.items()]
     return "\n".join(lines) + "\n"
 
 

@@ -59,3 +59,18 @@ def test_an_option_the_estimator_does_not_read_is_refused():
     assert cfg.algorithm.norm == "scaled_separate" and cfg.algorithm.ig_gate_ema == 0.1
     # Left at its default, an unread key is no error: only what the user wrote is checked.
     assert load_config(None, ["algorithm.estimator=grpo"]).algorithm.gate_threshold == 0.5
+
+
+@pytest.mark.parametrize("old, new, value", [("algorithm.scaffold", "algorithm.belief_probe", "''"),
+                                             ("algorithm.f1_mode", "algorithm.answer_norm", "squad")])
+def test_a_renamed_key_is_refused_with_its_new_name(tmp_path, old, new, value):
+    message = f"{old}: renamed to {new}".replace(".", r"\.")
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [f"{old}={value}"])
+    section, key = old.split(".")
+    p = tmp_path / "c.yaml"
+    p.write_text(f"{section}:\n  {key}: {value}\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(p)
+    cfg = load_config(None, [f"{new}={value}"])
+    assert getattr(cfg.algorithm, new.split(".")[1]) == ("" if value == "''" else value)

@@ -5,10 +5,10 @@ from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logp
 from tests.conftest import make_tiny_llama
 
 
-@pytest.mark.parametrize("attn, scaffold", [("sdpa", [7, 8, 9, 10]), ("eager", [7, 8, 9, 10]), ("sdpa", [])],
-                         ids=["sdpa", "eager", "empty_scaffold"])
-def test_packed_beliefs_match_reference(attn, scaffold):
-    """`algorithm.scaffold: ''` is a probe too: the answer right after the prefix."""
+@pytest.mark.parametrize("attn, probe", [("sdpa", [7, 8, 9, 10]), ("eager", [7, 8, 9, 10]), ("sdpa", [])],
+                         ids=["sdpa", "eager", "empty_probe"])
+def test_packed_beliefs_match_reference(attn, probe):
+    """`algorithm.belief_probe: ''` is a probe too: the answer right after the prefix."""
     model = make_tiny_llama(300, seed=1)
     model.config._attn_implementation = attn
     model.eval()
@@ -18,9 +18,9 @@ def test_packed_beliefs_match_reference(attn, scaffold):
         ids = torch.randint(3, 300, (length,), generator=g).tolist()
         answers = [torch.randint(3, 300, (1 + (k + n) % 4,), generator=g).tolist() for k in range(n_alias)]
         queries.append(BeliefQuery(ids, prefixes, answers))
-    ref = belief_logprobs_reference(model, scaffold, queries)
+    ref = belief_logprobs_reference(model, probe, queries)
     for rows in (1, 2, 4):
-        fast = belief_logprobs_packed(model, scaffold, queries, max_rows=rows)
+        fast = belief_logprobs_packed(model, probe, queries, max_rows=rows)
         for a, b, q in zip(fast, ref, queries):
             assert a.shape == (len(q.prefixes), len(q.answers))
             torch.testing.assert_close(a, b, atol=1e-4, rtol=0)

@@ -73,14 +73,14 @@ def test_nan_weights_stop_the_run_naming_the_phase(tmp_path, tiny_model_dir, cor
     assert not (tmp_path / "run" / "checkpoints").exists()
 
 
-def probe_scripts(scaffold: str) -> dict[str, list[list[str]]]:
+def probe_scripts(probe: str) -> dict[str, list[list[str]]]:
     """Every episode searches, then writes the probe's words before its answer."""
-    return {q: [[SEARCH.format("Eiffel Tower")], [f"{scaffold}{answers[0]}</answer>"]] for _, q, answers in QUESTIONS}
+    return {q: [[SEARCH.format("Eiffel Tower")], [f"{probe}{answers[0]}</answer>"]] for _, q, answers in QUESTIONS}
 
 
 def probe_trainer(cfg, tokenizer):
-    """A policy and a search tool that both write the probe text (scaffold + every gold answer)."""
-    probes = "\n".join(cfg.algorithm.scaffold + a for _, _, answers in QUESTIONS for a in answers)
+    """A policy and a search tool that both write the probe text (the belief probe + every gold answer)."""
+    probes = "\n".join(cfg.algorithm.belief_probe + a for _, _, answers in QUESTIONS for a in answers)
 
     class Leaky(SearchTool):
         def run_batch(self, arguments):
@@ -88,7 +88,7 @@ def probe_trainer(cfg, tokenizer):
 
     toolbox = Toolbox([Leaky(BM25Retriever([Passage(*f) for f in FACTS]))])
     fmt = trainer_module.make_chat_format(cfg, tokenizer, toolbox)
-    gen = ScriptedGenerator(tokenizer, fmt, probe_scripts(cfg.algorithm.scaffold))
+    gen = ScriptedGenerator(tokenizer, fmt, probe_scripts(cfg.algorithm.belief_probe))
     return trainer_module.Trainer(cfg, toolbox=toolbox, generator=gen)
 
 
@@ -106,7 +106,7 @@ def test_a_probe_left_in_the_template_stops_the_run(tmp_path, tiny_model_dir, co
     cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file)
     trainer = probe_trainer(cfg, tokenizer)
     fmt = trainer.fmt  # a stale probe buffer: every probe of the data set in the ids written after a tool result
-    stale = [i for _, _, answers in QUESTIONS for a in answers for i in fmt.scaffold_ids + fmt.answer_ids(a)]
+    stale = [i for _, _, answers in QUESTIONS for a in answers for i in fmt.belief_probe_ids + fmt.answer_ids(a)]
     fmt.tool_post_ids = stale + fmt.tool_post_ids
     with pytest.raises(InvariantError, match="the belief probe .*appears in the policy context"):
         trainer.fit()

@@ -111,13 +111,13 @@ def test_the_authors_later_options_in_a_step(tmp_path, tiny_model_dir, corpus_fi
     assert 0 < m["ig_rollout_share"] <= 1 and {"ig_raw_mean", "ig_raw_std", "ig_raw_positive_share"} <= set(m)
 
 
-def test_empty_scaffold_packed_beliefs_equal_reference(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
-    """`algorithm.scaffold: ''` in a trainer step: both belief implementations score the same probe."""
-    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "algorithm.scaffold=''")
+def test_empty_belief_probe_packed_beliefs_equal_reference(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
+    """`algorithm.belief_probe: ''` in a trainer step: both belief implementations score the same probe."""
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "algorithm.belief_probe=''")
     toolbox = make_toolbox(cfg)
     trainer = Trainer(cfg, toolbox=toolbox,
                       generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS))
-    assert trainer.fmt.scaffold_ids == []
+    assert trainer.fmt.belief_probe_ids == []
     trajs = trainer.collect(0, Timer())
     beliefs = {}
     for impl in ("packed", "reference"):

@@ -61,13 +61,14 @@ class ChatFormat:
             sampled stop token) after every generation.
         tool_pre_ids / tool_post_ids: the tool message around its content, `tool_post_ids` ending with the
             opening of the next assistant turn.
-        scaffold_ids: the belief probe's answer scaffold (scored context, never part of a policy context).
+        belief_probe_ids: the belief probe, the text scored before a gold answer (scored context, never part of a
+            policy context).
     """
 
     tokenizer: object
     system_prompt: str
     tools: list[dict]
-    scaffold: str
+    belief_probe: str
     chat_template: str | None = None  # override; None = the tokenizer's own (tool-aware) template
     _plain: object = field(default=None, init=False, repr=False)  # the backend reading added tokens as text
 
@@ -108,8 +109,8 @@ class ChatFormat:
         if self.eot_ids:
             stops.add(self.eot_ids[0])
         self.stop_ids = sorted(stops)
-        # The scaffold is ours, written as the assistant would write it: its added tokens (a `</think>`) count.
-        self.scaffold_ids = self._encode_template(self.scaffold)
+        # The probe is ours, written as the assistant would write it: its added tokens (a `</think>`) count.
+        self.belief_probe_ids = self._encode_template(self.belief_probe)
 
     def _check_end_of_turn(self, eot_text: str, fallback: bool) -> None:
         """The first end-of-turn token stops generation: ordinary text there would end a turn at every `<`."""

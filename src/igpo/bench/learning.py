@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from igpo.config import Config, ConfigError, apply_overrides, check_estimator_options, read_yaml, validate
+from igpo.config import (RENAMED, Config, ConfigError, apply_overrides, check_estimator_options, read_yaml,
+                         validate)
 from igpo.data.loaders import load_qa
 
 SMALL = {"bench.estimators": ["igpo", "grpo"], "bench.seeds": [0]}
@@ -434,8 +435,8 @@ def _incompatible(other: dict, bench: BenchConfig, start: dict, reg: dict) -> st
     for name in sorted(set(their_variants) & set(bench.variants)):
         if their_variants[name] != bench.variants[name]:
             return f"bench.variants.{name} is {their_variants[name]!r} there, {bench.variants[name]!r} here"
-    theirs_reg = other.get("config")
-    if theirs_reg is not None:
+    if other.get("config") is not None:
+        theirs_reg = {RENAMED.get(k, k): v for k, v in other["config"].items()}  # recorded before a rename
         # A key the other file does not record was added since: at its default it computes what it did before.
         default = regime(Config())
         for key in sorted(set(reg) | set(theirs_reg)):

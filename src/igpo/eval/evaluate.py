@@ -51,8 +51,8 @@ def evaluate(generator: Generator, fmt: ChatFormat, toolbox: Toolbox, examples: 
                 "golds": tr.example.answers, "answer": ans, "finish": tr.finish, "turns": tr.num_turns,
                 "tool_calls": sum(t.action.kind == "tool_call" and t.action.error is None for t in tr.turns),
                 "valid_generations": sum(t.action.kind != "format_error" and t.action.error is None for t in tr.turns),
-                "f1": answer_f1(ans, tr.example.answers, cfg.algorithm.f1_mode) if ans is not None else 0.0,
-                "em": answer_em(ans, tr.example.answers, cfg.algorithm.f1_mode) if ans is not None else 0.0,
+                "f1": answer_f1(ans, tr.example.answers, cfg.algorithm.answer_norm) if ans is not None else 0.0,
+                "em": answer_em(ans, tr.example.answers, cfg.algorithm.answer_norm) if ans is not None else 0.0,
             })
         if progress is not None:
             progress(len(rows), len(examples))

@@ -1,13 +1,13 @@
 """Forward passes that score tokens: per-token log-probs (old, reference, current policy) and beliefs.
 
-Belief of the gold answer after a context prefix (IGPO §2): teacher-force `scaffold + answer` after
-`ids[:prefix]` and take the mean log-prob of the answer tokens. Tokens after the answer (closing tag,
-end of turn) cannot change those log-probs under a causal model, so they are not fed.
+Belief of the gold answer after a context prefix (IGPO §2): teacher-force `probe + answer` after `ids[:prefix]`
+(`probe`: the belief probe, `algorithm.belief_probe`) and take the mean log-prob of the answer tokens. Tokens after
+the answer (closing tag, end of turn) cannot change those log-probs under a causal model, so they are not fed.
 
 Two implementations that must agree (tests assert 1e-4):
 - `belief_logprobs_reference`: one plain forward per (prefix, alias). Easy to read, T·K forwards.
-- `belief_logprobs_packed`: the trajectory once, then per prefix the scaffold once and every alias after it; a
-  scaffold attends to its prefix and itself, an alias to its prefix, its scaffold and itself (4-D additive mask,
+- `belief_logprobs_packed`: the trajectory once, then per prefix the probe once and every alias after it; a
+  probe attends to its prefix and itself, an alias to its prefix, its probe and itself (4-D additive mask,
   explicit position ids), and logits are computed only at the positions that predict answer ids.
   Cost ≈ one forward over the trajectory.
 """
@@ -39,7 +39,7 @@ def _answer_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tenso
 
 
 @torch.no_grad()
-def belief_logprobs_reference(model, scaffold: list[int], queries: Sequence[BeliefQuery]) -> list[torch.Tensor]:
+def belief_logprobs_reference(model, probe: list[int], queries: Sequence[BeliefQuery]) -> list[torch.Tensor]:
     """Per query, [P, K] mean log-prob of each alias after each prefix: one forward per (prefix, alias)."""
     dev = _device(model)
     out = []
@@ -47,9 +47,9 @@ def belief_logprobs_reference(model, scaffold: list[int], queries: Sequence[Beli
         res = torch.empty(len(q.prefixes), len(q.answers))
         for i, p in enumerate(q.prefixes):
             for k, ans in enumerate(q.answers):
-                seq = torch.tensor([q.ids[:p] + scaffold + ans], device=dev)
+                seq = torch.tensor([q.ids[:p] + probe + ans], device=dev)
                 logits = model(input_ids=seq).logits[0]
-                start = p + len(scaffold)
+                start = p + len(probe)
                 lp = _answer_logprobs(logits[start - 1 : start - 1 + len(ans)], seq[0, start : start + len(ans)])
                 res[i, k] = lp.mean().cpu()
         out.append(res)
@@ -58,7 +58,7 @@ def belief_logprobs_reference(model, scaffold: list[int], queries: Sequence[Beli
 
 @dataclass
 class _Packed:
-    """One packed row: the trajectory, then per prefix the scaffold, then per alias its answer.
+    """One packed row: the trajectory, then per prefix the probe, then per alias its answer.
 
     A segment [start, end) attends causally to itself and to the column spans in `sees`; `scores` holds, per
     (prefix, alias) in row-major order, the columns whose logits predict the answer ids, and those ids.
@@ -70,7 +70,7 @@ class _Packed:
     scores: list[tuple[list[int], list[int]]]
 
 
-def _pack(q: BeliefQuery, scaffold: list[int]) -> _Packed:
+def _pack(q: BeliefQuery, probe: list[int]) -> _Packed:
     base_len = max(q.prefixes)
     row = _Packed(list(q.ids[:base_len]), list(range(base_len)), [(0, base_len, [])], [])
 
@@ -82,21 +82,21 @@ def _pack(q: BeliefQuery, scaffold: list[int]) -> _Packed:
         return start
 
     for p in q.prefixes:
-        # The scaffold is the same for every alias: it is fed once per prefix and the aliases attend to it.
-        s0 = append(scaffold, p, [(0, p)])
-        s1 = s0 + len(scaffold)
-        # The column that predicts the first answer id: the scaffold's last, or with an empty scaffold
-        # (`algorithm.scaffold: ''`) the prefix's last.
-        first = s1 - 1 if scaffold else p - 1
+        # The probe is the same for every alias: it is fed once per prefix and the aliases attend to it.
+        s0 = append(probe, p, [(0, p)])
+        s1 = s0 + len(probe)
+        # The column that predicts the first answer id: the probe's last, or with an empty probe
+        # (`algorithm.belief_probe: ''`) the prefix's last.
+        first = s1 - 1 if probe else p - 1
         for ans in q.answers:
-            a0 = append(ans, p + len(scaffold), [(0, p), (s0, s1)])
+            a0 = append(ans, p + len(probe), [(0, p), (s0, s1)])
             row.scores.append(([first] + list(range(a0, a0 + len(ans) - 1)), list(ans)))
     return row
 
 
 @torch.no_grad()
 def belief_logprobs_packed(
-    model, scaffold: list[int], queries: Sequence[BeliefQuery], max_rows: int = 4
+    model, probe: list[int], queries: Sequence[BeliefQuery], max_rows: int = 4
 ) -> list[torch.Tensor]:
     """Same result as the reference, one forward per `max_rows` trajectories."""
     dev = _device(model)
@@ -105,7 +105,7 @@ def belief_logprobs_packed(
     out: list[torch.Tensor] = []
     for lo in range(0, len(queries), max_rows):
         chunk = queries[lo : lo + max_rows]
-        packed = [_pack(q, scaffold) for q in chunk]
+        packed = [_pack(q, probe) for q in chunk]
         width = max(len(r.tokens) for r in packed)
         ids = torch.zeros((len(chunk), width), dtype=torch.long)
         pos = torch.zeros((len(chunk), width), dtype=torch.long)

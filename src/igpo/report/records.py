@@ -17,7 +17,7 @@ from igpo.algo.rewards import answer_f1
 
 
 def trajectory_record(tr: Trajectory, rewards: Sequence[float], advantages: Sequence[float], outcome: float,
-                      step: int, f1_mode: str = "official") -> dict:
+                      step: int, answer_norm: str = "official") -> dict:
     """One trajectory; `rewards` and `advantages` are its turn rewards and turn advantages ([T] or longer, padded).
 
     Turn rewards hold the IG of each turn before the last (when beliefs were scored) and the outcome on the last.
@@ -53,14 +53,14 @@ def trajectory_record(tr: Trajectory, rewards: Sequence[float], advantages: Sequ
         "turns": turns,
         "answer": answer,
         "finish": tr.finish,
-        "f1": answer_f1(answer, ex.answers, f1_mode) if answer is not None else 0.0,
+        "f1": answer_f1(answer, ex.answers, answer_norm) if answer is not None else 0.0,
         "outcome": float(outcome),
     }
 
 
 def sample_records(trajs: Sequence[Trajectory], rewards: torch.Tensor, advantages: torch.Tensor,
-                   outcomes: Sequence[float], step: int, n: int, f1_mode: str = "official") -> list[dict]:
+                   outcomes: Sequence[float], step: int, n: int, answer_norm: str = "official") -> list[dict]:
     """Records of the first `n` trajectories of a step (whole groups when n is a multiple of the group size,
     since a group's rollouts are consecutive). rewards, advantages: [B, T] turn rewards and turn advantages."""
-    return [trajectory_record(tr, rewards[b].tolist(), advantages[b].tolist(), outcomes[b], step, f1_mode)
+    return [trajectory_record(tr, rewards[b].tolist(), advantages[b].tolist(), outcomes[b], step, answer_norm)
             for b, tr in enumerate(trajs[:n])]

@@ -41,30 +41,30 @@ def _norm(text: str) -> str:
     return " ".join(text.split())
 
 
-def check_no_probe_leak(tr: Trajectory, tokenizer, scaffold: str, scaffold_ids: list[int],
+def check_no_probe_leak(tr: Trajectory, tokenizer, probe: str, probe_ids: list[int],
                         answers_ids: list[list[int]], where: str) -> None:
-    """The belief probe (scaffold followed by a gold answer) was never written into a policy context by us.
+    """The belief probe followed by a gold answer was never written into a policy context by us.
 
-    The probe is built only by belief scoring, as `scaffold_ids + answer ids` after a copy of a context prefix;
+    It is built only by belief scoring, as `probe_ids + answer ids` after a copy of a context prefix;
     the defect this guards against is that buffer leaking into the context the next turn is generated from (the
     official code left stale probe tokens there). Such a leak lands among the ids the rollout writes from the
     chat template: the prompt around the question and the ids between turns (`Trajectory.rollout_spans`), so
     only those are searched, each run on its own, on the ids and on the decoded text (a leak could be tokenized
     differently). The text of the question, of the policy's own generations and of tool results is not
-    searched: the policy may well write the scaffold's words ("Now there's enough information to answer
+    searched: the policy may well write the probe's words ("Now there's enough information to answer
     </think> <answer> London"), a retrieved page may hold them, and a question may hold its answer (with an
-    empty scaffold the probe is the bare answer); none of them is the probe, and stopping the run on them would
+    empty probe the probed text is the bare answer); none of them is the probe, and stopping the run on them would
     stop it on model output or data."""
     for a, b in tr.rollout_spans():
         ids = tr.ids[a:b]
         for ans_ids in answers_ids:
-            probe = scaffold_ids + ans_ids
-            n = len(probe)
+            probed = probe_ids + ans_ids
+            n = len(probed)
             for k in range(len(ids) - n + 1):
-                if ids[k] == probe[0] and ids[k:k + n] == probe:
+                if ids[k] == probed[0] and ids[k:k + n] == probed:
                     raise InvariantError(f"{where}: the belief probe appears in the policy context at token {a + k}")
         text = _norm(tokenizer.decode(ids))
         for ans in tr.example.answers:
-            if _norm(scaffold + ans) in text:
-                raise InvariantError(f"{where}: the belief probe text {_norm(scaffold + ans)!r} appears in the policy "
+            if _norm(probe + ans) in text:
+                raise InvariantError(f"{where}: the belief probe text {_norm(probe + ans)!r} appears in the policy "
                                      f"context (tokens {a}..{b})")

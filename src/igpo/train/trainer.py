@@ -55,7 +55,7 @@ def make_toolbox(cfg: Config) -> Toolbox:
 
 def make_chat_format(cfg: Config, tokenizer, toolbox: Toolbox) -> ChatFormat:
     default = WEB_SEARCH_SYSTEM_PROMPT if "web_search" in toolbox.tools else DEFAULT_SYSTEM_PROMPT
-    return ChatFormat(tokenizer, cfg.rollout.system_prompt or default, toolbox.schemas(), cfg.algorithm.scaffold)
+    return ChatFormat(tokenizer, cfg.rollout.system_prompt or default, toolbox.schemas(), cfg.algorithm.belief_probe)
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -260,7 +260,7 @@ class Trainer:
         was_training = self.model.training
         self.model.eval()
         with timer("beliefs"), self.dist.gathered(self.model):
-            per_alias = impl(self.model, self.fmt.scaffold_ids, queries)
+            per_alias = impl(self.model, self.fmt.belief_probe_ids, queries)
         self.model.train(was_training)
         for tr, lp in zip(todo, per_alias):
             tr.beliefs = reduce_aliases(lp, self.cfg.algorithm.aliases).tolist()
@@ -278,7 +278,7 @@ class Trainer:
                 # The prompt alone filled rollout.max_context: no answer, so the format penalty as outcome, but no
                 # turn to carry it and no token to train on. (All rollouts of a question share its prompt, so
                 # the whole group is like this: no advantage, and none taken from another group.)
-                outcomes.append(outcome_reward(None, tr.example.answers, a.format_penalty, a.f1_mode))
+                outcomes.append(outcome_reward(None, tr.example.answers, a.format_penalty, a.answer_norm))
                 continue
             mask[b, :n] = True
             if tr.beliefs is not None:
@@ -288,7 +288,7 @@ class Trainer:
                     check_ig_telescopes(lp, ig, a.ig, f"rollout {b}")
                 malformed = [t.tool_error in MALFORMED_CALL_ERRORS for t in tr.turns[: n - 1]]
                 rewards[b, : n - 1] = shape_ig(ig, a.ig_clip, malformed, a.turn_format_penalty)
-            o = outcome_reward(tr.answer, tr.example.answers, a.format_penalty, a.f1_mode)
+            o = outcome_reward(tr.answer, tr.example.answers, a.format_penalty, a.answer_norm)
             rewards[b, n - 1] = o
             outcomes.append(o)
         return rewards, mask, outcomes
@@ -424,7 +424,7 @@ class Trainer:
             # Without beliefs no probe is ever built: there is nothing that could leak.
             if self.cfg.trainer.check_invariants:
                 for b, tr in enumerate(trajs):
-                    check_no_probe_leak(tr, self.tok, a.scaffold, self.fmt.scaffold_ids,
+                    check_no_probe_leak(tr, self.tok, a.belief_probe, self.fmt.belief_probe_ids,
                                         self.answer_ids(tr.example), f"step {step}, rollout {b}")
         # Nothing below is collective until `faults.agree`: a rank that finds a NaN goes straight there, and
         # every rank skips the step if any rank found one.
@@ -455,7 +455,8 @@ class Trainer:
                 return {"step": step}
             trajs, rewards, turn_mask, outcomes, turn_adv, losses, seconds = merged
             timer.seconds.update(seconds)
-        self.samples = sample_records(trajs, rewards, turn_adv, outcomes, step, self.cfg.trainer.log_samples, a.f1_mode)
+        self.samples = sample_records(trajs, rewards, turn_adv, outcomes, step, self.cfg.trainer.log_samples,
+                                      a.answer_norm)
         return self._metrics(step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer)
 
     def estimator_options(self, step: int) -> dict:
@@ -473,13 +474,14 @@ class Trainer:
         return out
 
     def _f1(self, tr: Trajectory) -> float:
-        return answer_f1(tr.answer, tr.example.answers, self.cfg.algorithm.f1_mode) if tr.answer is not None else 0.0
+        norm = self.cfg.algorithm.answer_norm
+        return answer_f1(tr.answer, tr.example.answers, norm) if tr.answer is not None else 0.0
 
     def _metrics(self, step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer: Timer) -> dict:
         a = self.cfg.algorithm
         n = len(trajs)
         f1 = [self._f1(tr) for tr in trajs]
-        em = [answer_em(tr.answer, tr.example.answers, a.f1_mode) if tr.answer is not None else 0.0 for tr in trajs]
+        em = [answer_em(tr.answer, tr.example.answers, a.answer_norm) if tr.answer is not None else 0.0 for tr in trajs]
         finish = Counter(tr.finish for tr in trajs)
         calls = [t for tr in trajs for t in tr.turns if t.action.kind == "tool_call" and t.tool_result is not None]
         errors = Counter(t.tool_error for t in calls if t.tool_error)
