@@ -133,9 +133,12 @@ class RolloutConfig(_Strict):
         "turns per episode; an episode still calling tools at the last turn ends without an answer (format penalty)"))
     max_new_tokens: int = Field(96, ge=1, description="tokens per generation (one turn)")
     max_context: int = Field(2048, ge=16, description=(
-        "total tokens of an episode; an episode that would exceed it ends without an answer (outcome "
-        "`algorithm.format_penalty`). An episode whose prompt alone fills it has no turn: the format penalty as "
-        "outcome, no token trained on, and the rest of the batch (sampling log-probs included) as without it"))
+        "total tokens of an episode (prompt, generations, tool results); a generation is cut to the room left. An "
+        "episode with no room left for a tool result and a next turn ends there without an answer, with finish "
+        "reason `max_context` (outcome `algorithm.format_penalty`); an answer cut before it closes is a format "
+        "error. An episode whose prompt alone fills it has no turn (finish reason `max_context`): the format "
+        "penalty as outcome, no token trained on, and the rest of the batch (sampling log-probs included) as "
+        "without it"))
     temperature: float = Field(1.0, ge=0, description=(
         "sampling temperature for training rollouts (0 = greedy; evaluation is always greedy); the PPO ratio, the "
         "KL and the entropy are taken under the same tempered distribution (logits / temperature), as the sampler "

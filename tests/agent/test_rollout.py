@@ -61,6 +61,9 @@ def test_limits_end_episodes_without_crashing(setup):
     assert tr.finish == "max_context" and len(tr.ids) <= prompt + 40
     (tr,) = run(fmt, box, [[SEARCH]], max_context=prompt)
     assert tr.finish == "max_context" and tr.num_turns == 0
+    # A generation is cut to the room left: an answer cut before it closes is a format error.
+    (tr,) = run(fmt, box, [["<answer>Paris</answer>"]], max_context=prompt + 3)
+    assert tr.finish == "format_error" and len(tr.ids) == prompt + 3 and tr.answer is None
 
 
 def test_generation_budget_is_cut_per_episode(setup):
