@@ -107,6 +107,47 @@ def test_a_key_added_since_counts_at_its_default_when_merging(tmp_path, tiny_mod
         included_runs(bench.model_copy(update={"include": [str(f)]}), start, regime(cfg))
 
 
+# The hand-kept list of config keys that merged results could differ in, as bench/learning.py had it before the config
+# flagged its fields: the flags must keep exactly these (less those each run sets itself) unless changed on purpose.
+NOT_REGIME_BEFORE_FLAGS = {
+    "algorithm.estimator", "trainer.seed", "trainer.eval_every", "trainer.save_every", "trainer.eval_size",
+    "model.lora.enabled", "model.path", "model.device", "model.cache_dir", "trainer.out_dir", "sft.out_dir",
+    "trainer.keep_last", "trainer.loggers", "trainer.wandb.project", "trainer.wandb.entity", "trainer.wandb.name",
+    "trainer.wandb.tags", "trainer.check_invariants", "trainer.micro_batch_size", "trainer.eval_batch_size",
+    "rollout.engine", "algorithm.belief_impl", "retrieval.cache", "retrieval.cache_dir",
+    "retrieval.timeout_s", "retrieval.retries", "retrieval.backoff_s", "retrieval.breaker_failures",
+    "retrieval.breaker_cooldown_s", "rollout.vllm.gpu_memory_utilization", "rollout.vllm.enforce_eager",
+    "rollout.vllm.check_weights",
+}
+
+
+def test_the_config_flags_the_keys_results_may_differ_in():
+    from igpo.bench.learning import RUN_SET
+    from igpo.config import Config, config_fields, result_keys
+
+    keys = {k for k, _ in config_fields(Config)}
+    assert RUN_SET < NOT_REGIME_BEFORE_FLAGS
+    assert keys - set(result_keys()) == NOT_REGIME_BEFORE_FLAGS - RUN_SET
+    reg = regime(Config())
+    assert set(reg) == set(result_keys()) - RUN_SET and "algorithm.gamma" in reg and "trainer.lr" in reg
+
+
+def test_a_new_field_is_result_relevant_unless_flagged():
+    from pydantic import Field
+
+    from igpo.config import NOT_RESULT, _Strict, result_keys
+
+    class Section(_Strict):
+        computes: int = Field(1, description="a setting that changes what a run computes")
+        where: str = Field("x", description="where a run writes", json_schema_extra=NOT_RESULT)
+
+    class Model(_Strict):
+        section: Section = Section()
+        top: float = Field(0.5, description="another")
+
+    assert result_keys(Model) == ["section.computes", "top"]
+
+
 def test_a_key_renamed_since_is_compared_under_its_new_name(tmp_path, tiny_model_dir, corpus_file, plans_file):
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo"])
     bench, cfg = load_bench_config(path)

@@ -27,6 +27,12 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
+# The flag of a field that says where or how fast a run went, not what it computed (a fast path that has a test of
+# agreement with its reference path counts as such): `Field(..., json_schema_extra=NOT_RESULT)`. Results of runs
+# that differ only in such keys are comparable (`result_keys`; `igpo bench learning` merges them).
+NOT_RESULT = {"result": False}
+
+
 class LoraConfig(_Strict):
     enabled: bool = Field(False, description=(
         "train a LoRA adapter (peft) instead of all weights; the reference is then the base model with the adapter "
@@ -48,11 +54,11 @@ class ModelConfig(_Strict):
     gguf_file: str | None = Field(None, description="the GGUF file name inside the directory `model.path`")
     tokenizer: str | None = Field(None, description=(
         "tokenizer location when it differs from the model's; `null` = `model.path`"))
-    device: str = Field("cpu", description="torch device")
+    device: str = Field("cpu", json_schema_extra=NOT_RESULT, description="torch device")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description=(
         "`float32`, `bfloat16`, `float16` (fp32 on CPU: bf16 is several times slower there)"))
     attn_implementation: str = Field("sdpa", description="`sdpa` or `eager`")
-    cache_dir: str | None = Field(None, description=(
+    cache_dir: str | None = Field(None, json_schema_extra=NOT_RESULT, description=(
         "where converted GGUF checkpoints are kept; default `~/.cache/igpo/models` (or `$IGPO_CACHE/models`)"))
     lora: LoraConfig = LoraConfig()
 
@@ -100,27 +106,30 @@ class RetrievalConfig(_Strict):
     topk: int = Field(3, ge=1, le=100, description="passages (web results) per query; the paper's web search used 5")
     max_passage_words: int = Field(60, ge=1, description="each passage is cut to this many words in the tool result")
     api_key_env: str | None = Field(None, description="name of the environment variable holding the server's API key")
-    timeout_s: float = Field(10.0, gt=0, description="HTTP timeout per attempt")
-    retries: int = Field(3, ge=0, description=(
+    timeout_s: float = Field(10.0, gt=0, json_schema_extra=NOT_RESULT, description="HTTP timeout per attempt")
+    retries: int = Field(3, ge=0, json_schema_extra=NOT_RESULT, description=(
         "extra attempts after the first (backoff doubling from `retrieval.backoff_s`, with jitter)"))
-    backoff_s: float = Field(0.25, ge=0, description="first retry delay; doubles each retry, with jitter")
-    breaker_failures: int = Field(5, ge=1, description="consecutive failed searches that open the circuit breaker")
-    breaker_cooldown_s: float = Field(30.0, ge=0, description=(
+    backoff_s: float = Field(0.25, ge=0, json_schema_extra=NOT_RESULT, description=(
+        "first retry delay; doubles each retry, with jitter"))
+    breaker_failures: int = Field(5, ge=1, json_schema_extra=NOT_RESULT, description=(
+        "consecutive failed searches that open the circuit breaker"))
+    breaker_cooldown_s: float = Field(30.0, ge=0, json_schema_extra=NOT_RESULT, description=(
         "how long an open circuit fails fast before one trial call"))
-    cache: bool = Field(True, description=(
+    cache: bool = Field(True, json_schema_extra=NOT_RESULT, description=(
         "on-disk content-addressed cache of HTTP and Serper results (reproducible, resumable runs; a cached web "
         "query costs nothing)"))
-    cache_dir: str | None = Field(None, description="default `~/.cache/igpo/retrieval`")
+    cache_dir: str | None = Field(None, json_schema_extra=NOT_RESULT, description="default `~/.cache/igpo/retrieval`")
     web: WebSearchConfig = WebSearchConfig()
 
 
 class VLLMConfig(_Strict):
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field("bfloat16", description=(
         "the engine's weight and compute dtype (`auto`, `bfloat16`, `float16`, `float32`)"))
-    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, description=(
+    gpu_memory_utilization: float = Field(0.3, gt=0, le=1, json_schema_extra=NOT_RESULT, description=(
         "share of the GPU the engine may take for its weights and KV cache (the trainer uses the rest)"))
-    enforce_eager: bool = Field(False, description="no CUDA graphs: slower decoding, less memory and start-up time")
-    check_weights: bool = Field(True, description=(
+    enforce_eager: bool = Field(False, json_schema_extra=NOT_RESULT, description=(
+        "no CUDA graphs: slower decoding, less memory and start-up time"))
+    check_weights: bool = Field(True, json_schema_extra=NOT_RESULT, description=(
         "after every push, compare a fingerprint of the engine's weights (a fixed sample of elements of every tensor "
         "it stores unfused) with the trainer's; a mismatch stops the run"))
 
@@ -151,7 +160,7 @@ class RolloutConfig(_Strict):
         "process (GPU, `pip install 'igpo[vllm]'`; full fine-tuning only), weights pushed after every update and "
         "checked, sampling log-probs recorded (see `docs/scaling.md`)"))
     vllm: VLLMConfig = VLLMConfig()
-    engine: Literal["cached", "hf"] = Field("cached", description=(
+    engine: Literal["cached", "hf"] = Field("cached", json_schema_extra=NOT_RESULT, description=(
         "how the `hf` backend generates (ignored with `vllm`). `cached`: the KV-cache engine (`igpo.agent.engine`: "
         "each episode's cache is kept across turns, only new ids are prefilled, finished episodes leave the batch); "
         "`hf`: `model.generate` over each episode's full context every turn (the simple reference path). Both sample "
@@ -226,7 +235,7 @@ class AlgorithmConfig(_Strict):
         "checkpoints and logged (`ig_gate_ema`, `ig_gate_on`); `null` = no gate"))
     ig_gate_ema: float = Field(0.1, gt=0, le=1, description=(
         "weight of the newest step in the gate's EMA (the first step's F1 starts it)"))
-    belief_impl: Literal["packed", "reference"] = Field("packed", description=(
+    belief_impl: Literal["packed", "reference"] = Field("packed", json_schema_extra=NOT_RESULT, description=(
         "`packed` (one forward per trajectory batch) or `reference` (one forward per prefix and alias)"))
     clip_eps: float = Field(0.2, gt=0, description="PPO clip")
     dual_clip: float | None = Field(3.0, gt=1, description=(
@@ -271,10 +280,12 @@ class AlgorithmConfig(_Strict):
 class WandbConfig(_Strict):
     """The Weights & Biases run (`trainer.loggers` with `wandb`); offline unless WANDB_API_KEY or WANDB_MODE is set."""
 
-    project: str = Field("igpo", description="wandb project")
-    entity: str | None = Field(None, description="wandb user or team (`null`: the account's default)")
-    name: str | None = Field(None, description="the wandb run's display name (`null`: the run folder's name)")
-    tags: list[str] = Field([], description="tags of the wandb run")
+    project: str = Field("igpo", json_schema_extra=NOT_RESULT, description="wandb project")
+    entity: str | None = Field(None, json_schema_extra=NOT_RESULT, description=(
+        "wandb user or team (`null`: the account's default)"))
+    name: str | None = Field(None, json_schema_extra=NOT_RESULT, description=(
+        "the wandb run's display name (`null`: the run folder's name)"))
+    tags: list[str] = Field([], json_schema_extra=NOT_RESULT, description="tags of the wandb run")
 
 
 class TrainerConfig(_Strict):
@@ -286,7 +297,7 @@ class TrainerConfig(_Strict):
     ppo_epochs: int = Field(1, ge=1, description="passes over each rollout batch")
     mini_batches: int = Field(1, ge=1, description=(
         "optimizer steps per pass (one epoch and one mini-batch = on-policy: no separate old-log-prob forward)"))
-    micro_batch_size: int = Field(4, ge=1, description=(
+    micro_batch_size: int = Field(4, ge=1, json_schema_extra=NOT_RESULT, description=(
         "sequences per forward/backward (gradient accumulation within a mini-batch)"))
     seed: int = Field(0, description=(
         "seeds the question order and each episode's sampling (a seed per question and rollout, so any number of "
@@ -295,13 +306,13 @@ class TrainerConfig(_Strict):
         "run folder: `config.yaml`, `metrics.jsonl`, `eval.jsonl`, `samples.jsonl`, TensorBoard event files, "
         "`wandb/` (with `trainer.loggers` naming them), `checkpoints/step_NNNNNN/` (see `docs/report.md`)"))
     save_every: int = Field(0, ge=0, description="checkpoint every N steps (0: at the end only)")
-    keep_last: int = Field(2, ge=1, description="checkpoints kept")
+    keep_last: int = Field(2, ge=1, json_schema_extra=NOT_RESULT, description="checkpoints kept")
     eval_every: int = Field(0, ge=0, description="greedy evaluation on `data.eval` every N steps (0: never)")
     eval_size: int = Field(100, ge=1, description="questions of `data.eval` used by periodic evaluation and the demo")
-    eval_batch_size: int = Field(16, ge=1, description=(
+    eval_batch_size: int = Field(16, ge=1, json_schema_extra=NOT_RESULT, description=(
         "questions rolled out together in greedy evaluation (`igpo eval`, periodic, SFT, demo, bench); greedy ids "
         "match across batch sizes (`tests/eval/test_evaluate.py`, fp32)"))
-    check_invariants: bool = Field(True, description=(
+    check_invariants: bool = Field(True, json_schema_extra=NOT_RESULT, description=(
         "per-step checks (trained ids = sampled ids, loss mask = generated tokens, Σ IG = p_last − p_0, no belief "
         "probe in the ids the rollout writes from the chat template, under an estimator that scores beliefs; see "
         "`docs/reliability.md`)"))
@@ -317,7 +328,8 @@ class TrainerConfig(_Strict):
     log_samples: int = Field(8, ge=0, description=(
         "trajectories of each step written to `samples.jsonl` for the report's viewer (the first N of the batch: "
         "whole groups when N is a multiple of `rollout.group_size`; 0: none)"))
-    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(["jsonl", "tensorboard"], description=(
+    loggers: list[Literal["jsonl", "tensorboard", "wandb"]] = Field(
+        ["jsonl", "tensorboard"], json_schema_extra=NOT_RESULT, description=(
         "where the metrics (and eval results) go: `jsonl` (`metrics.jsonl`, `eval.jsonl`; required: reports, the "
         "learning benchmark and resume read them), `tensorboard` (event files in the run folder), `wandb` (a Weights "
         "& Biases run under `out_dir/wandb/`: offline unless `WANDB_MODE` or `WANDB_API_KEY` is set; needs the "
@@ -377,7 +389,7 @@ class SftConfig(_Strict):
     eval_size: int = Field(50, ge=0, description=(
         "held-out questions (the first of `data.eval`) for greedy format validity, tool-call rate and F1 after SFT "
         "(0: skip)"))
-    out_dir: str = Field("runs/sft", description=(
+    out_dir: str = Field("runs/sft", json_schema_extra=NOT_RESULT, description=(
         "the warm-started model goes to `out_dir/model` (a Hugging Face directory), the summary to "
         "`out_dir/sft.json`"))
     seed: int = Field(0, description="seeds the choice of questions and demonstration kinds")
@@ -548,6 +560,13 @@ def _table(section: type[BaseModel], prefix: str) -> list[str]:
     return rows
 
 
+def result_keys(model: type[BaseModel] = Config) -> list[str]:
+    """The dotted keys that can change what a run computes: every key whose field is not flagged `NOT_RESULT` (a new
+    field counts unless flagged)."""
+    return [key for key, info in config_fields(model)
+            if not (isinstance(info.json_schema_extra, dict) and info.json_schema_extra.get("result") is False)]
+
+
 def config_reference() -> str:
     """docs/config.md: `Config`'s docstring, then per section its docstring (if any) and a table of every key with
     its default and description. Written by `python -m igpo.config docs/config.md` (`make docs`)."""
@@ -559,6 +578,12 @@ def config_reference() -> str:
         if info.annotation.__doc__:
             lines += [inspect.cleandoc(info.annotation.__doc__), ""]
         lines += _table(info.annotation, f"{name}.")
+    result = set(result_keys())
+    where = [key for key, _ in config_fields() if key not in result]
+    lines += ["", "## keys that do not change results",
+              "These say where or how fast a run went, not what it computed (`NOT_RESULT` in `igpo.config`); "
+              "`igpo bench learning` merges the results of runs that differ in them: "
+              + ", ".join(f"`{k}`" for k in where) + "."]
     lines += ["", "## renamed keys", "A config that sets an old name stops with an error naming the new one.", "",
               "| old key | new key |", "|---|---|"] + [f"| `{old}` | `{new}` |" for old, new in RENAMED.items()]
     return "\n".join(lines) + "\n"

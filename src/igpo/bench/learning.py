@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from igpo.config import (RENAMED, Config, ConfigError, apply_overrides, check_estimator_options, read_yaml,
-                         validate)
+from igpo.config import (RENAMED, Config, ConfigError, apply_overrides, check_estimator_options, config_fields,
+                         read_yaml, result_keys, validate)
 from igpo.data.loaders import load_qa
 
 SMALL = {"bench.estimators": ["igpo", "grpo"], "bench.seeds": [0]}
@@ -357,19 +357,11 @@ def paired_vs_grpo(runs: dict[str, dict[str, dict]], est: str) -> dict | None:
             "final_dev_f1": diff(lambda r: r["dev_f1"][-1])}
 
 
-# Settings that may differ between merged results: those each run sets itself (`run_one`; the bench settings
-# behind them are compared as `_BENCH_REGIME`), and those that say where or how fast a run went, not what it
-# computed (fast paths that have a test of agreement with their reference path count as the latter).
-_NOT_REGIME = {
-    "algorithm.estimator", "trainer.seed", "trainer.eval_every", "trainer.save_every", "trainer.eval_size",
-    "model.lora.enabled", "model.path", "model.device", "model.cache_dir", "trainer.out_dir", "sft.out_dir",
-    "trainer.keep_last", "trainer.loggers", "trainer.wandb.project", "trainer.wandb.entity", "trainer.wandb.name",
-    "trainer.wandb.tags", "trainer.check_invariants", "trainer.micro_batch_size",
-    "trainer.eval_batch_size", "rollout.engine", "algorithm.belief_impl", "retrieval.cache", "retrieval.cache_dir",
-    "retrieval.timeout_s", "retrieval.retries", "retrieval.backoff_s", "retrieval.breaker_failures",
-    "retrieval.breaker_cooldown_s", "rollout.vllm.gpu_memory_utilization", "rollout.vllm.enforce_eager",
-    "rollout.vllm.check_weights",
-}
+# Settings each run sets itself (`run_one`; the bench settings behind them are compared as `_BENCH_REGIME`): they
+# may differ between merged results, as may those the config flags as not changing what a run computes
+# (`igpo.config.result_keys`).
+RUN_SET = frozenset({"algorithm.estimator", "trainer.seed", "trainer.eval_every", "trainer.save_every",
+                     "trainer.eval_size", "model.lora.enabled", "model.path", "trainer.out_dir"})
 _BENCH_REGIME = ("eval_every", "dev_size", "test", "test_size", "sft")
 
 
@@ -381,9 +373,11 @@ def _flat(tree: dict, prefix: str = "") -> dict:
 
 
 def regime(cfg: Config) -> dict:
-    """The training config every run shares, as dotted keys, less `_NOT_REGIME`: what results.json records so
-    that results from another invocation can be checked before they are merged."""
-    return {k: v for k, v in _flat(cfg.model_dump(mode="json")).items() if k not in _NOT_REGIME}
+    """The training config every run shares, as dotted keys: those that can change what a run computes
+    (`result_keys`) less those each run sets itself (`RUN_SET`). What results.json records so that results from
+    another invocation can be checked before they are merged."""
+    keys = set(result_keys()) - RUN_SET
+    return {k: v for k, v in _flat(cfg.model_dump(mode="json")).items() if k in keys}
 
 
 def start_model_dir(bench: BenchConfig, cfg: Config) -> str:
@@ -437,11 +431,12 @@ def _incompatible(other: dict, bench: BenchConfig, start: dict, reg: dict) -> st
             return f"bench.variants.{name} is {their_variants[name]!r} there, {bench.variants[name]!r} here"
     if other.get("config") is not None:
         theirs_reg = {RENAMED.get(k, k): v for k, v in other["config"].items()}  # recorded before a rename
-        # A key the other file does not record was added since: at its default it computes what it did before.
-        default = regime(Config())
+        # A key the other file does not record was added since: at its default it computes what it did before. A
+        # key it records that the config no longer has is compared (what it did is unknown).
+        default, known = regime(Config()), {k for k, _ in config_fields()}
         for key in sorted(set(reg) | set(theirs_reg)):
             there = theirs_reg[key] if key in theirs_reg else default.get(key)
-            if key not in _NOT_REGIME and reg.get(key) != there:
+            if (key in default or key not in known) and reg.get(key) != there:
                 return f"{key} is {there!r} there, {reg.get(key)!r} here"
     return None
 
