@@ -7,8 +7,9 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
-from igpo.bench.learning import (_start_scores, _steps_to_reach, advantage_signal, aggregate, included_runs,
-                                 load_bench_config, paired_vs_grpo, regime)
+from igpo.bench.config import arm_config, load_bench_config
+from igpo.bench.learning import _start_scores
+from igpo.bench.results import _steps_to_reach, advantage_signal, aggregate, included_runs, paired_vs_grpo, regime
 from igpo.cli import app
 from igpo.config import ConfigError
 from igpo.train.faults import KILL_ENV
@@ -59,8 +60,6 @@ def test_bench_config_splits_bench_keys_and_names_bad_ones(tmp_path, tiny_model_
 
 
 def test_variants_are_arms_with_algorithm_overrides(tmp_path, tiny_model_dir, corpus_file, plans_file):
-    from igpo.bench.learning import arm_config
-
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["grpo", "igpo_raw_ig"])
     tree = yaml.safe_load(path.read_text())
     tree["bench"]["variants"] = {"igpo_raw_ig": {"algorithm.norm": "raw_ig", "algorithm.ig": "log_prob_diff"}}
@@ -122,7 +121,7 @@ NOT_REGIME_BEFORE_FLAGS = {
 
 
 def test_the_config_flags_the_keys_results_may_differ_in():
-    from igpo.bench.learning import RUN_SET
+    from igpo.bench.results import RUN_SET
     from igpo.config import Config, config_fields, result_keys
 
     keys = {k for k, _ in config_fields(Config)}
@@ -316,7 +315,7 @@ def test_report_only_without_finished_runs_names_the_folder(tmp_path, tiny_model
 @pytest.mark.integration
 def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_dir, corpus_file, plans_file,
                                                            monkeypatch):
-    import igpo.bench.learning
+    import igpo.bench.run
     import igpo.train.sft
 
     def in_this_process(*_a, **_k):
@@ -325,7 +324,7 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
     # The shared SFT and the step-0 evaluations run in a child process, whose memory is returned when it ends;
     # these parent-side copies are what the bench process would call if it did them itself.
     monkeypatch.setattr(igpo.train.sft, "run_sft", in_this_process)
-    monkeypatch.setattr(igpo.bench.learning, "_eval_file", in_this_process)
+    monkeypatch.setattr(igpo.bench.run, "_eval_file", in_this_process)
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo"])
     runner = CliRunner(env={"COLUMNS": "160"})  # the table on one line per row
     res = runner.invoke(app, ["bench", "learning", "--config", str(path)])

@@ -341,7 +341,9 @@ def bench_learning(
     from rich.console import Console
     from rich.table import Table
 
-    from igpo.bench.learning import WorkerDied, load_bench_config, report_done, run_learning_bench
+    from igpo.bench.config import load_bench_config
+    from igpo.bench.learning import report_done, run_learning_bench
+    from igpo.bench.run import WorkerDied
 
     console = Console()
     try:
