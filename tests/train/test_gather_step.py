@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from igpo.train.distributed import Dist, gather_step
+from igpo.train.metrics import StepResult
 
 
 class TwoRanks(Dist):
@@ -16,11 +17,11 @@ class TwoRanks(Dist):
         return [obj, self.other]
 
 
-def step_results(turns: int, losses: dict) -> tuple:
+def step_results(turns: int, losses: dict) -> StepResult:
     rewards = torch.ones(3, max(turns, 1))
     mask = torch.zeros(3, max(turns, 1), dtype=torch.bool)
     mask[:, :turns] = True
-    return ["tr"] * 3, rewards, mask, [-2.0] * 3, rewards * mask, losses, {"rollout": 1.0}
+    return StepResult(["tr"] * 3, rewards, mask, [-2.0] * 3, rewards * mask, losses, {"rollout": 1.0})
 
 
 @pytest.mark.parametrize("empty_rank", [0, 1])
@@ -30,7 +31,7 @@ def test_a_rank_whose_episodes_had_no_turn_reports_no_rates(empty_rank):
                                  "rollout_lp_abs_diff": 1.0, "tis_weight": 1.5})
     empty = step_results(0, {"pg_loss": 0.0, "entropy": 0.0, "grad_norm": 3.0})
     mine, other = (empty, generated) if empty_rank == 0 else (generated, empty)
-    trajs, rewards, mask, outcomes, adv, losses, seconds = gather_step(TwoRanks(other), *mine)
-    assert len(trajs) == 6 and rewards.shape == (6, 2) and int(mask.sum()) == 6
-    assert losses == {"pg_loss": 0.5, "entropy": 1.0, "grad_norm": 3.0, "clip_frac": 0.2, "rollout_lp_abs_diff": 1.0,
-                      "tis_weight": 1.5}
+    merged = gather_step(TwoRanks(other), mine)
+    assert len(merged.trajs) == 6 and merged.rewards.shape == (6, 2) and int(merged.turn_mask.sum()) == 6
+    assert merged.losses == {"pg_loss": 0.5, "entropy": 1.0, "grad_norm": 3.0, "clip_frac": 0.2,
+                             "rollout_lp_abs_diff": 1.0, "tis_weight": 1.5}

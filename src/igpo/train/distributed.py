@@ -33,11 +33,7 @@ import torch
 import torch.distributed as dist
 
 from igpo.config import Config, ConfigError
-
-# Loss terms of `Trainer.update`: each rank's value is its share of a globally normalised sum.
-SUMMED_LOSSES = ("pg_loss", "kl", "entropy")
-# Identical on every rank (computed from all-reduced or sharded-then-reduced gradients).
-SHARED_LOSSES = ("grad_norm",)
+from igpo.train.metrics import StepResult, merge_losses
 
 
 @dataclass
@@ -259,31 +255,23 @@ def setup(cfg: Config) -> tuple[Dist, Config]:
     return d, cfg
 
 
-def gather_step(d: Dist, trajs: list, rewards: torch.Tensor, turn_mask: torch.Tensor, outcomes: list[float],
-                turn_adv: torch.Tensor, losses: dict[str, float], seconds: dict[str, float]):
+def gather_step(d: Dist, res: StepResult) -> StepResult | None:
     """The whole step on rank 0: trajectories and outcomes concatenated in rank order, turn tensors [B, T]
-    padded to the longest episode, loss terms reduced, timings of the slowest rank. None on other ranks."""
-    parts = d.gather((trajs, rewards, turn_mask, outcomes, turn_adv, losses, seconds))
+    padded to the longest episode, loss terms reduced (`metrics.merge_losses`), timings of the slowest rank.
+    None on other ranks."""
+    parts: list[StepResult] | None = d.gather(res)
     if parts is None:
         return None
-    T = max(p[1].shape[1] for p in parts)
+    T = max(p.rewards.shape[1] for p in parts)
 
-    def cat(k: int) -> torch.Tensor:
-        return torch.cat([torch.nn.functional.pad(p[k], (0, T - p[k].shape[1])) for p in parts])
+    def cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([torch.nn.functional.pad(t, (0, T - t.shape[1])) for t in tensors])
 
-    merged_losses = {}
-    for key in dict.fromkeys(k for p in parts for k in p[5]):
-        # A rate is missing on a rank whose episodes generated no token (their prompts filled the context).
-        vals = [p[5][key] for p in parts if key in p[5]]
-        if key in SUMMED_LOSSES:
-            merged_losses[key] = sum(vals)
-        elif key in SHARED_LOSSES:
-            merged_losses[key] = vals[0]
-        else:  # per-token rates averaged over equally sized shares
-            merged_losses[key] = sum(vals) / len(vals)
-    merged_seconds: dict[str, float] = {}
+    seconds: dict[str, float] = {}
     for p in parts:
-        for k, v in p[6].items():
-            merged_seconds[k] = max(merged_seconds.get(k, 0.0), v)
-    return ([t for p in parts for t in p[0]], cat(1), cat(2), [o for p in parts for o in p[3]], cat(4),
-            merged_losses, merged_seconds)
+        for k, v in p.seconds.items():
+            seconds[k] = max(seconds.get(k, 0.0), v)
+    return StepResult(trajs=[t for p in parts for t in p.trajs], rewards=cat([p.rewards for p in parts]),
+                      turn_mask=cat([p.turn_mask for p in parts]), outcomes=[o for p in parts for o in p.outcomes],
+                      turn_adv=cat([p.turn_adv for p in parts]), losses=merge_losses([p.losses for p in parts]),
+                      seconds=seconds)

@@ -5,8 +5,6 @@
   `BadStepGuard` stops the run with `TooManyBadSteps` after `trainer.max_bad_steps` skipped steps in a row.
 - Several processes: `agree` (one small all-reduce) makes every rank raise when any rank found a NaN, so all
   ranks skip the same steps and stop at the same step. (The gradient norm is global already.)
-- Counters that only grow (the retriever's `stats()`) become per-step counts with `PerStepCounts`, so that the
-  rows of a resumed run are the rows an uninterrupted run writes, and their sum counts every failure.
 - Kill points: `kill_point(name)` SIGKILLs this process at the n-th time it passes point `name` when the
   environment variable `IGPO_KILL_AT=name@n` is set (a test hook for exact resume; a no-op otherwise).
 """
@@ -92,25 +90,6 @@ class BadStepGuard:
         if self.last is not None and self.in_a_row >= self.max_bad_steps:
             raise TooManyBadSteps(f"{self.in_a_row} bad steps in a row (trainer.max_bad_steps={self.max_bad_steps}); "
                                   f"the last: {self.last}")
-
-
-class PerStepCounts:
-    """Per-step increments of cumulative counters; other entries (a circuit state, a hit rate, a budget left)
-    pass through."""
-
-    def __init__(self):
-        self.seen: dict[str, float] = {}
-
-    def __call__(self, totals: dict) -> dict:
-        out = {}
-        for key, value in totals.items():
-            counter = not key.endswith(("_rate", "_left"))  # rates and budgets left are states, not counts
-            if counter and isinstance(value, (int, float)) and not isinstance(value, bool):
-                out[key] = value - self.seen.get(key, 0)
-                self.seen[key] = value
-            else:
-                out[key] = value
-        return out
 
 
 def kill_point(name: str) -> None:

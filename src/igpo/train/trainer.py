@@ -12,7 +12,7 @@ import logging
 import random
 import secrets
 import time
-from collections import Counter, defaultdict
+from collections import defaultdict
 from collections.abc import Callable
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -27,8 +27,7 @@ from igpo.agent.tools import MALFORMED_CALL_ERRORS, SearchTool, Toolbox, WebSear
 from igpo.agent.trajectory import Trajectory
 from igpo.algo.advantages import ESTIMATORS, StepInputs, compute_turn_advantages, turn_to_token_advantages
 from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss, tis_weights
-from igpo.algo.rewards import (IGGate, answer_em, answer_f1, information_gain, outcome_reward, reduce_aliases,
-                               shape_ig)
+from igpo.algo.rewards import IGGate, information_gain, outcome_reward, reduce_aliases, shape_ig
 from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
 from igpo.files import atomic_write_text
@@ -37,7 +36,7 @@ from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logp
 from igpo.report.records import sample_records
 from igpo.report.runlog import RunLog
 from igpo.train import checkpoint as ckpt
-from igpo.train import distributed, faults
+from igpo.train import distributed, faults, metrics
 from igpo.train.batching import collate
 from igpo.train.invariants import check_batch_tokens, check_ig_telescopes, check_no_probe_leak
 
@@ -65,16 +64,6 @@ def step_seed(seed: int, step: int) -> int:
 def episode_seed(seed: int, step: int, question: int, k: int) -> int:
     """The sampling seed of rollout k of the step's question: the same on any rank and in any batch."""
     return (step_seed(seed, step) * 1_000_033 + question * 4099 + k) % (2**62)
-
-
-def ig_summary(trajs: list[Trajectory], kind: str) -> dict[str, float]:
-    """The step's raw IG (before clipping or penalties): share of rollouts that have any, mean, std, share > 0."""
-    raw = [float(x) for tr in trajs if tr.beliefs is not None for x in information_gain(torch.tensor(tr.beliefs), kind)]
-    out = {"ig_rollout_share": sum(tr.beliefs is not None and tr.num_turns > 1 for tr in trajs) / len(trajs)}
-    if raw:
-        out |= {"ig_raw_mean": float(np.mean(raw)), "ig_raw_std": float(np.std(raw)),
-                "ig_raw_positive_share": float(np.mean([x > 0 for x in raw]))}
-    return out
 
 
 class Timer:
@@ -134,7 +123,7 @@ class Trainer:
         self.bad_steps = faults.BadStepGuard(cfg.trainer.max_bad_steps)
         self.estimator = ESTIMATORS[cfg.algorithm.estimator]
         self.ig_gate = IGGate(cfg.algorithm.ig_gate_threshold, cfg.algorithm.ig_gate_ema)
-        self.retrieval_counts = faults.PerStepCounts()
+        self.retrieval_counts = metrics.PerStepCounts()
         self._eval_set: list[QAExample] | None = None
         if cfg.trainer.eval_every and cfg.data.eval:  # a bad eval file fails now, not steps into the run
             self._eval_set = load_qa(cfg.data.eval, skip_bad_rows=cfg.data.skip_bad_rows)[: cfg.trainer.eval_size]
@@ -404,12 +393,7 @@ class Trainer:
                     self.optimizer.step()
                     self.scheduler.step()
                     stats["grad_norm"].append(float(grad_norm))
-        # pg/kl/entropy terms were aggregated against the whole mini-batch: sum over its micro-batches
-        n_mini = t.ppo_epochs * t.mini_batches
-        out = {k: sum(v) / n_mini for k, v in stats.items() if k in ("pg_loss", "kl", "entropy")}
-        out.update({k: float(np.mean(v)) for k, v in stats.items()
-                    if k in ("clip_frac", "grad_norm", "rollout_lp_abs_diff", "tis_weight")})
-        return out
+        return metrics.update_losses(stats, t.ppo_epochs * t.mini_batches)
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
@@ -439,7 +423,7 @@ class Trainer:
             fault = (faults.finite_or_fault(rewards[turn_mask], step, "rewards", "turn rewards")
                      or faults.finite_or_fault(turn_adv[turn_mask], step, "advantages", "advantages"))
         faults.agree(fault, step, self.dist.all_sum)
-        f1_sum, n_rollouts = self.dist.all_sum([sum(self._f1(tr) for tr in trajs), float(len(trajs))])
+        f1_sum, n_rollouts = self.dist.all_sum([sum(metrics.f1(tr, a.answer_norm) for tr in trajs), float(len(trajs))])
         self.ig_gate.observe(f1_sum / max(n_rollouts, 1.0))
         batch = self.batch_tensors(trajs)
         batch["adv"] = turn_to_token_advantages(turn_adv, batch["turns"], batch["loss_mask"])
@@ -447,17 +431,15 @@ class Trainer:
             check_batch_tokens(trajs, batch["ids"], batch["loss_mask"])
         losses = {**self.update(batch, timer), **inputs.stats}
         self.step += 1
+        res = metrics.StepResult(trajs, rewards, turn_mask, outcomes, turn_adv, losses, dict(timer.seconds))
         if self.dist.enabled:  # rank 0 reports the whole step
-            merged = distributed.gather_step(self.dist, trajs, rewards, turn_mask, outcomes, turn_adv, losses,
-                                             dict(timer.seconds))
-            if merged is None:
+            res = distributed.gather_step(self.dist, res)
+            if res is None:
                 self.samples = []
                 return {"step": step}
-            trajs, rewards, turn_mask, outcomes, turn_adv, losses, seconds = merged
-            timer.seconds.update(seconds)
-        self.samples = sample_records(trajs, rewards, turn_adv, outcomes, step, self.cfg.trainer.log_samples,
-                                      a.answer_norm)
-        return self._metrics(step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer)
+        self.samples = sample_records(res.trajs, res.rewards, res.turn_adv, res.outcomes, step,
+                                      self.cfg.trainer.log_samples, a.answer_norm)
+        return self._metrics(step, res)
 
     def estimator_options(self, step: int) -> dict:
         """The options the chosen estimator reads, from the config (and the step, for a schedule)."""
@@ -473,73 +455,16 @@ class Trainer:
                 out[b, k] = t.gen_end - t.gen_start
         return out
 
-    def _f1(self, tr: Trajectory) -> float:
-        norm = self.cfg.algorithm.answer_norm
-        return answer_f1(tr.answer, tr.example.answers, norm) if tr.answer is not None else 0.0
-
-    def _metrics(self, step, trajs, rewards, turn_mask, outcomes, turn_adv, losses, timer: Timer) -> dict:
-        a = self.cfg.algorithm
-        n = len(trajs)
-        f1 = [self._f1(tr) for tr in trajs]
-        em = [answer_em(tr.answer, tr.example.answers, a.answer_norm) if tr.answer is not None else 0.0 for tr in trajs]
-        finish = Counter(tr.finish for tr in trajs)
-        calls = [t for tr in trajs for t in tr.turns if t.action.kind == "tool_call" and t.tool_result is not None]
-        errors = Counter(t.tool_error for t in calls if t.tool_error)
-        by_group = defaultdict(list)
-        for tr, o in zip(trajs, outcomes):
-            by_group[tr.group].append(o)
-        zero_var = sum(1 for v in by_group.values() if max(v) - min(v) < 1e-9) / len(by_group)
-        gen_tokens = sum(t.gen_end - t.gen_start for tr in trajs for t in tr.turns)
-        all_tokens = sum(len(tr.ids) for tr in trajs)
-        m = {
-            "step": step,
-            "episodes": n,
-            "outcome_reward": float(np.mean(outcomes)),
-            "f1": float(np.mean(f1)),
-            "em": float(np.mean(em)),
-            "turns": float(np.mean([tr.num_turns for tr in trajs])),
-            "turns_min": min(tr.num_turns for tr in trajs),
-            "turns_max": max(tr.num_turns for tr in trajs),
-            "format_error_rate": finish["format_error"] / n,
-            "finish": dict(sorted(finish.items())),
-            "tool_calls": len(calls),
-            "tool_error_rate": sum(errors.values()) / max(len(calls), 1),
-            "tool_errors": dict(sorted(errors.items())),
-            "zero_variance_groups": zero_var,
-            "adv_abs_mean": float(turn_adv[turn_mask].abs().mean()) if turn_mask.any() else 0.0,
-            "generated_tokens": gen_tokens,
-            "tokens": all_tokens,
-            **losses,
-            "lr": self.scheduler.get_last_lr()[0],
-            "seconds": {k: round(v, 4) for k, v in timer.seconds.items()},
-        }
-        believed = [tr for tr in trajs if tr.beliefs is not None]
-        if believed:
-            m["p0_mean"] = float(np.mean([np.exp(tr.beliefs[0]) for tr in believed]))
-        if self.estimator.uses_ig:
-            m.update(ig_summary(trajs, a.ig))
-            if a.ig_gate_threshold is not None:
-                m["ig_gate_on"] = self.ig_gate.opened
-                m["ig_gate_ema"] = self.ig_gate.ema
-        T = rewards.shape[1]
-        for k in range(T - 1):
-            vals = [float(rewards[b, k]) for b, tr in enumerate(trajs) if tr.beliefs is not None and k < tr.num_turns - 1]
-            if vals:
-                m[f"ig_turn{k + 1}_mean"] = float(np.mean(vals))
-                m[f"ig_turn{k + 1}_std"] = float(np.std(vals))
-        sec = timer.seconds
-        m["tokens_per_s"] = {
-            "rollout": gen_tokens / sec["rollout"] if sec.get("rollout") else None,
-            "update": all_tokens * self.cfg.trainer.ppo_epochs / sec["update"] if sec.get("update") else None,
-        }
-        if sec.get("beliefs"):
-            m["tokens_per_s"]["beliefs"] = sum(len(tr.ids) for tr in believed) / sec["beliefs"]
+    def _metrics(self, step: int, res: metrics.StepResult) -> dict:
+        """The step's metrics.jsonl row (`metrics.step_metrics`), with this step's counts of the tools' counters."""
+        retrieval = None
         for tool in self.toolbox.tools.values():
             stats = getattr(tool, "stats", None)
             if callable(stats) and (s := stats()) is not None:
                 # this step's counts: rows stay the same across a resume, and sum to the totals
-                m["retrieval"] = self.retrieval_counts(s)
-        return m
+                retrieval = self.retrieval_counts(s)
+        return metrics.step_metrics(step, res, self.cfg, self.scheduler.get_last_lr()[0], self.estimator.uses_ig,
+                                    self.ig_gate, retrieval)
 
     # ------------------------------------------------------------------ loop
     def fit(self, progress: Callable[[dict], None] | None = None,
