@@ -6,10 +6,11 @@ import torch
 from transformers import GenerationConfig
 
 from igpo.agent.engine import CachedGenerator, make_generator
-from igpo.agent.rollout import HFGenerator, SamplingParams, rollout, turn_seed
+from igpo.agent.rollout import HFGenerator, SamplingParams, rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import Toolbox
 from igpo.data.loaders import QAExample
+from igpo.seeding import turn_seed
 from tests.conftest import make_tiny_llama
 
 VOCAB = 600

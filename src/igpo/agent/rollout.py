@@ -28,6 +28,7 @@ from igpo.agent.template import ChatFormat
 from igpo.agent.tools import Toolbox
 from igpo.agent.trajectory import Trajectory, Turn
 from igpo.data.loaders import QAExample
+from igpo.seeding import turn_seed
 
 
 @dataclass
@@ -156,10 +157,6 @@ def cut_at_stop(ids: list[int], stop_ids: Sequence[int]) -> list[int]:
         if tok in stop_ids:
             return ids[: k + 1]
     return ids
-
-
-def turn_seed(episode_seed: int, turn: int) -> int:
-    return (episode_seed * 1_000_003 + turn * 7919) % (2**62)
 
 
 def rollout(

@@ -35,6 +35,7 @@ from igpo.policy.loading import load_policy
 from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
 from igpo.report.records import sample_records
 from igpo.report.runlog import RunLog
+from igpo.seeding import episode_seed, step_seed
 from igpo.train import checkpoint as ckpt
 from igpo.train import distributed, faults, metrics
 from igpo.train.batching import collate
@@ -55,15 +56,6 @@ def make_toolbox(cfg: Config) -> Toolbox:
 def make_chat_format(cfg: Config, tokenizer, toolbox: Toolbox) -> ChatFormat:
     default = WEB_SEARCH_SYSTEM_PROMPT if "web_search" in toolbox.tools else DEFAULT_SYSTEM_PROMPT
     return ChatFormat(tokenizer, cfg.rollout.system_prompt or default, toolbox.schemas(), cfg.algorithm.belief_probe)
-
-
-def step_seed(seed: int, step: int) -> int:
-    return (seed * 1_000_003 + step * 7919) % (2**31)
-
-
-def episode_seed(seed: int, step: int, question: int, k: int) -> int:
-    """The sampling seed of rollout k of the step's question: the same on any rank and in any batch."""
-    return (step_seed(seed, step) * 1_000_033 + question * 4099 + k) % (2**62)
 
 
 class Timer:
