@@ -1,29 +1,20 @@
 """The `igpo` command line: train, eval, and the sub-apps of each concern (data, index, serve)."""
 from __future__ import annotations
 
-import importlib
 from pathlib import Path
 from typing import Optional
 
 import typer
 
+from igpo.data import cli as data_cli
+from igpo.retrieval import cli as retrieval_cli
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="IGPO: train multi-turn search agents with RL.")
 
-# Each concern owns its commands; a missing optional module does not break the others.
-def _optional(module: str):
-    try:
-        return importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name != module:
-            raise
-        return None
-
-
-if (_data := _optional("igpo.data.cli")) is not None:
-    app.add_typer(_data.app, name="data", help="Build and inspect QA sets (VitalFactbook).")
-if (_retrieval := _optional("igpo.retrieval.cli")) is not None:
-    app.add_typer(_retrieval.index_app, name="index", help="Build retrieval indexes.")
-    app.command("serve", help="Serve an index over HTTP (Search-R1 compatible).")(_retrieval.serve)
+# Each concern owns its commands.
+app.add_typer(data_cli.app, name="data", help="Build and inspect QA sets (VitalFactbook).")
+app.add_typer(retrieval_cli.index_app, name="index", help="Build retrieval indexes.")
+app.command("serve", help="Serve an index over HTTP (Search-R1 compatible).")(retrieval_cli.serve)
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
