@@ -5,8 +5,10 @@ import random
 
 import torch
 
+from igpo.agent.rollout import Generator
 
-class ScriptedGenerator:
+
+class ScriptedGenerator(Generator):
     """Per question, a list of turns; each turn a list of alternative generations (chosen at random).
 
     The turn number is the number of tool messages already in the context. Generations are encoded once and

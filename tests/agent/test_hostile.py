@@ -7,7 +7,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from igpo.agent.rollout import SamplingParams, rollout
+from igpo.agent.rollout import Generator, SamplingParams, rollout
 from igpo.agent.template import CHATML_TOOLS_TEMPLATE, DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import SearchTool, Toolbox
 from igpo.data.loaders import Passage, QAExample
@@ -78,7 +78,7 @@ def test_a_passage_with_control_strings_cannot_change_the_conversation(qwen_like
     assert [i for i in tr.ids if i in control] == [i for i in clean.ids if i in control]
 
 
-class HostileGenerator:
+class HostileGenerator(Generator):
     """Returns whatever hypothesis draws: raw token ids, or text with control tokens parsed in (a model can emit
     any id), tool calls with arbitrary JSON included; stop tokens anywhere, or none."""
 

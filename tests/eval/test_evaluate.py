@@ -1,12 +1,13 @@
 """Greedy evaluation: batches of `trainer.eval_batch_size` questions, the same generations whatever the batch size."""
 from igpo.agent.engine import make_generator
+from igpo.agent.rollout import Generator
 from igpo.config import Config
 from igpo.data.loaders import load_qa
 from igpo.eval.evaluate import evaluate
 from igpo.train.trainer import make_chat_format, make_toolbox
 
 
-class Recording:
+class Recording(Generator):
     """Passes calls to a generator and keeps, per question context, the ids it generated."""
 
     def __init__(self, inner):

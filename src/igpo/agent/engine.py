@@ -67,7 +67,7 @@ def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
     return int(diff[0]) if len(diff) else n
 
 
-class CachedGenerator:
+class CachedGenerator(Generator):
     """A `Generator` that reuses each episode's KV cache across turns (see the module docstring)."""
 
     def __init__(self, model, pad_id: int):

@@ -9,10 +9,11 @@ what it samples does not depend on which other episodes share its batch, its pro
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import ClassVar
 
 import torch
 from transformers import (
@@ -50,18 +51,37 @@ class Generation(list):
         self.logprobs = list(logprobs)
 
 
-class Generator(Protocol):
-    """Samples continuations. A generator that keeps state between calls (KV caches) may also define
-    `release()`, which `rollout` calls when the rollout ends."""
+class Generator(ABC):
+    """Samples continuations of token-id contexts. What a generator can do beyond that is declared here, by
+    its class, never probed for:
 
+    - `release()` drops whatever it kept between calls (KV caches); `rollout` calls it when the rollout ends.
+      The default keeps nothing.
+    - `records_logprobs`: its `generate` returns `Generation`s, which carry the log-prob it sampled each id
+      with; `rollout` keeps them per turn (the TIS correction reads them).
+    - `OwnWeightsGenerator`: it samples from its own copy of the weights, which the trainer pushes to it.
+    """
+
+    records_logprobs: ClassVar[bool] = False
+
+    @abstractmethod
     def generate(self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[int]]:
-        """For each context, the sampled continuation ids, ending at (and including) the first stop id.
+        """For each context, the sampled continuation ids, ending at (and including) the first stop id."""
 
-        A backend that knows the log-probs it sampled with returns `Generation`s; they are kept per turn.
-        """
+    def release(self) -> None:
+        """Drop what was kept between calls of one rollout (nothing, unless a backend keeps state)."""
 
 
-class HFGenerator:
+class OwnWeightsGenerator(Generator):
+    """A generator that samples from its own copy of the policy's weights (vLLM), not from the trainer's model:
+    after each update the trainer hands it the current weights, and it need not gather the trainer's shards."""
+
+    @abstractmethod
+    def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Load (name, whole tensor) pairs, named as in the trainer's model."""
+
+
+class HFGenerator(Generator):
     """`model.generate` over a left-padded batch of full contexts.
 
     It samples exactly the policy the loss scores: softmax at `temperature`, restricted to the top-p nucleus,
@@ -177,9 +197,7 @@ def rollout(
     try:
         return _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context, seeds)
     finally:
-        release = getattr(generator, "release", None)
-        if release is not None:
-            release()
+        generator.release()
 
 
 def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context, seeds) -> list[Trajectory]:
@@ -206,7 +224,7 @@ def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_c
         calls: list[tuple[int, Action]] = []
         for i, gen in zip(active, outputs):
             tr = trajs[i]
-            logprobs = getattr(gen, "logprobs", None)
+            logprobs = gen.logprobs if generator.records_logprobs else None
             gen = gen[: budgets[i]]
             start = len(tr.ids)
             tr.ids.extend(gen)

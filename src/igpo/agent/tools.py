@@ -33,6 +33,9 @@ class ToolResult:
 
 
 class Tool(Protocol):
+    """A tool the policy can call. `stats()` is optional: a tool that subclasses this protocol reports no
+    counters unless it defines it."""
+
     name: str
 
     def schema(self) -> dict:
@@ -41,8 +44,12 @@ class Tool(Protocol):
     def run_batch(self, arguments: list[dict]) -> list[ToolResult]:
         """One result per (already validated) argument dict."""
 
+    def stats(self) -> dict | None:
+        """Counters since creation (the trainer logs a step's share under `retrieval`); None: none kept."""
+        return None
 
-class SearchTool:
+
+class SearchTool(Tool):
     """`search(query)`: the top-k passages of a retriever, rendered as a compact numbered list.
 
     Queries are cut to `max_query_chars`, so that one runaway query cannot make a server refuse the whole
@@ -78,11 +85,10 @@ class SearchTool:
 
     def stats(self) -> dict | None:
         """The retriever's counters, when it keeps any (the HTTP client does)."""
-        stats = getattr(self.retriever, "stats", None)
-        return stats() if callable(stats) else None
+        return self.retriever.stats()
 
 
-class WebSearchTool:
+class WebSearchTool(Tool):
     """`web_search(query=[...])`, the paper's web search: 1 to `max_queries` queries a call, each answered by
     its top-k results (title, URL, snippet) rendered as the search tool renders passages, under a `Query:`
     line. The same whether Google (Serper) or a local retriever answers (`igpo.retrieval.web.WebSearch`).

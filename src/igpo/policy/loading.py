@@ -11,6 +11,7 @@ import importlib.util
 import logging
 import os
 import shutil
+import sys
 import warnings
 from pathlib import Path
 
@@ -125,6 +126,14 @@ def _peft_probe_quiet():
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
         yield
+
+
+def is_lora(model) -> bool:
+    """Whether `model` is a LoRA adapter over a frozen base (a peft `PeftModel`): its checkpoints hold the adapter
+    only, and the base with the adapter switched off is the KL reference."""
+    # Only a loaded peft can have made one: a run without LoRA does not pay peft's import (seconds).
+    peft = sys.modules.get("peft")
+    return peft is not None and isinstance(model, peft.PeftModel)
 
 
 def apply_lora(model, cfg: ModelConfig):

@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from igpo.agent.rollout import Generation, SamplingParams, cut_at_stop
+from igpo.agent.rollout import Generation, OwnWeightsGenerator, SamplingParams, cut_at_stop
 from igpo.config import Config
 from igpo.policy.loading import ModelLoadError, resolve_model_dir
 
@@ -60,8 +60,11 @@ def weight_fingerprint(t: torch.Tensor, dtype: torch.dtype, n: int) -> torch.Ten
     return flat[::step][:n].double().cpu()
 
 
-class VLLMGenerator:
-    """The `Generator` protocol over a vLLM engine, with checked weight pushes."""
+class VLLMGenerator(OwnWeightsGenerator):
+    """A `Generator` over a vLLM engine, which holds its own weights (checked pushes) and records its sampling
+    log-probs."""
+
+    records_logprobs = True
 
     def __init__(self, engine: Engine, check_weights: bool = True, fingerprint_size: int = 4096):
         self.engine, self.check_weights, self.n = engine, check_weights, fingerprint_size

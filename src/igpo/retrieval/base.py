@@ -21,10 +21,22 @@ class Retriever(Protocol):
     """Batched search: one list of hits (best first, at most `topk`) per query.
 
     A retriever may raise `RetrievalError` when it cannot answer; the search tool turns that into an
-    observation for the policy instead of crashing the episode.
+    observation for the policy instead of crashing the episode. The other methods are optional: a retriever
+    that subclasses this protocol gets their defaults (no counters, no on-disk cache, nothing to close).
     """
 
     def search(self, queries: list[str], topk: int) -> list[list[Hit]]: ...
+
+    def stats(self) -> dict | None:
+        """Counters since creation (the HTTP retrievers count requests, failures, cache use); None: none kept."""
+        return None
+
+    def cache_pointer(self) -> dict | None:
+        """What a checkpoint records to resume with this retriever's on-disk cache; None: it has none."""
+        return None
+
+    def close(self) -> None:
+        """Release connections (the HTTP retrievers hold a pool)."""
 
 
 class RetrievalError(RuntimeError):

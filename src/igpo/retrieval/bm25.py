@@ -7,12 +7,12 @@ from pathlib import Path
 import numpy as np
 
 from igpo.data.loaders import Passage
-from igpo.retrieval.base import Hit
+from igpo.retrieval.base import Hit, Retriever
 
 STOPWORDS = "en"
 
 
-class BM25Retriever:
+class BM25Retriever(Retriever):
     """BM25 over `title + text` of each passage; English stop words removed, Snowball-stemmed.
 
     `save` writes the bm25s matrices; `load` memory-maps them back, with the passages given by the caller

@@ -17,14 +17,14 @@ from typing import Self
 
 import httpx
 
-from igpo.retrieval.base import Hit
+from igpo.retrieval.base import Hit, Retriever
 from igpo.retrieval.cache import DEFAULT_CACHE_DIR, ResultCache
 from igpo.retrieval.resilience import ResilientHTTP
 
 __all__ = ["DEFAULT_CACHE_DIR", "HTTPRetriever"]
 
 
-class HTTPRetriever:
+class HTTPRetriever(Retriever):
     """A `Retriever` over HTTP. Thread-safe; `stats()` counts requests, failures, retries and cache use."""
 
     def __init__(

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from igpo.data.loaders import Passage
-from igpo.retrieval.base import Hit
+from igpo.retrieval.base import Hit, Retriever
 
 DEFAULT_ENCODER = "all-MiniLM-L6-v2"
 _DEFAULT_ALIASES = {DEFAULT_ENCODER, f"sentence-transformers/{DEFAULT_ENCODER}"}
@@ -80,7 +80,7 @@ def build_faiss(vectors: np.ndarray, factory: str = "Flat"):
     return index
 
 
-class DenseRetriever:
+class DenseRetriever(Retriever):
     """Nearest passages to the query embedding by inner product."""
 
     def __init__(self, passages: Sequence[Passage], encoder, index, batch_size: int = 64):

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 SERPER_URL = "https://google.serper.dev/search"
 
 
-class SerperRetriever:
+class SerperRetriever(Retriever):
     """A `Retriever` over the Serper API (Google results). Thread-safe; `stats()` gives the HTTP counters.
 
     The API key goes only into the request header: never into a message, a counter or a file.
@@ -182,13 +182,10 @@ class WebSearch:
                 "budget_left": None if self.max_calls is None else self.max_calls - self._reserved,
                 "estimated_spend": round(c["calls"] * self.cost_per_call, 6),
             }
-        backend_stats = getattr(self.backend, "stats", None)
-        if callable(backend_stats):
-            out["backend_stats"] = backend_stats()
+        if (backend_stats := self.backend.stats()) is not None:
+            out["backend_stats"] = backend_stats
         return out
 
     def close(self) -> None:
-        close = getattr(self.backend, "close", None)
-        if callable(close):
-            close()
+        self.backend.close()
 

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from igpo.files import atomic_write_text
+from igpo.retrieval.base import Retriever
 from igpo.train.faults import kill_point
 
 log = logging.getLogger(__name__)
@@ -156,13 +157,12 @@ def truncate_rows(path: Path, step: int) -> None:
     atomic_write_text(path, "".join(line + "\n" for line in keep))
 
 
-def retrieval_pointer(retriever) -> dict | None:
+def retrieval_pointer(retriever: Retriever | None) -> dict | None:
     """What the retriever needs to resume with its on-disk cache (`HTTPRetriever.cache_pointer`), if it has one."""
-    pointer = getattr(retriever, "cache_pointer", None)
-    return pointer() if callable(pointer) else None
+    return retriever.cache_pointer() if retriever is not None else None
 
 
-def check_resume_state(state: dict, questions_per_step: int, retriever) -> None:
+def check_resume_state(state: dict, questions_per_step: int, retriever: Retriever | None) -> None:
     """Warn where the resumed run cannot continue exactly as the interrupted one would have."""
     data = state.get("data")
     if data and data.get("questions_per_step") != questions_per_step:

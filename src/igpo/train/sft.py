@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from igpo.agent.rollout import SamplingParams, rollout
+from igpo.agent.rollout import Generator, SamplingParams, rollout
 from igpo.agent.template import ChatFormat
 from igpo.agent.tools import Toolbox
 from igpo.agent.trajectory import Trajectory
@@ -126,7 +126,7 @@ def plan_demos(examples: Sequence[QAExample], rng: random.Random, wasted_rate: f
     return demos
 
 
-class TeacherGenerator:
+class TeacherGenerator(Generator):
     """Plays each demonstration's generations in order (a `Generator`); episodes are told apart by their prompt."""
 
     def __init__(self, fmt: ChatFormat, demos: Sequence[Demo]):
@@ -252,7 +252,7 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
     """The whole warm start: plan and play demonstrations, train, save `sft.out_dir/model`, then evaluate greedy
     format validity and tool-call rate on `sft.eval_size` held-out questions. Returns what `sft.json` holds."""
     from igpo.eval.evaluate import evaluate
-    from igpo.policy.loading import load_policy
+    from igpo.policy.loading import is_lora, load_policy
     from igpo.train.trainer import make_chat_format, make_toolbox
 
     s = cfg.sft
@@ -284,7 +284,7 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
     times["train"] = time.perf_counter() - t
     model_dir = out / "model"
     model_dir.mkdir(parents=True, exist_ok=True)
-    to_save = model.merge_and_unload() if hasattr(model, "merge_and_unload") else model
+    to_save = model.merge_and_unload() if is_lora(model) else model
     to_save.save_pretrained(model_dir)
     tok.save_pretrained(model_dir)
     (out / "config.yaml").write_text(dump_config(cfg))

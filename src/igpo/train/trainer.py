@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 from igpo.agent.engine import make_generator
-from igpo.agent.rollout import Generator, SamplingParams, rollout
+from igpo.agent.rollout import Generator, OwnWeightsGenerator, SamplingParams, rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, WEB_SEARCH_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import MALFORMED_CALL_ERRORS, SearchTool, Toolbox, WebSearchTool
 from igpo.agent.trajectory import Trajectory
@@ -31,9 +31,10 @@ from igpo.algo.rewards import IGGate, information_gain, outcome_reward, reduce_a
 from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
 from igpo.files import atomic_write_text
-from igpo.policy.loading import load_policy
+from igpo.policy.loading import is_lora, load_policy
 from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
 from igpo.report.records import sample_records
+from igpo.retrieval.base import Retriever
 from igpo.report.runlog import RunLog
 from igpo.seeding import episode_seed, step_seed
 from igpo.train import checkpoint as ckpt
@@ -148,15 +149,14 @@ class Trainer:
 
     def _push_weights(self, timer: Timer | None = None) -> None:
         """Hands the current weights to a generator that holds its own copy (vLLM), once per update."""
-        push = getattr(self.generator, "push_weights", None)
-        if push is not None and self._pushed_step != self.step:
+        if isinstance(self.generator, OwnWeightsGenerator) and self._pushed_step != self.step:
             with (timer or Timer())("weight_push"):
-                push(self.dist.full_parameters(self.model))
+                self.generator.push_weights(self.dist.full_parameters(self.model))
             self._pushed_step = self.step
 
     def _generation_weights(self):
         """Whole weights for the generator when it samples from the trainer's model (FSDP gathers them)."""
-        if hasattr(self.generator, "push_weights"):  # it holds its own copy
+        if isinstance(self.generator, OwnWeightsGenerator):  # it holds its own copy
             return nullcontext()
         return self.dist.gathered(self.model)
 
@@ -167,7 +167,7 @@ class Trainer:
 
     def _load_weights(self, path: Path) -> None:
         """Weights of a checkpoint into the live model (full state dict or LoRA adapter)."""
-        if hasattr(self.model, "peft_config"):
+        if is_lora(self.model):
             from peft import set_peft_model_state_dict
             from peft.utils import load_peft_weights
 
@@ -178,11 +178,12 @@ class Trainer:
         loaded = AutoModelForCausalLM.from_pretrained(path, dtype=next(self.model.parameters()).dtype)
         self.model.load_state_dict(loaded.state_dict())
 
-    def _retriever(self):
-        return getattr(self.toolbox.tools.get("search"), "retriever", None)
+    def _retriever(self) -> Retriever | None:
+        tool = self.toolbox.tools.get("search")
+        return tool.retriever if isinstance(tool, SearchTool) else None
 
     def _make_reference(self):
-        if hasattr(self.model, "disable_adapter"):
+        if is_lora(self.model):
             return None  # LoRA: the reference is the base model with the adapter switched off
         ref = copy.deepcopy(self.model)
         ref.eval().requires_grad_(False)
@@ -451,8 +452,7 @@ class Trainer:
         """The step's metrics.jsonl row (`metrics.step_metrics`), with this step's counts of the tools' counters."""
         retrieval = None
         for tool in self.toolbox.tools.values():
-            stats = getattr(tool, "stats", None)
-            if callable(stats) and (s := stats()) is not None:
+            if (s := tool.stats()) is not None:
                 # this step's counts: rows stay the same across a resume, and sum to the totals
                 retrieval = self.retrieval_counts(s)
         return metrics.step_metrics(step, res, self.cfg, self.scheduler.get_last_lr()[0], self.estimator.uses_ig,
