@@ -18,9 +18,10 @@ from pathlib import Path
 
 import torch
 
-from igpo.agent.engine import make_generator
+from igpo.agent.build import ENGINES
+from igpo.agent.generators import SamplingParams
 from igpo.agent.parsing import ANSWER_OPEN
-from igpo.agent.rollout import SamplingParams, rollout
+from igpo.agent.rollout import rollout
 from igpo.config import load_config
 from igpo.data.loaders import load_qa
 from igpo.policy.loading import load_checkpoint
@@ -60,7 +61,7 @@ def main() -> None:
     fmt = make_chat_format(cfg, tok, toolbox)
     examples = [e for e in load_qa(cfg.data.eval)[: args.limit] if e.question.startswith(args.match)]
     r = cfg.rollout
-    trajs = rollout(examples, list(range(len(examples))), make_generator(r.engine, before, tok.pad_token_id), fmt,
+    trajs = rollout(examples, list(range(len(examples))), ENGINES[r.engine](before, tok.pad_token_id), fmt,
                     toolbox, SamplingParams(r.max_new_tokens, temperature=0.0), r.max_turns, r.max_context)
     by_token: dict[str, list[tuple[float, float, bool]]] = defaultdict(list)
     for tr in trajs:

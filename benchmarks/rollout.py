@@ -28,7 +28,7 @@ from common import add_threads_option, load_eval_model
 
 from igpo.agent.engine import CachedGenerator
 from igpo.agent.parsing import parse_generation
-from igpo.agent.rollout import Generator, HFGenerator, SamplingParams
+from igpo.agent.generators import Generator, HFGenerator, SamplingParams
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import SearchTool
 from igpo.data.loaders import load_corpus, load_qa

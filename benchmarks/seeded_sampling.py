@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from igpo.agent.rollout import HFGenerator, SamplingParams, SeededSampler
+from igpo.agent.generators import HFGenerator, SamplingParams, SeededSampler
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.config import ModelConfig
 from igpo.policy.loading import load_policy

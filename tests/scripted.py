@@ -5,7 +5,7 @@ import random
 
 import torch
 
-from igpo.agent.rollout import Generator
+from igpo.agent.generators import Generator
 
 
 class ScriptedGenerator(Generator):

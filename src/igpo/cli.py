@@ -128,7 +128,7 @@ def eval_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from igpo.agent.engine import make_generator
+    from igpo.agent.build import ENGINES
     from igpo.config import load_config
     from igpo.data.loaders import load_qa
     from igpo.eval.evaluate import evaluate
@@ -149,7 +149,7 @@ def eval_cmd(
         _fail(e)
     console = Console()
     with Progress("eval", len(examples), unit="question", console=console) as bar:
-        res = evaluate(make_generator(cfg.rollout.engine, model, tok.pad_token_id), fmt, toolbox, examples, cfg,
+        res = evaluate(ENGINES[cfg.rollout.engine](model, tok.pad_token_id), fmt, toolbox, examples, cfg,
                        progress=bar.update)
     table = Table("source", "n", "F1", "EM", "format err", "tool calls")
     for name, s in [*res["by_source"].items(), ("overall", res["overall"])]:

@@ -5,10 +5,13 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from igpo.agent.engine import CachedGenerator, make_generator
-from igpo.agent.rollout import HFGenerator, SamplingParams, rollout
+from igpo.agent.build import make_generator
+from igpo.agent.engine import CachedGenerator
+from igpo.agent.generators import HFGenerator, SamplingParams
+from igpo.agent.rollout import rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import Toolbox
+from igpo.config import Config
 from igpo.data.loaders import QAExample
 from igpo.seeding import turn_seed
 from tests.conftest import make_tiny_llama
@@ -137,8 +140,9 @@ def test_the_models_generation_config_changes_nothing(model, model_with_generati
 
 def test_rollout_releases_caches_and_engine_is_selectable(model, tokenizer):
     fmt = ChatFormat(tokenizer, DEFAULT_SYSTEM_PROMPT, [], "\n<answer>\n")
-    engine = make_generator("cached", model, 0)
-    assert isinstance(make_generator("hf", model, 0), HFGenerator) and isinstance(engine, CachedGenerator)
+    engine = make_generator(Config.model_validate({"rollout": {"engine": "cached"}}), model, 0)
+    hf = make_generator(Config.model_validate({"rollout": {"engine": "hf"}}), model, 0)
+    assert isinstance(hf, HFGenerator) and isinstance(engine, CachedGenerator)
     ex = QAExample("q", "What is the capital of Italy?", ["Rome"])
     trajs = rollout([ex] * 2, [0, 0], engine, fmt, Toolbox([]), SamplingParams(6, temperature=0.0), 2, 4096)
     assert len(trajs) == 2 and trajs[0].ids == trajs[1].ids

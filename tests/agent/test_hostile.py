@@ -7,7 +7,8 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from igpo.agent.rollout import Generator, SamplingParams, rollout
+from igpo.agent.generators import Generator, SamplingParams
+from igpo.agent.rollout import rollout
 from igpo.agent.template import CHATML_TOOLS_TEMPLATE, DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import SearchTool, Toolbox
 from igpo.data.loaders import Passage, QAExample

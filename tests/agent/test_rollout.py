@@ -1,6 +1,7 @@
 import pytest
 
-from igpo.agent.rollout import HFGenerator, SamplingParams, rollout
+from igpo.agent.generators import Generation, HFGenerator, SamplingParams
+from igpo.agent.rollout import rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import SearchTool, Toolbox
 from igpo.data.loaders import Passage, QAExample
@@ -48,6 +49,32 @@ def test_multi_turn_trajectory_is_token_exact(setup, tokenizer):
     assert set(turns[:tr.prompt_len]) == {-1} and set(turns[t1.gen_start:t1.end]) == {0} and set(turns[t2.gen_start:]) == {1}
     assert tr.belief_prefixes() == [tr.prompt_len, t1.end]
     assert tr.ids[-1] == fmt.eot_ids[-1]
+
+
+class Recording(ScriptedGenerator):
+    """Declares that it records sampling log-probs: each id comes with -(its position in the generation + 1)."""
+
+    records_logprobs = True
+
+    def generate(self, contexts, params, stop_ids):
+        return [Generation(ids, [-(k + 1.0) for k in range(len(ids))])
+                for ids in super().generate(contexts, params, stop_ids)]
+
+
+def test_sampling_logprobs_are_kept_per_turn_when_the_generator_records_them(setup):
+    fmt, box = setup
+    script = {Q: [[SEARCH], ["<answer>Paris</answer>"]]}
+    ex = QAExample("q", Q, ["Paris"])
+    (tr,) = rollout([ex], [0], Recording(fmt.tokenizer, fmt, script), fmt, box, SamplingParams(64), 4, 4096)
+    assert tr.num_turns == 2
+    for t in tr.turns:
+        assert t.logprobs == [-(k + 1.0) for k in range(t.gen_end - t.gen_start)]
+    # cut by the turn's token budget: the log-probs are cut with the ids
+    (tr,) = rollout([ex], [0], Recording(fmt.tokenizer, fmt, script), fmt, box, SamplingParams(64), 4,
+                    len(fmt.prompt_ids(Q)) + 5)
+    assert tr.turns[0].logprobs == [-1.0, -2.0, -3.0, -4.0, -5.0]
+    (tr,) = rollout([ex], [0], ScriptedGenerator(fmt.tokenizer, fmt, script), fmt, box, SamplingParams(64), 4, 4096)
+    assert all(t.logprobs is None for t in tr.turns)
 
 
 def test_limits_end_episodes_without_crashing(setup):

@@ -2,7 +2,7 @@
 
 import torch
 
-from igpo.agent.rollout import HFGenerator, SamplingParams, SeededSampler
+from igpo.agent.generators import HFGenerator, SamplingParams, SeededSampler
 
 
 def test_gumbel_max_samples_the_softmax_at_the_temperature():

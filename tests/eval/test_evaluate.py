@@ -1,6 +1,6 @@
 """Greedy evaluation: batches of `trainer.eval_batch_size` questions, the same generations whatever the batch size."""
-from igpo.agent.engine import make_generator
-from igpo.agent.rollout import Generator
+from igpo.agent.build import make_generator
+from igpo.agent.generators import Generator
 from igpo.config import Config
 from igpo.data.loaders import load_qa
 from igpo.eval.evaluate import evaluate
@@ -28,7 +28,7 @@ def test_batch_size_changes_batches_not_generations(tokenizer, tiny_model, corpu
                                      "rollout": {"max_new_tokens": 12, "max_turns": 3},
                                      "trainer": {"eval_batch_size": bs}})
         toolbox = make_toolbox(cfg)
-        gens[bs] = Recording(make_generator(cfg.rollout.engine, tiny_model, tokenizer.pad_token_id))
+        gens[bs] = Recording(make_generator(cfg, tiny_model, tokenizer.pad_token_id))
         results[bs] = evaluate(gens[bs], make_chat_format(cfg, tokenizer, toolbox), toolbox, examples, cfg)
     assert max(gens[1].batch_sizes) == 1 and max(gens[3].batch_sizes) == 3
     # left-padded in a batch of 3 or alone, each question's greedy ids are the same

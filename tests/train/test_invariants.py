@@ -1,7 +1,8 @@
 """The probe-leak invariant looks where a probe could enter a context through our code, and only there."""
 import pytest
 
-from igpo.agent.rollout import SamplingParams, rollout
+from igpo.agent.generators import SamplingParams
+from igpo.agent.rollout import rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import SearchTool, Toolbox, ToolResult
 from igpo.config import AlgorithmConfig

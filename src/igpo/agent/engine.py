@@ -36,7 +36,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from igpo.agent.rollout import Generator, HFGenerator, SamplingParams, SeededSampler
+from igpo.agent.generators import Generator, SamplingParams, SeededSampler
 
 MIN_SHARED_PREFIX = 16  # shorter common prefixes of fresh contexts are not worth a separate forward
 
@@ -215,13 +215,3 @@ class CachedGenerator(Generator):
         cols = mask[r].nonzero()[:, 0]
         kv = [(k[r:r + 1].index_select(2, cols), v[r:r + 1].index_select(2, cols)) for k, v, *_ in cache]
         return _Stored(np.concatenate([ctx, np.asarray(out[:-1], dtype=np.int64)]), kv)
-
-
-ENGINES = {"cached": CachedGenerator, "hf": HFGenerator}
-
-
-def make_generator(engine: str, model, pad_id: int) -> Generator:
-    """The rollout engine named by `rollout.engine`."""
-    if engine not in ENGINES:
-        raise ValueError(f"rollout.engine: unknown engine {engine!r} (choose from {', '.join(ENGINES)})")
-    return ENGINES[engine](model, pad_id)

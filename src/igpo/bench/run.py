@@ -63,7 +63,7 @@ def _eval_file(cfg: Config, model_dir: str, examples, out: Path) -> dict:
     """Greedy evaluation of a saved model, cached in `out`."""
     if out.is_file():
         return json.loads(out.read_text())
-    from igpo.agent.engine import make_generator
+    from igpo.agent.build import ENGINES
     from igpo.eval.evaluate import evaluate
     from igpo.policy.loading import load_policy
     from igpo.progress import Progress
@@ -72,7 +72,7 @@ def _eval_file(cfg: Config, model_dir: str, examples, out: Path) -> dict:
     mcfg = cfg.model.model_copy(update={"path": model_dir})
     model, tok = load_policy(mcfg)
     toolbox = make_toolbox(cfg)
-    generator = make_generator(cfg.rollout.engine, model, tok.pad_token_id)
+    generator = ENGINES[cfg.rollout.engine](model, tok.pad_token_id)
     with Progress(f"start: {out.stem}", len(examples), unit="question", write=_say) as bar:
         res = evaluate(generator, make_chat_format(cfg, tok, toolbox), toolbox, examples, cfg, progress=bar.update)
     out.write_text(json.dumps(res))

@@ -7,7 +7,8 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
-from igpo.agent.rollout import Generator, SamplingParams, rollout
+from igpo.agent.generators import Generator, SamplingParams
+from igpo.agent.rollout import rollout
 from igpo.agent.template import ChatFormat
 from igpo.agent.tools import Toolbox
 from igpo.algo.rewards import answer_em, answer_f1

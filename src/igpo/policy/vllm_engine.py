@@ -22,7 +22,7 @@ from typing import Protocol
 
 import torch
 
-from igpo.agent.rollout import Generation, OwnWeightsGenerator, SamplingParams, cut_at_stop
+from igpo.agent.generators import Generation, OwnWeightsGenerator, SamplingParams, cut_at_stop
 from igpo.config import Config
 from igpo.policy.loading import ModelLoadError, resolve_model_dir
 

@@ -26,7 +26,8 @@ from pathlib import Path
 
 import torch
 
-from igpo.agent.rollout import Generator, SamplingParams, rollout
+from igpo.agent.generators import Generator, SamplingParams
+from igpo.agent.rollout import rollout
 from igpo.agent.template import ChatFormat
 from igpo.agent.tools import Toolbox
 from igpo.agent.trajectory import Trajectory
@@ -291,11 +292,11 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
 
     heldout = None
     if s.eval_size and cfg.data.eval:
-        from igpo.agent.engine import make_generator
+        from igpo.agent.build import ENGINES
 
         t = time.perf_counter()
         dev = load_qa(cfg.data.eval, skip_bad_rows=cfg.data.skip_bad_rows)[: s.eval_size]
-        generator = make_generator(cfg.rollout.engine, model, tok.pad_token_id)
+        generator = ENGINES[cfg.rollout.engine](model, tok.pad_token_id)
         res = evaluate(generator, fmt, toolbox, dev, cfg, progress=eval_progress)
         heldout = res["overall"]
         times["heldout_eval"] = time.perf_counter() - t

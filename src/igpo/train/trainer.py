@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igpo.agent.engine import make_generator
-from igpo.agent.rollout import Generator, OwnWeightsGenerator, SamplingParams, rollout
+from igpo.agent.build import make_generator
+from igpo.agent.generators import Generator, OwnWeightsGenerator, SamplingParams
+from igpo.agent.rollout import rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, WEB_SEARCH_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import MALFORMED_CALL_ERRORS, SearchTool, Toolbox, WebSearchTool
 from igpo.agent.trajectory import Trajectory
@@ -95,7 +96,7 @@ class Trainer:
         if (fixed := len(self.fmt.prompt_ids(""))) >= cfg.rollout.max_context:
             raise ConfigError(f"rollout.max_context: {cfg.rollout.max_context} tokens cannot hold the prompt, whose "
                               f"system part and tool schemas alone take {fixed}")
-        self.generator = generator or self._make_generator()
+        self.generator = generator or make_generator(cfg, model, tokenizer.pad_token_id, self.dist.enabled)
         self._pushed_step = -1  # the step whose weights the generator holds, when it keeps its own copy
         self.train_set = train_set if train_set is not None else self._load_train()
         # The reference is the initial policy: copied before any checkpoint weights are loaded.
@@ -140,13 +141,6 @@ class Trainer:
             log.info("resumed from %s (step %d)", resume[0], self.step)
 
     # ------------------------------------------------------------------ setup
-    def _make_generator(self) -> Generator:
-        if self.cfg.rollout.backend == "vllm":
-            from igpo.policy.vllm_engine import VLLMGenerator
-
-            return VLLMGenerator.from_config(self.cfg, self.dist.enabled)
-        return make_generator(self.cfg.rollout.engine, self.model, self.tok.pad_token_id)
-
     def _push_weights(self, timer: Timer | None = None) -> None:
         """Hands the current weights to a generator that holds its own copy (vLLM), once per update."""
         if isinstance(self.generator, OwnWeightsGenerator) and self._pushed_step != self.step:
