@@ -18,14 +18,13 @@ from pathlib import Path
 
 import torch
 
-from igpo.agent.build import ENGINES
+from igpo.agent.build import build_agent
 from igpo.agent.generators import SamplingParams
 from igpo.agent.parsing import ANSWER_OPEN
 from igpo.agent.rollout import rollout
 from igpo.config import load_config
 from igpo.data.loaders import load_qa
 from igpo.policy.loading import load_checkpoint
-from igpo.train.trainer import make_chat_format, make_toolbox
 
 
 def answer_start(tok, traj) -> int | None:
@@ -57,12 +56,11 @@ def main() -> None:
     before, tok = load_checkpoint(Path(args.before), cfg.model)
     after, _ = load_checkpoint(Path(args.after), cfg.model)
     before.eval(), after.eval()
-    toolbox = make_toolbox(cfg)
-    fmt = make_chat_format(cfg, tok, toolbox)
+    agent = build_agent(cfg, before, tok)
     examples = [e for e in load_qa(cfg.data.eval)[: args.limit] if e.question.startswith(args.match)]
     r = cfg.rollout
-    trajs = rollout(examples, list(range(len(examples))), ENGINES[r.engine](before, tok.pad_token_id), fmt,
-                    toolbox, SamplingParams(r.max_new_tokens, temperature=0.0), r.max_turns, r.max_context)
+    trajs = rollout(examples, list(range(len(examples))), agent.generator, agent.fmt, agent.toolbox,
+                    SamplingParams(r.max_new_tokens, temperature=0.0), r.max_turns, r.max_context)
     by_token: dict[str, list[tuple[float, float, bool]]] = defaultdict(list)
     for tr in trajs:
         pos = answer_start(tok, tr)

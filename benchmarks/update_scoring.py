@@ -27,11 +27,11 @@ from common import add_threads_option, apply_threads
 def _trajectories(args):
     import random
 
+    from igpo.agent.build import make_chat_format, make_toolbox
     from igpo.config import load_config
     from igpo.data.loaders import load_qa
     from igpo.policy.loading import load_policy
     from igpo.train.sft import plan_demos, play_demos
-    from igpo.train.trainer import make_chat_format, make_toolbox
 
     cfg = load_config(args.config)
     model, tok = load_policy(cfg.model)

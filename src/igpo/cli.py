@@ -128,14 +128,13 @@ def eval_cmd(
     from rich.console import Console
     from rich.table import Table
 
-    from igpo.agent.build import ENGINES
     from igpo.config import load_config
     from igpo.data.loaders import load_qa
-    from igpo.eval.evaluate import evaluate
+    from igpo.eval.evaluate import evaluate_model
     from igpo.policy.loading import load_checkpoint, load_policy
     from igpo.progress import Progress
-    from igpo.train.trainer import make_chat_format, make_toolbox
 
+    console = Console()
     try:
         cfg = load_config(config, overrides)
         path = data or cfg.data.eval
@@ -143,14 +142,10 @@ def eval_cmd(
             raise FileNotFoundError("no QA file to evaluate: pass --data or set data.eval")
         examples = load_qa(path, skip_bad_rows=cfg.data.skip_bad_rows)[:limit]
         model, tok = load_checkpoint(checkpoint, cfg.model) if checkpoint else load_policy(cfg.model)
-        toolbox = make_toolbox(cfg)
-        fmt = make_chat_format(cfg, tok, toolbox)
+        with Progress("eval", len(examples), unit="question", console=console) as bar:
+            res = evaluate_model(cfg, model, tok, examples, progress=bar.update)
     except _user_errors() as e:
         _fail(e)
-    console = Console()
-    with Progress("eval", len(examples), unit="question", console=console) as bar:
-        res = evaluate(ENGINES[cfg.rollout.engine](model, tok.pad_token_id), fmt, toolbox, examples, cfg,
-                       progress=bar.update)
     table = Table("source", "n", "F1", "EM", "format err", "tool calls")
     for name, s in [*res["by_source"].items(), ("overall", res["overall"])]:
         table.add_row(name, str(s["n"]), f"{s['f1']:.3f}", f"{s['em']:.3f}", f"{s['format_error_rate']:.2f}",

@@ -1,10 +1,9 @@
 """Greedy evaluation: batches of `trainer.eval_batch_size` questions, the same generations whatever the batch size."""
-from igpo.agent.build import make_generator
+from igpo.agent.build import make_chat_format, make_generator, make_toolbox
 from igpo.agent.generators import Generator
 from igpo.config import Config
 from igpo.data.loaders import load_qa
 from igpo.eval.evaluate import evaluate
-from igpo.train.trainer import make_chat_format, make_toolbox
 
 
 class Recording(Generator):

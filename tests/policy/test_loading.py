@@ -4,10 +4,11 @@ import warnings
 import pytest
 import torch
 
+from igpo.agent.build import make_chat_format, make_toolbox
 from igpo.agent.template import CHATML_TOOLS_TEMPLATE, ChatFormat
 from igpo.config import ModelConfig, load_config
 from igpo.policy.loading import ModelLoadError, load_checkpoint, load_policy
-from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
+from igpo.train.trainer import Trainer
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS
 

@@ -5,7 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
-from igpo.config import ConfigError
+from igpo.agent.build import build_agent, make_chat_format, make_toolbox
+from igpo.config import Config, ConfigError
+from igpo.data.loaders import load_qa
 from igpo.policy.loading import ModelLoadError
 from igpo.policy.scoring import token_logprobs
 from igpo.policy.vllm_engine import (
@@ -14,7 +16,7 @@ from igpo.policy.vllm_engine import (
     WeightSyncError,
     weight_fingerprint,
 )
-from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
+from igpo.train.trainer import Trainer
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS, make_cfg, prompt_lengths
 
@@ -126,3 +128,26 @@ def test_an_episode_without_turns_keeps_the_batchs_sampling_logprobs(tmp_path, t
         assert r["generated_tokens"] > 0
         assert r["tis_weight"] == pytest.approx(1.5)
         assert r["rollout_lp_abs_diff"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_an_agent_built_for_a_model_samples_with_that_models_weights(tiny_model, tokenizer, corpus_file, monkeypatch):
+    # The engine starts from other weights (those of model.path, for vLLM): building the agent pushes the model's.
+    other = AutoModelForCausalLM.from_config(tiny_model.config)
+    engine = FakeEngine(other, dtype=torch.float32)
+    monkeypatch.setattr(VLLMGenerator, "from_config", classmethod(lambda cls, cfg, distributed: cls(engine)))
+    cfg = Config.model_validate({"retrieval": {"corpus": str(corpus_file)}, "rollout": {"backend": "vllm"}})
+    agent = build_agent(cfg, tiny_model, tokenizer)
+    assert isinstance(agent.generator, VLLMGenerator) and agent.generator.pushes == 1
+    held = dict(engine.model.named_parameters())
+    assert all(torch.equal(held[name], p) for name, p in tiny_model.named_parameters())
+
+
+@pytest.mark.integration
+def test_evaluating_the_trainer_pushes_its_weights_first(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
+    trainer = _trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer)
+    trainer.fit()  # pushes before each step's rollout: the engine has the weights of before the last update
+    assert trainer.generator.pushes == 2
+    res = trainer.evaluate(load_qa(qa_file)[:2])
+    assert trainer.generator.pushes == 3 and res["overall"]["n"] == 2
+    held = dict(trainer.generator.engine.model.named_parameters())
+    assert all(torch.equal(held[name], p.detach()) for name, p in trainer.model.named_parameters())

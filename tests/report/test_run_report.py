@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
+from igpo.agent.build import make_chat_format, make_toolbox
 from igpo.report.build import build_report
-from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
+from igpo.train.trainer import Trainer
 from tests.conftest import FACTS, QUESTIONS, make_tiny_llama
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS, make_cfg

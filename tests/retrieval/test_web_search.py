@@ -292,7 +292,8 @@ SEARCH = '<tool_call>{{"name": "web_search", "arguments": {{"query": {}}}}}</too
 
 @pytest.mark.integration
 def test_a_training_run_never_writes_the_key(serper, tmp_path, tiny_model_dir, qa_file, tokenizer, monkeypatch, caplog):
-    from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
+    from igpo.agent.build import make_chat_format, make_toolbox
+    from igpo.train.trainer import Trainer
     from tests.conftest import QUESTIONS
     from tests.scripted import ScriptedGenerator
 

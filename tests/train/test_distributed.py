@@ -15,7 +15,8 @@ import torch.multiprocessing as mp
 from transformers import AutoTokenizer
 
 import igpo.train.trainer as trainer_module
-from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
+from igpo.agent.build import make_chat_format, make_toolbox
+from igpo.train.trainer import Trainer
 from tests.conftest import make_tiny_llama, write_corpus, write_qa
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS, make_cfg

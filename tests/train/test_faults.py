@@ -10,6 +10,7 @@ import torch
 from fastapi.responses import PlainTextResponse, Response
 
 import igpo.train.trainer as trainer_module
+from igpo.agent.build import make_chat_format, make_toolbox
 from igpo.agent.tools import SearchTool, Toolbox, ToolResult
 from igpo.data.loaders import Passage
 from igpo.retrieval.bm25 import BM25Retriever
@@ -26,8 +27,8 @@ pytestmark = pytest.mark.integration
 
 
 def make_trainer(cfg, tokenizer, toolbox=None):
-    toolbox = toolbox or trainer_module.make_toolbox(cfg)
-    fmt = trainer_module.make_chat_format(cfg, tokenizer, toolbox)
+    toolbox = toolbox or make_toolbox(cfg)
+    fmt = make_chat_format(cfg, tokenizer, toolbox)
     return trainer_module.Trainer(cfg, toolbox=toolbox, generator=ScriptedGenerator(tokenizer, fmt, SCRIPTS, seed=None))
 
 
@@ -87,7 +88,7 @@ def probe_trainer(cfg, tokenizer):
             return [ToolResult(probes) for _ in arguments]
 
     toolbox = Toolbox([Leaky(BM25Retriever([Passage(*f) for f in FACTS]))])
-    fmt = trainer_module.make_chat_format(cfg, tokenizer, toolbox)
+    fmt = make_chat_format(cfg, tokenizer, toolbox)
     gen = ScriptedGenerator(tokenizer, fmt, probe_scripts(cfg.algorithm.belief_probe))
     return trainer_module.Trainer(cfg, toolbox=toolbox, generator=gen)
 

@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
+from igpo.agent.build import make_chat_format, make_toolbox
+from igpo.train.trainer import Trainer
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS, make_cfg
 

@@ -4,8 +4,9 @@ import json
 
 import pytest
 
+from igpo.agent.build import make_chat_format
 from igpo.config import load_config
-from igpo.train.trainer import Trainer, make_chat_format
+from igpo.train.trainer import Trainer
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS
 

@@ -16,9 +16,10 @@ import yaml
 from safetensors.torch import load_file
 
 import igpo
+from igpo.agent.build import make_chat_format, make_toolbox
 from igpo.train import checkpoint as ckpt
 from igpo.train.faults import KILL_ENV
-from igpo.train.trainer import Trainer, make_chat_format, make_toolbox
+from igpo.train.trainer import Trainer
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS, make_cfg
 

@@ -6,6 +6,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from igpo.agent.build import make_chat_format
 from igpo.agent.tools import SearchTool, Toolbox
 from igpo.cli import app
 from igpo.config import Config, SftConfig, load_config
@@ -13,7 +14,6 @@ from igpo.data.loaders import QAExample, load_corpus
 from igpo.retrieval.bm25 import BM25Retriever
 from igpo.train.batching import collate
 from igpo.train.sft import TeacherGenerator, play_demos, plan_demos, sample_by_hops, sft_loss, train_sft
-from igpo.train.trainer import make_chat_format
 from tests.conftest import PLANS
 
 def _examples():

@@ -5,8 +5,9 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from igpo.agent.build import make_chat_format, make_toolbox
 from igpo.config import load_config
-from igpo.train.trainer import Timer, Trainer, make_chat_format, make_toolbox
+from igpo.train.trainer import Timer, Trainer
 from tests.conftest import QUESTIONS
 from tests.scripted import ScriptedGenerator
 

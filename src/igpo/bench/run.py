@@ -22,7 +22,6 @@ def _say(line: str) -> None:
 def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_model: str,
             log: Callable[[str], None]) -> Path:
     """Train (or resume) and evaluate one (estimator, seed) run; returns its directory."""
-    from igpo.eval.evaluate import evaluate
     from igpo.progress import Progress, per_run
     from igpo.train.trainer import Trainer
 
@@ -53,7 +52,7 @@ def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_m
         t = time.perf_counter()
         examples = load_qa(bench.test)[: bench.test_size]
         with Progress(f"{run.name}: test eval", len(examples), unit="question", write=log) as bar:
-            res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, examples, cfg, progress=bar.update)
+            res = trainer.evaluate(examples, bar.update)
         test = {"overall": res["overall"], "by_source": res["by_source"], "seconds": time.perf_counter() - t}
     (run / "done.json").write_text(json.dumps({"test": test, "train_seconds_this_invocation": train_s}))
     return run
@@ -63,18 +62,13 @@ def _eval_file(cfg: Config, model_dir: str, examples, out: Path) -> dict:
     """Greedy evaluation of a saved model, cached in `out`."""
     if out.is_file():
         return json.loads(out.read_text())
-    from igpo.agent.build import ENGINES
-    from igpo.eval.evaluate import evaluate
+    from igpo.eval.evaluate import evaluate_model
     from igpo.policy.loading import load_policy
     from igpo.progress import Progress
-    from igpo.train.trainer import make_chat_format, make_toolbox
 
-    mcfg = cfg.model.model_copy(update={"path": model_dir})
-    model, tok = load_policy(mcfg)
-    toolbox = make_toolbox(cfg)
-    generator = ENGINES[cfg.rollout.engine](model, tok.pad_token_id)
+    model, tok = load_policy(cfg.model.model_copy(update={"path": model_dir}))
     with Progress(f"start: {out.stem}", len(examples), unit="question", write=_say) as bar:
-        res = evaluate(generator, make_chat_format(cfg, tok, toolbox), toolbox, examples, cfg, progress=bar.update)
+        res = evaluate_model(cfg, model, tok, examples, progress=bar.update)
     out.write_text(json.dumps(res))
     return res
 

@@ -1,4 +1,5 @@
-"""Greedy evaluation over a QA set: F1 / EM / tool calls per question, overall and per `source`."""
+"""Greedy evaluation over a QA set: F1 / EM / tool calls per question, overall and per `source`, of an agent
+(`evaluate`) or of a model (`evaluate_model`, which builds the agent the config describes)."""
 from __future__ import annotations
 
 from collections import defaultdict
@@ -7,6 +8,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 import torch
 
+from igpo.agent.build import build_agent
 from igpo.agent.generators import Generator, SamplingParams
 from igpo.agent.rollout import rollout
 from igpo.agent.template import ChatFormat
@@ -61,6 +63,14 @@ def evaluate(generator: Generator, fmt: ChatFormat, toolbox: Toolbox, examples: 
     for row in rows:
         by_source[row["source"]].append(row)
     return {"overall": _summary(rows), "by_source": {s: _summary(v) for s, v in sorted(by_source.items())}, "rows": rows}
+
+
+def evaluate_model(cfg: Config, model, tokenizer, examples: Sequence[QAExample], toolbox: Toolbox | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> dict:
+    """`evaluate` of the agent `cfg` describes playing `model` (`igpo.agent.build.build_agent`: the generator of
+    `rollout.backend` and `rollout.engine`; `toolbox`: one already built, to share its retriever)."""
+    agent = build_agent(cfg, model, tokenizer, toolbox)
+    return evaluate(agent.generator, agent.fmt, agent.toolbox, examples, cfg, progress)
 
 
 def tool_calls_by_source(res: dict) -> dict[str, float]:

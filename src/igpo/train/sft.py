@@ -252,9 +252,9 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
             eval_progress: Callable[[int, int], None] | None = None) -> dict:
     """The whole warm start: plan and play demonstrations, train, save `sft.out_dir/model`, then evaluate greedy
     format validity and tool-call rate on `sft.eval_size` held-out questions. Returns what `sft.json` holds."""
-    from igpo.eval.evaluate import evaluate
+    from igpo.agent.build import make_chat_format, make_toolbox
+    from igpo.eval.evaluate import evaluate_model
     from igpo.policy.loading import is_lora, load_policy
-    from igpo.train.trainer import make_chat_format, make_toolbox
 
     s = cfg.sft
     if not cfg.data.train:
@@ -292,12 +292,9 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
 
     heldout = None
     if s.eval_size and cfg.data.eval:
-        from igpo.agent.build import ENGINES
-
         t = time.perf_counter()
         dev = load_qa(cfg.data.eval, skip_bad_rows=cfg.data.skip_bad_rows)[: s.eval_size]
-        generator = ENGINES[cfg.rollout.engine](model, tok.pad_token_id)
-        res = evaluate(generator, fmt, toolbox, dev, cfg, progress=eval_progress)
+        res = evaluate_model(cfg, to_save, tok, dev, toolbox, progress=eval_progress)
         heldout = res["overall"]
         times["heldout_eval"] = time.perf_counter() - t
     summary = {

@@ -20,11 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from igpo.agent.build import make_generator
+from igpo.agent.build import make_chat_format, make_generator, make_toolbox
 from igpo.agent.generators import Generator, OwnWeightsGenerator, SamplingParams
 from igpo.agent.rollout import rollout
-from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, WEB_SEARCH_SYSTEM_PROMPT, ChatFormat
-from igpo.agent.tools import MALFORMED_CALL_ERRORS, SearchTool, Toolbox, WebSearchTool
+from igpo.agent.tools import MALFORMED_CALL_ERRORS, SearchTool, Toolbox
 from igpo.agent.trajectory import Trajectory
 from igpo.algo.advantages import ESTIMATORS, StepInputs, compute_turn_advantages, turn_to_token_advantages
 from igpo.algo.loss import agg_loss, kl_penalty, ppo_policy_loss, tis_weights
@@ -35,8 +34,8 @@ from igpo.files import atomic_write_text
 from igpo.policy.loading import is_lora, load_policy
 from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
 from igpo.report.records import sample_records
-from igpo.retrieval.base import Retriever
 from igpo.report.runlog import RunLog
+from igpo.retrieval.base import Retriever
 from igpo.seeding import episode_seed, step_seed
 from igpo.train import checkpoint as ckpt
 from igpo.train import distributed, faults, metrics
@@ -44,20 +43,6 @@ from igpo.train.batching import collate
 from igpo.train.invariants import check_batch_tokens, check_ig_telescopes, check_no_probe_leak
 
 log = logging.getLogger(__name__)
-
-
-def make_toolbox(cfg: Config) -> Toolbox:
-    from igpo.retrieval.factory import make_retriever, make_web_search
-
-    r = cfg.retrieval
-    if r.tool == "web_search":
-        return Toolbox([WebSearchTool(make_web_search(r), r.topk, r.max_passage_words, r.web.max_queries)])
-    return Toolbox([SearchTool(make_retriever(r), r.topk, r.max_passage_words)])
-
-
-def make_chat_format(cfg: Config, tokenizer, toolbox: Toolbox) -> ChatFormat:
-    default = WEB_SEARCH_SYSTEM_PROMPT if "web_search" in toolbox.tools else DEFAULT_SYSTEM_PROMPT
-    return ChatFormat(tokenizer, cfg.rollout.system_prompt or default, toolbox.schemas(), cfg.algorithm.belief_probe)
 
 
 class Timer:
@@ -513,21 +498,30 @@ class Trainer:
         Rank 0 evaluates (every rank must call: FSDP gathers the weights); the row, or None on other ranks.
         `progress(done, total)` is called after each batch of questions.
         """
-        from igpo.eval.evaluate import evaluate
-
+        if self.dist.is_main and self._eval_set is None:
+            self._eval_set = load_qa(self.cfg.data.eval,
+                                     skip_bad_rows=self.cfg.data.skip_bad_rows)[: self.cfg.trainer.eval_size]
         row = None
-        self._push_weights()
-        with self._generation_weights():
-            if self.dist.is_main:
-                if self._eval_set is None:
-                    self._eval_set = load_qa(self.cfg.data.eval,
-                                             skip_bad_rows=self.cfg.data.skip_bad_rows)[: self.cfg.trainer.eval_size]
-                res = evaluate(self.generator, self.fmt, self.toolbox, self._eval_set, self.cfg, progress=progress)
-                row = {"step": self.step, "overall": res["overall"], "by_source": res["by_source"]}
-                with (self.out / "eval.jsonl").open("a") as f:
-                    f.write(json.dumps(row) + "\n")
+        res = self.evaluate(self._eval_set, progress)
+        if res is not None:
+            row = {"step": self.step, "overall": res["overall"], "by_source": res["by_source"]}
+            with (self.out / "eval.jsonl").open("a") as f:
+                f.write(json.dumps(row) + "\n")
         self.dist.barrier()
         return row
+
+    def evaluate(self, examples: list[QAExample] | None,
+                 progress: Callable[[int, int], None] | None = None) -> dict | None:
+        """`igpo.eval.evaluate.evaluate` of the current weights on `examples`: a generator with its own copy of
+        the weights gets them first. Rank 0 evaluates (every rank must call: FSDP gathers the weights); its
+        result, or None on other ranks. `progress(done, total)` is called after each batch of questions."""
+        from igpo.eval.evaluate import evaluate
+
+        self._push_weights()
+        with self._generation_weights():
+            if not self.dist.is_main:
+                return None
+            return evaluate(self.generator, self.fmt, self.toolbox, examples, self.cfg, progress)
 
     def save(self) -> Path | None:
         """Writes a checkpoint from rank 0 (every rank must call: FSDP gathers the state); its path on rank 0."""
