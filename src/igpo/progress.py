@@ -179,3 +179,28 @@ def per_run(make: Callable[[int], Progress]) -> Callable[[int, int], None]:
             current.pop().close()
 
     return callback
+
+
+def fit_with_progress(trainer, label: str, *, console: Console | None = None,
+                      write: Callable[[str], None] | None = None) -> list[dict]:
+    """`trainer.fit()` with its progress shown (on rank 0, which reports the steps): a bar on a terminal, else a
+    line a step with its metrics, and each evaluation during training. Returns what `fit` returns."""
+    from contextlib import nullcontext
+
+    main = trainer.dist.is_main
+    with Progress(label, trainer.cfg.trainer.steps, done=trainer.step, console=console, write=write, every_s=0) \
+            if main else nullcontext() as bar:
+
+        def show(m: dict) -> None:
+            if "skipped" in m:
+                info = f"skipped: {m['skipped']['error']}"
+            elif bar.is_bar:
+                info = f"reward {m['outcome_reward']:+.2f}  f1 {m['f1']:.2f}  turns {m['turns']:.1f}"
+            else:
+                secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
+                info = (f"reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  turns={m['turns']:.2f}  "
+                        f"format_err={m['format_error_rate']:.2f}  {secs}")
+            bar.update(m["step"] + 1, info=info)
+
+        evals = per_run(lambda n: Progress(f"{label}: dev eval", n, unit="question", console=console, write=write))
+        return trainer.fit(progress=show, eval_progress=evals)

@@ -243,6 +243,18 @@ def train_sft(model, pad_id: int, trajs: Sequence[Trajectory], masks: Sequence[l
     return history
 
 
+def sft_summary(res: dict) -> list[str]:
+    """What a warm start did (`res`: what sft.json holds), in a few lines for a person to read."""
+    d = res["demonstrations"]
+    lines = [f"SFT: {d['kept']} of {d['planned']} demonstrations ({d['by_kind']}), final loss {res['final_loss']:.3f}"]
+    if res["heldout"]:
+        h = res["heldout"]
+        lines.append(f"held-out ({h['n']} questions): valid generations {h['valid_generation_rate']:.2f}, "
+                     f"questions with a tool call {h['tool_call_rate']:.2f}, F1 {h['f1']:.3f}")
+    lines.append(f"model: {res['model_dir']}")
+    return lines
+
+
 def sft_done(out_dir: str | Path) -> bool:
     """A finished warm start: `sft.json` is written last, after the model."""
     return (Path(out_dir) / "sft.json").is_file() and (Path(out_dir) / "model" / "config.json").is_file()
