@@ -49,8 +49,8 @@ docs: $(STAMP)
 bench: $(STAMP)
 	$(PIP) install -q -c constraints.txt -e '.[$(LOCK_EXTRAS)]'
 	$(VENV)/bin/igpo data build vitalfactbook --out data/vitalfactbook
-	$(PY) benchmarks/beliefs.py --repeats 2 --out benchmarks/results/beliefs.json
-	$(PY) benchmarks/rollout.py --repeats 2 --out benchmarks/results/rollout.json
+	$(PY) benchmarks/beliefs.py --out benchmarks/results/beliefs.json
+	$(PY) benchmarks/rollout.py --out benchmarks/results/rollout.json
 	$(PY) benchmarks/train_step.py --out benchmarks/results/train_step.json
 
 # constraints.txt from scratch: a throwaway venv gets $(TORCH), then the newest releases that pyproject.toml allows

@@ -4,7 +4,8 @@ The `--before` model answers the dev questions greedily (the real rollout loop, 
 cut where its answer starts: at the token that closes the `<answer>` tag, because a tokenizer may fuse the tag's
 `>` with the answer's first characters (SmolLM2 writes `>.` as one token). At that context both models score the
 token the `--before` model chose. Per chosen token: how many answers start with it, its mean probability before and
-after, and on how many the `--after` model's argmax differs. Written as JSON to `--out`.
+after, and on how many the `--after` model's argmax differs. Written as JSON to `--out`, with the machine (CPU model,
+flags, torch's CPU capability, threads): the greedy trajectories, and so the figures, depend on the CPU's rounding.
 
     python benchmarks/answer_start.py --after runs/demo/checkpoints/step_000006 \
         --match "What is the internet country code" --out benchmarks/results/answer_start.json
@@ -17,6 +18,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from common import machine_record
 
 from igpo.agent.build import build_agent
 from igpo.agent.generators import SamplingParams
@@ -78,7 +80,7 @@ def main() -> None:
                 "argmax_changed": sum(x[2] for x in v)}
             for t, v in sorted(by_token.items(), key=lambda kv: -len(kv[1]))}
     result = {"before": args.before, "after": args.after, "questions": len(examples), "match": args.match,
-              "answered": sum(len(v) for v in by_token.values()), "by_first_token": rows}
+              "answered": sum(len(v) for v in by_token.values()), "by_first_token": rows, "machine": machine_record()}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     for t, row in rows.items():

@@ -10,7 +10,9 @@
 Trajectories are realistic synthetic ones in the real chat format: the prompt, `--tool-turns` turns each a
 generation (a short think and a search call) and a search result of `--result-words` words, then an answer turn;
 beliefs are taken after the prompt and after each tool turn. The methods run interleaved, `--repeats` times, in a
-rotating order; medians are reported. Asserts that (a) and (b) agree to 1e-4.
+rotating order; medians are reported, with each method's min / max / quartiles, the machine (CPU model, flags,
+torch's CPU capability, threads) and the load average before each method's run. Asserts that (a) and (b) agree to
+1e-4.
 
     python benchmarks/beliefs.py --out benchmarks/results/beliefs.json
 """
@@ -18,8 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import time
@@ -27,7 +27,7 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from common import add_threads_option, load_eval_model
+from common import add_threads_option, load_average, load_eval_model, machine_record, summaries
 
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.policy.scoring import (
@@ -104,7 +104,7 @@ def main() -> None:
     model, tok = load_eval_model(args)
     fmt = ChatFormat(tok, DEFAULT_SYSTEM_PROMPT, SCHEMA, "\nNow there's enough information to answer\n</think>\n<answer>\n")
     results = {"model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": torch.get_num_threads(),
-               "machine": f"{os.cpu_count()}-core {platform.machine()}",
+               "machine": machine_record(),
                "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "runs": []}
     for n_alias in args.aliases:
         rng = random.Random(0)
@@ -123,7 +123,7 @@ def main() -> None:
         for r in range(args.repeats):
             names = list(methods)
             for name in names[r % len(names):] + names[: r % len(names)]:
-                loads.append(os.getloadavg()[0])
+                loads.append({"repeat": r, "method": name, "load_avg": load_average()})
                 t, c = time.perf_counter(), time.process_time()
                 outputs[name] = methods[name]()
                 wall[name].append(time.perf_counter() - t)
@@ -135,12 +135,14 @@ def main() -> None:
             "aliases": n_alias, "trajectories": len(queries), "beliefs_per_trajectory": len(queries[0].prefixes),
             "mean_tokens": sum(len(q.ids) for q in queries) / len(queries), "max_abs_diff_packed_reference": diff,
             "median_s": med, "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
-            "seconds": wall, "cpu_seconds": cpu, "load_avg_during": [round(x, 2) for x in loads],
+            "seconds": wall, "cpu_seconds": cpu, "load_avg_before_each_run": loads,
+            "seconds_summary": summaries(wall), "cpu_seconds_summary": summaries(cpu),
             "packed_over_floor": med["packed"] / med["floor"], "reference_over_packed": med["reference"] / med["packed"],
         }
         if "official" in med:
             run["official_over_packed"] = med["official"] / med["packed"]
-        print(json.dumps({k: v for k, v in run.items() if k not in ("seconds", "cpu_seconds")}), flush=True)
+        print(json.dumps({k: v for k, v in run.items() if not k.startswith(("seconds", "cpu_seconds", "load"))}),
+              flush=True)
         results["runs"].append(run)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

@@ -7,15 +7,15 @@ in. The server runs in its own process (`igpo serve`) on a free loopback port; e
 its own `HTTPRetriever` (no cache, no retries: every failure is counted). Each client paces its requests on a
 fixed schedule (rate / clients per second); latency is measured from send to answer, and `lag` from the scheduled
 send time, which shows when the server could not keep up. The saturation phase runs the same clients closed-loop
-to find the server's capacity; the ratio divides it by the in-process index's single-query throughput.
-Prints the JSON (and writes it to `--out`).
+to find the server's capacity; the ratio divides it by the in-process index's single-query throughput. The three
+measurements run `--repeats` times: each repeat's figures are kept, the phases' requests pooled over the repeats,
+and each figure summarised (median, min / max, quartiles); with the machine (CPU model, flags, torch's CPU
+capability, threads) and the load average before each repeat. Prints the JSON (and writes it to `--out`).
 """
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import socket
 import subprocess
 import sys
@@ -26,6 +26,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from common import load_average, machine_record, summaries
 
 from igpo.data.loaders import load_corpus
 from igpo.retrieval.base import RetrievalError
@@ -87,7 +88,8 @@ def percentiles(ms: list[float]) -> dict:
 
 
 def run_clients(url: str, queries: list[str], topk: int, clients: int, duration: float, rate: float | None) -> dict:
-    """`clients` threads for `duration` s; paced at `rate` in all when given, else as fast as they can."""
+    """`clients` threads for `duration` s; paced at `rate` in all when given, else as fast as they can. Returns
+    each request's latency and lag (ms), the errors and the seconds it took."""
     latencies: list[float] = []
     lags: list[float] = []
     errors: list[str] = []
@@ -127,12 +129,20 @@ def run_clients(url: str, queries: list[str], topk: int, clients: int, duration:
         t.start()
     for t in threads:
         t.join()
-    elapsed = time.perf_counter() - start
+    return {"latencies": latencies, "lags": lags, "errors": errors, "elapsed": time.perf_counter() - start}
+
+
+def describe(phases: list[dict], rate: float | None) -> dict:
+    """One phase's figures over the repeats `phases` (`run_clients` results), their requests pooled: counts
+    summed, rate over their summed time, latency percentiles over every request."""
+    latencies = [x for p in phases for x in p["latencies"]]
+    lags = [x for p in phases for x in p["lags"]]
+    errors = [e for p in phases for e in p["errors"]]
     return {
         "requests": len(latencies),
         "errors": len(errors),
         "first_errors": errors[:3],
-        "achieved_rps": round(len(latencies) / elapsed, 1),
+        "achieved_rps": round(len(latencies) / sum(p["elapsed"] for p in phases), 1),
         "latency_ms": percentiles(latencies),
         "lag_from_schedule_ms": percentiles(lags) if rate else None,
     }
@@ -155,6 +165,8 @@ def main() -> None:
     ap.add_argument("--clients", type=int, default=8)
     ap.add_argument("--topk", type=int, default=5)
     ap.add_argument("--saturation", type=float, default=10.0, help="seconds of closed-loop load (0: skip)")
+    ap.add_argument("--inprocess", type=float, default=5.0, help="seconds of the in-process index's throughput")
+    ap.add_argument("--repeats", type=int, default=3, help="times each of the three measurements runs")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
     args = ap.parse_args()
 
@@ -168,7 +180,6 @@ def main() -> None:
         meta = build_index(corpus, "bm25", tmp / "index", show_progress=False)
         build_s = time.perf_counter() - t0
         queries = make_queries(corpus, 5000)
-        base_qps = inprocess_qps(tmp / "index", queries, args.topk, 5.0)
 
         port = free_port()
         url = f"http://127.0.0.1:{port}"
@@ -188,30 +199,50 @@ def main() -> None:
                 if server.poll() is not None or time.monotonic() > deadline:
                     raise SystemExit(f"the server did not start: {server.stderr.read().decode()[-2000:]}")
                 time.sleep(0.2)
-            paced = run_clients(url, queries, args.topk, args.clients, args.duration, args.rate)
-            saturated = (
-                run_clients(url, queries, args.topk, args.clients, args.saturation, None) if args.saturation else None
-            )
+            repeats = []
+            for _ in range(args.repeats):
+                load = load_average()
+                base_qps = inprocess_qps(tmp / "index", queries, args.topk, args.inprocess)
+                paced = run_clients(url, queries, args.topk, args.clients, args.duration, args.rate)
+                saturated = (run_clients(url, queries, args.topk, args.clients, args.saturation, None)
+                             if args.saturation else None)
+                repeats.append({"load_avg": load, "inprocess_queries_per_s": base_qps, "paced": paced,
+                                "saturated": saturated})
             server_stats = httpx.get(f"{url}/health").json()["stats"]
         finally:
             server.terminate()
             server.wait(timeout=30)
 
+    per_repeat = [{"load_avg": r["load_avg"], "inprocess_queries_per_s": round(r["inprocess_queries_per_s"], 1),
+                   "paced": describe([r["paced"]], args.rate),
+                   "saturated": describe([r["saturated"]], None) if args.saturation else None} for r in repeats]
+    figures = {"inprocess_queries_per_s": [r["inprocess_queries_per_s"] for r in per_repeat]}
+    for phase in ("paced", "saturated") if args.saturation else ("paced",):
+        figures[f"{phase}_achieved_rps"] = [r[phase]["achieved_rps"] for r in per_repeat]
+        for q in ("p50", "p99"):
+            figures[f"{phase}_latency_{q}_ms"] = [r[phase]["latency_ms"].get(q, float("nan")) for r in per_repeat]
+    summary = summaries(figures)
+    base_qps = summary["inprocess_queries_per_s"]["median"]
+    paced = describe([r["paced"] for r in repeats], args.rate)
+    saturated = describe([r["saturated"] for r in repeats], None) if args.saturation else None
     result = {
         "benchmark": "retrieval_load",
         "corpus": {"source": str(args.corpus) if args.corpus else "synthetic", "n_passages": meta["corpus"]["n_passages"]},
-        "config": {"rate": args.rate, "clients": args.clients, "topk": args.topk, "duration_s": args.duration},
+        "config": {"rate": args.rate, "clients": args.clients, "topk": args.topk, "duration_s": args.duration,
+                   "saturation_s": args.saturation, "inprocess_s": args.inprocess, "repeats": args.repeats},
         "index_build_s": round(build_s, 1),
-        "inprocess_queries_per_s": round(base_qps, 1),
-        "paced": paced,
+        "inprocess_queries_per_s": round(base_qps, 1),  # median of the repeats
+        "paced": paced,  # every repeat's requests
         "saturated": saturated,
+        "summary": summary,
+        "repeats": per_repeat,
         "server": server_stats | {"mean_queries_per_batch": round(server_stats["queries"] / max(server_stats["batches"], 1), 2)},
         "ratio_server_to_inprocess": round(saturated["achieved_rps"] / base_qps, 3) if saturated else None,
         "ratio_paced_to_inprocess": round(paced["achieved_rps"] / base_qps, 3),
         "targets_met": paced["errors"] == 0
         and paced["latency_ms"].get("p99", 1e9) < 100
         and paced["achieved_rps"] >= 0.95 * args.rate,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": machine_record(),
     }
     text = json.dumps(result, indent=2)
     print(text)

@@ -9,7 +9,9 @@ The same questions, greedy, `--episodes` episodes of `--turns` turns. Every turn
 corpus) exactly as `rollout` appends it (close of the generation, tool message, next assistant opening). The
 query is the generation's tool-call query when it has one, else the question: SmolLM2 does not write tool calls
 zero-shot, and the benchmark needs every episode to go on for all turns. The generated tokens of the two must be
-identical (asserted); the figure is generated tokens per second, median over `--repeats` interleaved runs.
+identical (asserted); the figure is generated tokens per second, median over `--repeats` interleaved runs (each
+generator's seconds also as min / max / quartiles, and the speedups per repeat). The JSON records the machine
+(CPU model, flags, torch's CPU capability, threads) and the load average before each run.
 
     python benchmarks/rollout.py --corpus data/vitalfactbook/corpus.jsonl --questions data/vitalfactbook/dev.jsonl
 """
@@ -17,14 +19,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import time
 from pathlib import Path
 
 import torch
-from common import add_threads_option, load_eval_model
+from common import add_threads_option, load_average, load_eval_model, machine_record, summaries
 
 from igpo.agent.engine import CachedGenerator
 from igpo.agent.parsing import parse_generation
@@ -107,7 +107,7 @@ def main() -> None:
         order = list(makers)[r % len(makers):] + list(makers)[: r % len(makers)]  # rotate who goes first
         for name in order:
             gen = makers[name]()
-            loads.append(os.getloadavg()[0])
+            loads.append({"repeat": r, "generator": name, "load_avg": load_average()})
             out, sec, final_lengths = episodes(gen, fmt, tool, questions, args.turns, params)
             seconds[name].append(sec[0])
             cpu_seconds[name].append(sec[1])
@@ -121,17 +121,21 @@ def main() -> None:
     med = {k: statistics.median(v) for k, v in seconds.items()}
     result = {
         "model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": torch.get_num_threads(),
-        "machine": f"{os.cpu_count()}-core {platform.machine()}", "load_avg_during": [round(x, 2) for x in loads],
+        "machine": machine_record(), "load_avg_before_each_run": loads,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "generated_tokens": tokens,
         "generated_per_turn": [[len(g) for g in ep] for ep in reference],
         "final_context_tokens": final_lengths,
         "engine_ids_computed": stats["computed_ids"], "engine_ids_reused": stats["reused_ids"],
         "seconds": seconds, "cpu_seconds": cpu_seconds, "median_s": med,
+        "seconds_summary": summaries(seconds), "cpu_seconds_summary": summaries(cpu_seconds),
         "median_cpu_s": {k: statistics.median(v) for k, v in cpu_seconds.items()},
         "tokens_per_s": {k: tokens / v for k, v in med.items()},
         "speedup_vs_plain_loop": med["plain_loop"] / med["engine"],
         "speedup_vs_batched_generate": med["batched_generate"] / med["engine"],
+        # within each repeat, so that a load change between repeats does not enter the ratio
+        "speedup_per_repeat": {k: [a / b for a, b in zip(seconds[k], seconds["engine"])]
+                               for k in ("plain_loop", "batched_generate")},
         "identical_tokens": True,
     }
     print(json.dumps({k: result[k] for k in ("generated_tokens", "median_s", "tokens_per_s", "speedup_vs_plain_loop",

@@ -4,7 +4,9 @@ Training rollouts sample each row from its own seeded stream (Gumbel-max over a 
 an episode samples the same tokens in any batch and on any rank. The reference is `model.generate(do_sample=True)`,
 which draws the whole batch from one stream. Both run the same `HFGenerator` on the same contexts; the cost is
 per decoding step (generation runs until the longest row stops), repeated and interleaved; and the sampling
-step alone on random logits of the model's vocabulary (ours vs softmax + multinomial). Writes JSON.
+step alone on random logits of the model's vocabulary (ours vs softmax + multinomial), `--repeats` times too.
+Writes JSON: per figure the repeats, their best, median, min / max and quartiles; the machine (CPU model, flags,
+torch's CPU capability, threads) and the load average before each repeat.
 
     python benchmarks/seeded_sampling.py --batch 8 --new-tokens 64 --repeats 3 --out benchmarks/results/seeded_sampling.json
 """
@@ -12,11 +14,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
+import statistics
 import time
 from pathlib import Path
 
 import torch
+from common import load_average, machine_record, summaries
 
 from igpo.agent.generators import HFGenerator, SamplingParams, SeededSampler
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
@@ -58,7 +61,12 @@ def main() -> None:
     gen = HFGenerator(model, tok.pad_token_id)
     modes = {"seeded": lambda r: list(range(r * args.batch, (r + 1) * args.batch)), "hf_batch_sampler": lambda r: None}
     per_step: dict[str, list[float]] = {m: [] for m in modes}
+    sampler_ms: dict[str, list[float]] = {}
+    loads = []
     for r in range(args.repeats):
+        loads.append({"repeat": r, "load_avg": load_average()})
+        for name, ms in sampler_only_ms(args.batch, model.config.vocab_size).items():
+            sampler_ms.setdefault(name, []).append(ms)
         for name, seeds in modes.items():
             torch.manual_seed(r)
             params = SamplingParams(args.new_tokens, temperature=1.0, seeds=seeds(r))
@@ -70,12 +78,14 @@ def main() -> None:
     result = {
         "model": args.model, "batch": args.batch, "new_tokens": args.new_tokens, "repeats": args.repeats,
         "context_tokens": sum(map(len, contexts)) / len(contexts), "threads": torch.get_num_threads(),
-        "machine": platform.platform(), "torch": torch.__version__,
+        "machine": machine_record(), "torch": torch.__version__, "load_avg_before_each_repeat": loads,
         "seconds_per_decoding_step": per_step,
         "best_seconds_per_step": best,
+        "seconds_per_step_summary": summaries(per_step),
         "tokens_per_s": {m: args.batch / s for m, s in best.items()},
         "ratio_seeded_over_hf": best["seeded"] / best["hf_batch_sampler"],
-        "sampler_only_ms_per_step": sampler_only_ms(args.batch, model.config.vocab_size),
+        "sampler_only_ms_per_step": {m: statistics.median(v) for m, v in sampler_ms.items()},  # median of repeats
+        "sampler_only_ms_summary": summaries(sampler_ms),
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))

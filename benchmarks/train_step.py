@@ -7,7 +7,8 @@ seq-mean-token-mean loss (TRL `loss_type="grpo"`), no gradient checkpointing, on
 
 Each implementation runs in its own process (so that the peak RSS is its own), `--rounds` times, alternating
 who goes first; each process does `--warmup` steps that are not counted, then `--steps` timed steps. Reported:
-median step time per phase and for the whole step, generated tokens, and peak RSS.
+median step time per phase and for the whole step (with min / max / quartiles over all timed steps), generated
+tokens, peak RSS, the machine (CPU model, flags, torch's CPU capability, threads) and the load average at each step.
 
     python benchmarks/train_step.py --out benchmarks/results/train_step.json
 """
@@ -15,8 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,7 +25,7 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from common import add_threads_option, apply_threads
+from common import add_threads_option, apply_threads, load_average, machine_record, summaries, summarize
 
 SYSTEM = "Answer the question with a short answer, written as <answer>answer</answer>."
 
@@ -54,13 +53,14 @@ def run_ours(args) -> dict:
         trainer = Trainer(_our_config(args, args.qa, Path(tmp) / "run"), toolbox=Toolbox([]))
         steps = []
         for _ in range(args.warmup + args.steps):
+            load = load_average()
             t, c = time.perf_counter(), time.process_time()
             m = trainer.train_step()
             total = time.perf_counter() - t
             phases = dict(m["seconds"])
             phases["other"] = total - sum(phases.values())
             steps.append({"total": total, "cpu_s": time.process_time() - c, "phases": phases,
-                          "generated_tokens": m["generated_tokens"], "tokens": m["tokens"]})
+                          "generated_tokens": m["generated_tokens"], "tokens": m["tokens"], "load_avg": load})
         return {"steps": steps[args.warmup:], "threads": torch.get_num_threads()}
 
 
@@ -130,6 +130,7 @@ def run_trl(args) -> dict:
         class StepTimer(TrainerCallback):
             def on_step_begin(self, *_, **__):
                 clock.clear()
+                self.load = load_average()
                 self.t, self.c = time.perf_counter(), time.process_time()
 
             def on_step_end(self, *_, **__):
@@ -142,7 +143,7 @@ def run_trl(args) -> dict:
                 gen = trainer._metrics["train"]["completions/mean_length"][-1] * per_step
                 steps.append({"total": total, "cpu_s": time.process_time() - self.c, "phases": phases,
                               "generated_tokens": gen,
-                              "update_forward_s": c.get("update_forward", 0.0)})
+                              "update_forward_s": c.get("update_forward", 0.0), "load_avg": self.load})
 
         trainer.add_callback(StepTimer())
         trainer.train()
@@ -177,11 +178,12 @@ def main() -> None:
         child(args)
         return
 
+    apply_threads(args)
     runs: dict[str, list[dict]] = {"ours": [], "trl": []}
     loads = []
     for r in range(args.rounds):
         for name in (["ours", "trl"] if r % 2 == 0 else ["trl", "ours"]):
-            loads.append(os.getloadavg()[0])
+            loads.append({"round": r, "implementation": name, "load_avg": load_average()})
             cmd = [sys.executable, __file__, "--child", name, *sys.argv[1:]]
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
@@ -198,13 +200,15 @@ def main() -> None:
             "median_step_s": statistics.median(s["total"] for s in steps),
             "median_step_cpu_s": statistics.median(s["cpu_s"] for s in steps),
             "median_phase_s": {k: statistics.median(s["phases"].get(k, 0.0) for s in steps) for k in phases},
+            "step_s_summary": summarize([s["total"] for s in steps]),
+            "phase_s_summary": summaries({k: [s["phases"].get(k, 0.0) for s in steps] for k in phases}),
             "median_generated_tokens": statistics.median(s["generated_tokens"] for s in steps),
             "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
             "steps": steps,
         }
     result = {
         "model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": {n: rs[0]["threads"] for n, rs in runs.items()},
-        "machine": f"{os.cpu_count()}-core {platform.machine()}", "load_avg_at_start": [round(x, 2) for x in loads],
+        "machine": machine_record(), "load_avg_at_start": loads,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "child"},
         **summary,
         "step_ratio_ours_over_trl": summary["ours"]["median_step_s"] / summary["trl"]["median_step_s"],

@@ -4,7 +4,9 @@ Real multi-turn trajectories: SFT demonstrations of VitalFactbook questions play
 real BM25 results (search, read, search, answer), so most scored positions are tool results, as in RL. Each pass
 is what one PPO micro-batch does: per-token log-probs and entropies under SmolLM2-135M (fp32), a loss over the
 loss mask, backward. Each path runs in its own process (so the peak RSS is its own), `--rounds` times,
-alternating which goes first; the run asserts both give the same masked log-probs (1e-4).
+alternating which goes first; the run asserts both give the same masked log-probs (1e-4). Each path's pass time
+is reported as median, min / max and quartiles over every timed repeat of every round, with the machine (CPU
+model, flags, torch's CPU capability, threads) and the load average before each repeat.
 
     python benchmarks/update_scoring.py --out benchmarks/results/update_scoring.json
 """
@@ -12,8 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from common import add_threads_option, apply_threads
+from common import add_threads_option, apply_threads, load_average, machine_record, summarize
 
 
 def _trajectories(args):
@@ -54,8 +54,9 @@ def run_path(args) -> dict:
     model, tok, trajs = _trajectories(args)
     model.train()
     batches = [collate(trajs[i:i + args.micro_batch], tok.pad_token_id) for i in range(0, len(trajs), args.micro_batch)]
-    times, values = [], []
+    times, values, loads = [], [], []
     for rep in range(args.warmup + args.repeats):
+        load = load_average()
         t = time.perf_counter()
         for b in batches:
             mask = b["loss_mask"]
@@ -68,8 +69,9 @@ def run_path(args) -> dict:
         model.zero_grad(set_to_none=True)
         if rep >= args.warmup:
             times.append(time.perf_counter() - t)
+            loads.append(load)
     n_scored = sum(int(b["attn"][:, int(b["prompt_len"].min()):].sum()) for b in batches)
-    return {"median_s": statistics.median(times), "times_s": times,
+    return {"median_s": statistics.median(times), "times_s": times, "load_avg_before_each": loads,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "loss_tokens": int(sum(int(b["loss_mask"].sum()) for b in batches)),
             "positions_after_prompt": n_scored, "tokens": int(sum(len(tr.ids) for tr in trajs)),
@@ -91,7 +93,8 @@ def main() -> None:
     if args.path:
         print(json.dumps(run_path(args)))
         return
-    load = os.getloadavg()
+    apply_threads(args)
+    load = load_average()
     runs: dict[str, list[dict]] = {"fast": [], "reference": []}
     for rnd in range(args.rounds):
         for path in (["fast", "reference"] if rnd % 2 == 0 else ["reference", "fast"]):
@@ -110,12 +113,13 @@ def main() -> None:
     summary = {}
     for path, rs in runs.items():
         summary[path] = {"median_s": statistics.median(t for r in rs for t in r["times_s"]),
+                         "seconds_summary": summarize([t for r in rs for t in r["times_s"]]),
                          "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
     first = runs["fast"][0]
     result = {
         "what": "forward + backward of the update's scoring (log-probs, entropy) over real multi-turn trajectories",
         "model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": args.threads,
-        "machine": f"{os.cpu_count()}-core {platform.machine()}", "load_avg_at_start": list(load)[:2],
+        "machine": machine_record(), "load_avg_at_start": load,
         "episodes": args.episodes, "micro_batch": args.micro_batch, "tokens": first["tokens"],
         "positions_after_prompt": first["positions_after_prompt"], "loss_tokens": first["loss_tokens"],
         "max_abs_logprob_diff": diff, **summary,

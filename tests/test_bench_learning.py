@@ -1,5 +1,6 @@
 """`igpo bench learning` orchestration at tiny scale: shared SFT, runs per (estimator, seed), resume, results."""
 import json
+import os
 import shutil
 
 import pytest
@@ -9,7 +10,8 @@ from typer.testing import CliRunner
 
 from igpo.bench.config import arm_config, load_bench_config
 from igpo.bench.learning import _start_scores
-from igpo.bench.results import _steps_to_reach, advantage_signal, aggregate, included_runs, paired_vs_grpo, regime
+from igpo.bench.results import (_curve, _steps_to_reach, advantage_signal, aggregate, included_runs, paired_vs_grpo,
+                                regime)
 from igpo.cli import app
 from igpo.config import ConfigError
 from igpo.train.faults import KILL_ENV
@@ -194,6 +196,20 @@ def test_steps_to_reach_counts_the_start():
     assert _steps_to_reach(curve, 0.20) == 0  # the starting model is already there
 
 
+def test_curve_keeps_each_steps_seconds_by_phase(tmp_path):
+    rows = [{"step": 0, "generated_tokens": 10, "tokens": 30, "zero_variance_groups": 0.0, "turns": 2.0, "f1": 0.1,
+             "seconds": {"rollout": 4.0, "update": 6.0}},
+            {"step": 1, "skipped": {"error": "no trajectories"}},  # trained nothing: no step of the curve
+            {"step": 1, "generated_tokens": 12, "tokens": 31, "zero_variance_groups": 0.5, "turns": 2.5, "f1": 0.2,
+             "seconds": {"rollout": 5.0, "beliefs": 1.0, "update": 7.0}}]
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"step": 2, "overall": {"f1": 0.3, "em": 0.2}}) + "\n")
+    curve = _curve(tmp_path, {"f1": 0.1, "em": 0.0})
+    assert curve["seconds_by_phase"] == [{"rollout": 4.0, "update": 6.0},
+                                         {"rollout": 5.0, "beliefs": 1.0, "update": 7.0}]
+    assert curve["seconds"] == 23.0 and curve["steps"] == [0, 2]
+
+
 def test_paired_vs_grpo_differences_seed_by_seed():
     def rec(test_f1, dev):
         return {"test": {"overall": {"f1": test_f1}}, "dev_f1": [0.3, dev]}
@@ -237,6 +253,10 @@ def test_include_merges_only_comparable_results(tmp_path, tiny_model_dir, corpus
     other_cpu = {**good, "start": {**start, "model_sha256": "b" * 64, "built_on": avx2}}
     with pytest.raises(ConfigError, match="sha256 bbbbbbbbbbbb, here aaaaaaaaaaaa; an SFT from the same recipe rounds"):
         include(other_cpu)  # what built the model here is not known
+    # other CPUs with the same torch build and vector unit: nothing to tell apart in "built with ..."
+    start["built_on"] = {**avx2, "cpu_model": "AMD EPYC 7B13"}
+    with pytest.raises(ConfigError, match="sha256 bbbbbbbbbbbb, here aaaaaaaaaaaa; an SFT from the same recipe rounds"):
+        include({**other_cpu, "start": {**other_cpu["start"], "built_on": {**avx2, "cpu_model": "Intel Xeon"}}})
     start["built_on"] = {**avx2, "cpu_capability": "AVX512"}
     with pytest.raises(ConfigError, match="built with torch 2.13.0 on CPU capability AVX2 there, torch 2.13.0 on "
                                           "CPU capability AVX512 here"):
@@ -367,6 +387,12 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
         assert result["summary"][est]["test_f1_mean"] is not None
         assert len(run["turns"]) == 2
         assert result["summary"][est]["turns_first_steps"] == pytest.approx(sum(run["turns"]) / 2)
+        assert len(run["seconds_by_phase"]) == 2 and {"rollout", "update"} <= set(run["seconds_by_phase"][0])
+        assert run["seconds"] == pytest.approx(sum(sum(s.values()) for s in run["seconds_by_phase"]))
+        assert run["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    # where each run trained: grpo and gated in the 2 workers, with cpu_count // jobs threads each
+    assert result["runs"]["grpo"]["0"]["machine"]["torch_threads"] == max(1, (os.cpu_count() or 1) // 2)
+    assert set(result["start"]["built_on"]) == set(result["runs"]["igpo"]["0"]["machine"])  # one machine record
     assert result["summary"]["grpo"]["steps_to_grpo_final_dev_f1"] is not None
     paired = result["summary"]["igpo"]["vs_grpo"]["test_f1"]
     assert result["summary"]["grpo"]["vs_grpo"] is None and "test F1 − grpo (paired)" in res.output

@@ -35,6 +35,7 @@ def _curve(run: Path, step0: dict | None) -> dict:
         "generated_tokens": int(tokens[-1]) if tokens else 0,
         "tokens": int(sum(m["tokens"] for m in metrics)),
         "seconds": float(sum(sum(m["seconds"].values()) for m in metrics)),
+        "seconds_by_phase": [m["seconds"] for m in metrics],  # per trained step: {phase: seconds}
     }
 
 
@@ -148,7 +149,9 @@ def aggregate(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_tes
 def _run_record(run: Path, step0_dev: dict | None) -> dict:
     """A finished run's record: its curves, final test scores, test tool calls and advantage signal."""
     rec = _curve(run, step0_dev)
-    rec["test"] = json.loads((run / "done.json").read_text())["test"]
+    done = json.loads((run / "done.json").read_text())
+    rec["test"] = done["test"]
+    rec["machine"] = done.get("machine")  # done.json files written before it was recorded have none
     rec["test_tool_calls"] = mean_tool_calls([rec["test"]])  # of one run: its own
     rec["advantage_signal"] = advantage_signal(_read_jsonl(run / "samples.jsonl"))
     return rec
@@ -309,7 +312,7 @@ def _other_start(there: dict, here: dict, equivalent_ok: bool) -> str | None:
         if mine == theirs or (same_scores and equivalent_ok):
             return None
         built_there, built_here = there.get("built_on"), here.get("built_on")
-        if built_there and built_here and built_there != built_here:
+        if built_there and built_here and _built(built_there) != _built(built_here):
             why = f"built with {_built(built_there)} there, {_built(built_here)} here"
         else:
             why = "an SFT from the same recipe rounds differently under another torch build or CPU vector unit"

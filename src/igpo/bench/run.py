@@ -12,6 +12,7 @@ from pathlib import Path
 from igpo.bench.config import BenchConfig, arm_config, run_dir, start_files
 from igpo.config import Config
 from igpo.data.loaders import load_qa
+from igpo.machine import load_average, machine_record
 
 
 def _say(line: str) -> None:
@@ -54,7 +55,9 @@ def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_m
         with Progress(f"{run.name}: test eval", len(examples), unit="question", write=log) as bar:
             res = trainer.evaluate(examples, bar.update)
         test = {"overall": res["overall"], "by_source": res["by_source"], "seconds": time.perf_counter() - t}
-    (run / "done.json").write_text(json.dumps({"test": test, "train_seconds_this_invocation": train_s}))
+    # The machine that finished the run (a run resumed elsewhere trained its earlier steps on another one).
+    (run / "done.json").write_text(json.dumps({"test": test, "train_seconds_this_invocation": train_s,
+                                               "machine": machine_record(), "load_avg_at_end": load_average()}))
     return run
 
 

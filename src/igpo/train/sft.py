@@ -34,6 +34,7 @@ from igpo.agent.trajectory import Trajectory
 from igpo.algo.rewards import normalize_answer
 from igpo.config import Config, ConfigError, SftConfig, dump_config
 from igpo.data.loaders import QAExample, load_qa
+from igpo.machine import machine_record
 from igpo.policy.scoring import token_logprobs
 from igpo.train.batching import collate
 
@@ -319,7 +320,7 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
         "model_dir": str(model_dir),
         "seconds": {k: round(v, 1) for k, v in times.items()},
         # The same recipe gives other weights (last-bit rounding) under another torch build or CPU vector unit.
-        "built_on": {"torch": torch.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability()},
+        "built_on": machine_record(),
     }
     (out / "sft.json").write_text(json.dumps(summary, indent=1))
     return summary
