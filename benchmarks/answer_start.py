@@ -10,6 +10,7 @@ flags, torch's CPU capability, threads): the greedy trajectories, and so the fig
     python benchmarks/answer_start.py --after runs/demo/checkpoints/step_000006 \
         --match "What is the internet country code" --out benchmarks/results/answer_start.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,8 +19,8 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from common import machine_record
 
+from common import machine_record
 from igpo.agent.build import build_agent
 from igpo.agent.generators import SamplingParams
 from igpo.agent.parsing import ANSWER_OPEN
@@ -35,7 +36,7 @@ def answer_start(tok, traj) -> int | None:
     if traj.finish != "answer":
         return None
     turn = traj.turns[-1]
-    gen = traj.ids[turn.gen_start:turn.gen_end]
+    gen = traj.ids[turn.gen_start : turn.gen_end]
     for k in range(1, len(gen) + 1):
         text = tok.decode(gen[:k])
         if ANSWER_OPEN in text:
@@ -61,8 +62,16 @@ def main() -> None:
     agent = build_agent(cfg, before, tok)
     examples = [e for e in load_qa(cfg.data.eval)[: args.limit] if e.question.startswith(args.match)]
     r = cfg.rollout
-    trajs = rollout(examples, list(range(len(examples))), agent.generator, agent.fmt, agent.toolbox,
-                    SamplingParams(r.max_new_tokens, temperature=0.0), r.max_turns, r.max_context)
+    trajs = rollout(
+        examples,
+        list(range(len(examples))),
+        agent.generator,
+        agent.fmt,
+        agent.toolbox,
+        SamplingParams(r.max_new_tokens, temperature=0.0),
+        r.max_turns,
+        r.max_context,
+    )
     by_token: dict[str, list[tuple[float, float, bool]]] = defaultdict(list)
     for tr in trajs:
         pos = answer_start(tok, tr)
@@ -72,20 +81,36 @@ def main() -> None:
         chosen = tr.ids[pos]
         p_before = before(ctx).logits[0, -1].float().softmax(-1)
         p_after = after(ctx).logits[0, -1].float().softmax(-1)
-        by_token[tok.decode([chosen])].append((float(p_before[chosen]), float(p_after[chosen]),
-                                               int(p_after.argmax()) != chosen))
-    rows = {t: {"answers": len(v), "p_before": sum(x[0] for x in v) / len(v), "p_after": sum(x[1] for x in v) / len(v),
-                "p_before_range": [min(x[0] for x in v), max(x[0] for x in v)],
-                "p_after_range": [min(x[1] for x in v), max(x[1] for x in v)],
-                "argmax_changed": sum(x[2] for x in v)}
-            for t, v in sorted(by_token.items(), key=lambda kv: -len(kv[1]))}
-    result = {"before": args.before, "after": args.after, "questions": len(examples), "match": args.match,
-              "answered": sum(len(v) for v in by_token.values()), "by_first_token": rows, "machine": machine_record()}
+        by_token[tok.decode([chosen])].append(
+            (float(p_before[chosen]), float(p_after[chosen]), int(p_after.argmax()) != chosen)
+        )
+    rows = {
+        t: {
+            "answers": len(v),
+            "p_before": sum(x[0] for x in v) / len(v),
+            "p_after": sum(x[1] for x in v) / len(v),
+            "p_before_range": [min(x[0] for x in v), max(x[0] for x in v)],
+            "p_after_range": [min(x[1] for x in v), max(x[1] for x in v)],
+            "argmax_changed": sum(x[2] for x in v),
+        }
+        for t, v in sorted(by_token.items(), key=lambda kv: -len(kv[1]))
+    }
+    result = {
+        "before": args.before,
+        "after": args.after,
+        "questions": len(examples),
+        "match": args.match,
+        "answered": sum(len(v) for v in by_token.values()),
+        "by_first_token": rows,
+        "machine": machine_record(),
+    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=1))
     for t, row in rows.items():
-        print(f"{t!r:>12}  {row['answers']:3d} answers  p {row['p_before']:.3f} -> {row['p_after']:.3f}  "
-              f"argmax changed on {row['argmax_changed']}")
+        print(
+            f"{t!r:>12}  {row['answers']:3d} answers  p {row['p_before']:.3f} -> {row['p_after']:.3f}  "
+            f"argmax changed on {row['argmax_changed']}"
+        )
 
 
 if __name__ == "__main__":

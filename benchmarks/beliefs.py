@@ -16,6 +16,7 @@ torch's CPU capability, threads) and the load average before each method's run. 
 
     python benchmarks/beliefs.py --out benchmarks/results/beliefs.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,8 @@ from functools import partial
 from pathlib import Path
 
 import torch
-from common import add_threads_option, load_average, load_eval_model, machine_record, summaries
 
+from common import add_threads_option, load_average, load_eval_model, machine_record, summaries
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.policy.scoring import (
     BeliefQuery,
@@ -36,11 +37,42 @@ from igpo.policy.scoring import (
     belief_logprobs_reference,
 )
 
-WORDS = ["the", "country", "capital", "river", "mountain", "population", "anthem", "founded", "century", "city",
-         "museum", "president", "national", "language", "border", "island", "currency", "treaty", "empire",
-         "composer", "born", "film", "directed", "novel", "written"]
-SCHEMA = [{"type": "function", "function": {"name": "search", "parameters": {"type": "object", "properties": {
-    "query": {"type": "string"}}, "required": ["query"]}}}]
+WORDS = [
+    "the",
+    "country",
+    "capital",
+    "river",
+    "mountain",
+    "population",
+    "anthem",
+    "founded",
+    "century",
+    "city",
+    "museum",
+    "president",
+    "national",
+    "language",
+    "border",
+    "island",
+    "currency",
+    "treaty",
+    "empire",
+    "composer",
+    "born",
+    "film",
+    "directed",
+    "novel",
+    "written",
+]
+SCHEMA = [
+    {
+        "type": "function",
+        "function": {
+            "name": "search",
+            "parameters": {"type": "object", "properties": {"query": {"type": "string"}}, "required": ["query"]},
+        },
+    }
+]
 
 
 def synthetic(fmt: ChatFormat, rng: random.Random, tool_turns: int, result_words: int, n_alias: int) -> BeliefQuery:
@@ -70,8 +102,10 @@ def official_way(model, probe, queries):
     T = max(len(q.prefixes) for q in queries)
     for t in range(T):
         for k in range(max(len(q.answers) for q in queries)):
-            rows = [q.ids[: q.prefixes[min(t, len(q.prefixes) - 1)]] + probe + q.answers[min(k, len(q.answers) - 1)]
-                    for q in queries]
+            rows = [
+                q.ids[: q.prefixes[min(t, len(q.prefixes) - 1)]] + probe + q.answers[min(k, len(q.answers) - 1)]
+                for q in queries
+            ]
             width = max(map(len, rows))
             ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows])
             mask = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
@@ -81,7 +115,7 @@ def official_way(model, probe, queries):
 @torch.no_grad()
 def plain_forward(model, queries, rows: int):
     for lo in range(0, len(queries), rows):
-        chunk = [q.ids for q in queries[lo:lo + rows]]
+        chunk = [q.ids for q in queries[lo : lo + rows]]
         width = max(map(len, chunk))
         ids = torch.tensor([c + [0] * (width - len(c)) for c in chunk])
         mask = torch.tensor([[1] * len(c) + [0] * (width - len(c)) for c in chunk])
@@ -102,10 +136,17 @@ def main() -> None:
     args = ap.parse_args()
 
     model, tok = load_eval_model(args)
-    fmt = ChatFormat(tok, DEFAULT_SYSTEM_PROMPT, SCHEMA, "\nNow there's enough information to answer\n</think>\n<answer>\n")
-    results = {"model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": torch.get_num_threads(),
-               "machine": machine_record(),
-               "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}, "runs": []}
+    fmt = ChatFormat(
+        tok, DEFAULT_SYSTEM_PROMPT, SCHEMA, "\nNow there's enough information to answer\n</think>\n<answer>\n"
+    )
+    results = {
+        "model": "SmolLM2-135M-Instruct",
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "machine": machine_record(),
+        "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+        "runs": [],
+    }
     for n_alias in args.aliases:
         rng = random.Random(0)
         queries = [synthetic(fmt, rng, args.tool_turns, args.result_words, n_alias) for _ in range(args.trajectories)]
@@ -122,7 +163,7 @@ def main() -> None:
         loads, outputs = [], {}
         for r in range(args.repeats):
             names = list(methods)
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 loads.append({"repeat": r, "method": name, "load_avg": load_average()})
                 t, c = time.perf_counter(), time.process_time()
                 outputs[name] = methods[name]()
@@ -132,17 +173,27 @@ def main() -> None:
         assert diff < 1e-4, f"packed and reference beliefs differ by {diff}"
         med = {k: statistics.median(v) for k, v in wall.items()}
         run = {
-            "aliases": n_alias, "trajectories": len(queries), "beliefs_per_trajectory": len(queries[0].prefixes),
-            "mean_tokens": sum(len(q.ids) for q in queries) / len(queries), "max_abs_diff_packed_reference": diff,
-            "median_s": med, "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
-            "seconds": wall, "cpu_seconds": cpu, "load_avg_before_each_run": loads,
-            "seconds_summary": summaries(wall), "cpu_seconds_summary": summaries(cpu),
-            "packed_over_floor": med["packed"] / med["floor"], "reference_over_packed": med["reference"] / med["packed"],
+            "aliases": n_alias,
+            "trajectories": len(queries),
+            "beliefs_per_trajectory": len(queries[0].prefixes),
+            "mean_tokens": sum(len(q.ids) for q in queries) / len(queries),
+            "max_abs_diff_packed_reference": diff,
+            "median_s": med,
+            "median_cpu_s": {k: statistics.median(v) for k, v in cpu.items()},
+            "seconds": wall,
+            "cpu_seconds": cpu,
+            "load_avg_before_each_run": loads,
+            "seconds_summary": summaries(wall),
+            "cpu_seconds_summary": summaries(cpu),
+            "packed_over_floor": med["packed"] / med["floor"],
+            "reference_over_packed": med["reference"] / med["packed"],
         }
         if "official" in med:
             run["official_over_packed"] = med["official"] / med["packed"]
-        print(json.dumps({k: v for k, v in run.items() if not k.startswith(("seconds", "cpu_seconds", "load"))}),
-              flush=True)
+        print(
+            json.dumps({k: v for k, v in run.items() if not k.startswith(("seconds", "cpu_seconds", "load"))}),
+            flush=True,
+        )
         results["runs"].append(run)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=1))

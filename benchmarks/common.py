@@ -1,5 +1,6 @@
 """What the speed benchmarks share: the torch thread option, loading SmolLM2 for inference, and the record of
 where they ran and what their repeats say (`igpo.machine`, shared with `igpo bench learning`)."""
+
 from __future__ import annotations
 
 import argparse
@@ -8,8 +9,15 @@ import torch
 
 from igpo.machine import load_average, machine_record, summarize
 
-__all__ = ["add_threads_option", "apply_threads", "load_average", "load_eval_model", "machine_record", "summaries",
-           "summarize"]
+__all__ = [
+    "add_threads_option",
+    "apply_threads",
+    "load_average",
+    "load_eval_model",
+    "machine_record",
+    "summaries",
+    "summarize",
+]
 
 
 def add_threads_option(ap: argparse.ArgumentParser) -> None:

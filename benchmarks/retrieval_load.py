@@ -12,6 +12,7 @@ measurements run `--repeats` times: each repeat's figures are kept, the phases' 
 and each figure summarised (median, min / max, quartiles); with the machine (CPU model, flags, torch's CPU
 capability, threads) and the load average before each repeat. Prints the JSON (and writes it to `--out`).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -26,8 +27,8 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-from common import load_average, machine_record, summaries
 
+from common import load_average, machine_record, summaries
 from igpo.data.loaders import load_corpus
 from igpo.retrieval.base import RetrievalError
 from igpo.retrieval.client import HTTPRetriever
@@ -204,18 +205,28 @@ def main() -> None:
                 load = load_average()
                 base_qps = inprocess_qps(tmp / "index", queries, args.topk, args.inprocess)
                 paced = run_clients(url, queries, args.topk, args.clients, args.duration, args.rate)
-                saturated = (run_clients(url, queries, args.topk, args.clients, args.saturation, None)
-                             if args.saturation else None)
-                repeats.append({"load_avg": load, "inprocess_queries_per_s": base_qps, "paced": paced,
-                                "saturated": saturated})
+                saturated = (
+                    run_clients(url, queries, args.topk, args.clients, args.saturation, None)
+                    if args.saturation
+                    else None
+                )
+                repeats.append(
+                    {"load_avg": load, "inprocess_queries_per_s": base_qps, "paced": paced, "saturated": saturated}
+                )
             server_stats = httpx.get(f"{url}/health").json()["stats"]
         finally:
             server.terminate()
             server.wait(timeout=30)
 
-    per_repeat = [{"load_avg": r["load_avg"], "inprocess_queries_per_s": round(r["inprocess_queries_per_s"], 1),
-                   "paced": describe([r["paced"]], args.rate),
-                   "saturated": describe([r["saturated"]], None) if args.saturation else None} for r in repeats]
+    per_repeat = [
+        {
+            "load_avg": r["load_avg"],
+            "inprocess_queries_per_s": round(r["inprocess_queries_per_s"], 1),
+            "paced": describe([r["paced"]], args.rate),
+            "saturated": describe([r["saturated"]], None) if args.saturation else None,
+        }
+        for r in repeats
+    ]
     figures = {"inprocess_queries_per_s": [r["inprocess_queries_per_s"] for r in per_repeat]}
     for phase in ("paced", "saturated") if args.saturation else ("paced",):
         figures[f"{phase}_achieved_rps"] = [r[phase]["achieved_rps"] for r in per_repeat]
@@ -227,16 +238,27 @@ def main() -> None:
     saturated = describe([r["saturated"] for r in repeats], None) if args.saturation else None
     result = {
         "benchmark": "retrieval_load",
-        "corpus": {"source": str(args.corpus) if args.corpus else "synthetic", "n_passages": meta["corpus"]["n_passages"]},
-        "config": {"rate": args.rate, "clients": args.clients, "topk": args.topk, "duration_s": args.duration,
-                   "saturation_s": args.saturation, "inprocess_s": args.inprocess, "repeats": args.repeats},
+        "corpus": {
+            "source": str(args.corpus) if args.corpus else "synthetic",
+            "n_passages": meta["corpus"]["n_passages"],
+        },
+        "config": {
+            "rate": args.rate,
+            "clients": args.clients,
+            "topk": args.topk,
+            "duration_s": args.duration,
+            "saturation_s": args.saturation,
+            "inprocess_s": args.inprocess,
+            "repeats": args.repeats,
+        },
         "index_build_s": round(build_s, 1),
         "inprocess_queries_per_s": round(base_qps, 1),  # median of the repeats
         "paced": paced,  # every repeat's requests
         "saturated": saturated,
         "summary": summary,
         "repeats": per_repeat,
-        "server": server_stats | {"mean_queries_per_batch": round(server_stats["queries"] / max(server_stats["batches"], 1), 2)},
+        "server": server_stats
+        | {"mean_queries_per_batch": round(server_stats["queries"] / max(server_stats["batches"], 1), 2)},
         "ratio_server_to_inprocess": round(saturated["achieved_rps"] / base_qps, 3) if saturated else None,
         "ratio_paced_to_inprocess": round(paced["achieved_rps"] / base_qps, 3),
         "targets_met": paced["errors"] == 0

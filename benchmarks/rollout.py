@@ -15,6 +15,7 @@ generator's seconds also as min / max / quartiles, and the speedups per repeat).
 
     python benchmarks/rollout.py --corpus data/vitalfactbook/corpus.jsonl --questions data/vitalfactbook/dev.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,11 +25,11 @@ import time
 from pathlib import Path
 
 import torch
-from common import add_threads_option, load_average, load_eval_model, machine_record, summaries
 
+from common import add_threads_option, load_average, load_eval_model, machine_record, summaries
 from igpo.agent.engine import CachedGenerator
-from igpo.agent.parsing import parse_generation
 from igpo.agent.generators import Generator, HFGenerator, SamplingParams
+from igpo.agent.parsing import parse_generation
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import SearchTool
 from igpo.data.loaders import load_corpus, load_qa
@@ -104,7 +105,7 @@ def main() -> None:
     loads = []
     reference = None
     for r in range(args.repeats):
-        order = list(makers)[r % len(makers):] + list(makers)[: r % len(makers)]  # rotate who goes first
+        order = list(makers)[r % len(makers) :] + list(makers)[: r % len(makers)]  # rotate who goes first
         for name in order:
             gen = makers[name]()
             loads.append({"repeat": r, "generator": name, "load_avg": load_average()})
@@ -120,26 +121,46 @@ def main() -> None:
     tokens = sum(len(g) for ep in reference for g in ep)
     med = {k: statistics.median(v) for k, v in seconds.items()}
     result = {
-        "model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": torch.get_num_threads(),
-        "machine": machine_record(), "load_avg_before_each_run": loads,
+        "model": "SmolLM2-135M-Instruct",
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "machine": machine_record(),
+        "load_avg_before_each_run": loads,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         "generated_tokens": tokens,
         "generated_per_turn": [[len(g) for g in ep] for ep in reference],
         "final_context_tokens": final_lengths,
-        "engine_ids_computed": stats["computed_ids"], "engine_ids_reused": stats["reused_ids"],
-        "seconds": seconds, "cpu_seconds": cpu_seconds, "median_s": med,
-        "seconds_summary": summaries(seconds), "cpu_seconds_summary": summaries(cpu_seconds),
+        "engine_ids_computed": stats["computed_ids"],
+        "engine_ids_reused": stats["reused_ids"],
+        "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "median_s": med,
+        "seconds_summary": summaries(seconds),
+        "cpu_seconds_summary": summaries(cpu_seconds),
         "median_cpu_s": {k: statistics.median(v) for k, v in cpu_seconds.items()},
         "tokens_per_s": {k: tokens / v for k, v in med.items()},
         "speedup_vs_plain_loop": med["plain_loop"] / med["engine"],
         "speedup_vs_batched_generate": med["batched_generate"] / med["engine"],
         # within each repeat, so that a load change between repeats does not enter the ratio
-        "speedup_per_repeat": {k: [a / b for a, b in zip(seconds[k], seconds["engine"])]
-                               for k in ("plain_loop", "batched_generate")},
+        "speedup_per_repeat": {
+            k: [a / b for a, b in zip(seconds[k], seconds["engine"])] for k in ("plain_loop", "batched_generate")
+        },
         "identical_tokens": True,
     }
-    print(json.dumps({k: result[k] for k in ("generated_tokens", "median_s", "tokens_per_s", "speedup_vs_plain_loop",
-                                         "speedup_vs_batched_generate")}))
+    print(
+        json.dumps(
+            {
+                k: result[k]
+                for k in (
+                    "generated_tokens",
+                    "median_s",
+                    "tokens_per_s",
+                    "speedup_vs_plain_loop",
+                    "speedup_vs_batched_generate",
+                )
+            }
+        )
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
 

@@ -10,6 +10,7 @@ torch's CPU capability, threads) and the load average before each repeat.
 
     python benchmarks/seeded_sampling.py --batch 8 --new-tokens 64 --repeats 3 --out benchmarks/results/seeded_sampling.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,23 +20,29 @@ import time
 from pathlib import Path
 
 import torch
-from common import load_average, machine_record, summaries
 
+from common import load_average, machine_record, summaries
 from igpo.agent.generators import HFGenerator, SamplingParams, SeededSampler
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
 from igpo.config import ModelConfig
 from igpo.policy.loading import load_policy
 
-QUESTIONS = ["What is the capital of the country where the Eiffel Tower is?", "Who wrote the national anthem of Italy?",
-             "Which river flows through the capital of Hungary?", "In which city is Big Ben?"]
+QUESTIONS = [
+    "What is the capital of the country where the Eiffel Tower is?",
+    "Who wrote the national anthem of Italy?",
+    "Which river flows through the capital of Hungary?",
+    "In which city is Big Ben?",
+]
 
 
 def sampler_only_ms(batch: int, vocab: int, n: int = 200) -> dict[str, float]:
     """Milliseconds per decoding step of the sampling alone, [batch, vocab] logits."""
     scores = torch.randn(batch, vocab)
     ours = SeededSampler(range(batch), 1.0, 1.0)
-    fns = {"seeded": lambda: ours(None, scores.clone()).argmax(-1),
-           "softmax_multinomial": lambda: torch.multinomial(torch.softmax(scores.clone(), -1), 1)}
+    fns = {
+        "seeded": lambda: ours(None, scores.clone()).argmax(-1),
+        "softmax_multinomial": lambda: torch.multinomial(torch.softmax(scores.clone(), -1), 1),
+    }
     out = {}
     for name, f in fns.items():
         f()
@@ -76,9 +83,15 @@ def main() -> None:
             per_step[name].append(seconds / max(len(o) for o in out))
     best = {m: min(v) for m, v in per_step.items()}
     result = {
-        "model": args.model, "batch": args.batch, "new_tokens": args.new_tokens, "repeats": args.repeats,
-        "context_tokens": sum(map(len, contexts)) / len(contexts), "threads": torch.get_num_threads(),
-        "machine": machine_record(), "torch": torch.__version__, "load_avg_before_each_repeat": loads,
+        "model": args.model,
+        "batch": args.batch,
+        "new_tokens": args.new_tokens,
+        "repeats": args.repeats,
+        "context_tokens": sum(map(len, contexts)) / len(contexts),
+        "threads": torch.get_num_threads(),
+        "machine": machine_record(),
+        "torch": torch.__version__,
+        "load_avg_before_each_repeat": loads,
         "seconds_per_decoding_step": per_step,
         "best_seconds_per_step": best,
         "seconds_per_step_summary": summaries(per_step),
@@ -89,8 +102,11 @@ def main() -> None:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("tokens_per_s", "ratio_seeded_over_hf", "sampler_only_ms_per_step")},
-                     indent=1))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("tokens_per_s", "ratio_seeded_over_hf", "sampler_only_ms_per_step")}, indent=1
+        )
+    )
 
 
 if __name__ == "__main__":

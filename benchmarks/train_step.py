@@ -12,6 +12,7 @@ tokens, peak RSS, the machine (CPU model, flags, torch's CPU capability, threads
 
     python benchmarks/train_step.py --out benchmarks/results/train_step.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,14 +34,28 @@ SYSTEM = "Answer the question with a short answer, written as <answer>answer</an
 def _our_config(args, qa: Path, out: Path):
     from igpo.config import load_config
 
-    return load_config(None, [
-        f"data.train={qa}", f"trainer.out_dir={out}", f"rollout.system_prompt={json.dumps(SYSTEM)}",
-        "rollout.max_turns=1", f"rollout.group_size={args.group}", f"rollout.questions_per_step={args.questions}",
-        f"rollout.max_new_tokens={args.max_new_tokens}", "rollout.temperature=1.0", "rollout.top_p=1.0",
-        "algorithm.estimator=grpo", f"algorithm.kl_coef={args.beta}", f"trainer.lr={args.lr}",
-        f"trainer.micro_batch_size={args.micro_batch}", "trainer.mini_batches=1", "trainer.ppo_epochs=1",
-        f"trainer.seed={args.seed}", "trainer.save_every=0",
-    ])
+    return load_config(
+        None,
+        [
+            f"data.train={qa}",
+            f"trainer.out_dir={out}",
+            f"rollout.system_prompt={json.dumps(SYSTEM)}",
+            "rollout.max_turns=1",
+            f"rollout.group_size={args.group}",
+            f"rollout.questions_per_step={args.questions}",
+            f"rollout.max_new_tokens={args.max_new_tokens}",
+            "rollout.temperature=1.0",
+            "rollout.top_p=1.0",
+            "algorithm.estimator=grpo",
+            f"algorithm.kl_coef={args.beta}",
+            f"trainer.lr={args.lr}",
+            f"trainer.micro_batch_size={args.micro_batch}",
+            "trainer.mini_batches=1",
+            "trainer.ppo_epochs=1",
+            f"trainer.seed={args.seed}",
+            "trainer.save_every=0",
+        ],
+    )
 
 
 def run_ours(args) -> dict:
@@ -59,9 +74,17 @@ def run_ours(args) -> dict:
             total = time.perf_counter() - t
             phases = dict(m["seconds"])
             phases["other"] = total - sum(phases.values())
-            steps.append({"total": total, "cpu_s": time.process_time() - c, "phases": phases,
-                          "generated_tokens": m["generated_tokens"], "tokens": m["tokens"], "load_avg": load})
-        return {"steps": steps[args.warmup:], "threads": torch.get_num_threads()}
+            steps.append(
+                {
+                    "total": total,
+                    "cpu_s": time.process_time() - c,
+                    "phases": phases,
+                    "generated_tokens": m["generated_tokens"],
+                    "tokens": m["tokens"],
+                    "load_avg": load,
+                }
+            )
+        return {"steps": steps[args.warmup :], "threads": torch.get_num_threads()}
 
 
 def run_trl(args) -> dict:
@@ -91,21 +114,49 @@ def run_trl(args) -> dict:
             assert tok(text=r["prompt"])["input_ids"] == r["ids"], "TRL would tokenize the prompt differently"
 
         def f1_reward(prompts, completions, answers, **_):
-            return [outcome_reward(parse_generation(c).answer, a, -2.0, "official") for c, a in zip(completions, answers)]
+            return [
+                outcome_reward(parse_generation(c).answer, a, -2.0, "official") for c, a in zip(completions, answers)
+            ]
 
         per_step = args.questions * args.group
         cfg = GRPOConfig(
-            output_dir=str(Path(tmp) / "trl"), use_cpu=True, bf16=False, fp16=False, gradient_checkpointing=False,
-            per_device_train_batch_size=args.micro_batch, gradient_accumulation_steps=per_step // args.micro_batch,
-            num_generations=args.group, max_completion_length=args.max_new_tokens, temperature=1.0, top_p=1.0,
-            top_k=0, beta=args.beta, loss_type="grpo", learning_rate=args.lr, max_grad_norm=1.0, weight_decay=0.0,
-            optim="adamw_torch_fused", lr_scheduler_type="constant", max_steps=args.warmup + args.steps,
-            shuffle_dataset=False, seed=args.seed, report_to="none", save_strategy="no", logging_steps=1,
-            disable_tqdm=True, dataloader_num_workers=0, model_init_kwargs={"dtype": "float32"},
+            output_dir=str(Path(tmp) / "trl"),
+            use_cpu=True,
+            bf16=False,
+            fp16=False,
+            gradient_checkpointing=False,
+            per_device_train_batch_size=args.micro_batch,
+            gradient_accumulation_steps=per_step // args.micro_batch,
+            num_generations=args.group,
+            max_completion_length=args.max_new_tokens,
+            temperature=1.0,
+            top_p=1.0,
+            top_k=0,
+            beta=args.beta,
+            loss_type="grpo",
+            learning_rate=args.lr,
+            max_grad_norm=1.0,
+            weight_decay=0.0,
+            optim="adamw_torch_fused",
+            lr_scheduler_type="constant",
+            max_steps=args.warmup + args.steps,
+            shuffle_dataset=False,
+            seed=args.seed,
+            report_to="none",
+            save_strategy="no",
+            logging_steps=1,
+            disable_tqdm=True,
+            dataloader_num_workers=0,
+            model_init_kwargs={"dtype": "float32"},
         )
         data = Dataset.from_list([{"prompt": r["prompt"], "answers": r["answers"]} for r in rows])
-        trainer = GRPOTrainer(model=resolve_model_dir(ModelConfig())[0], reward_funcs=f1_reward, args=cfg,
-                              train_dataset=data, processing_class=tok)
+        trainer = GRPOTrainer(
+            model=resolve_model_dir(ModelConfig())[0],
+            reward_funcs=f1_reward,
+            args=cfg,
+            train_dataset=data,
+            processing_class=tok,
+        )
         clock: dict[str, float] = defaultdict(float)
 
         def timed(obj, name: str, phase):
@@ -118,12 +169,16 @@ def run_trl(args) -> dict:
                     return fn(*a, **k)
                 finally:
                     clock[key] += time.perf_counter() - t
+
             setattr(obj, name, wrapper)
 
         timed(trainer, "_generate_single_turn", "rollout")
         timed(trainer, "_calculate_rewards", "rewards")
-        timed(trainer, "_get_per_token_logps_and_entropies",
-              lambda: "ref_logprobs" if not torch.is_grad_enabled() else "update_forward")
+        timed(
+            trainer,
+            "_get_per_token_logps_and_entropies",
+            lambda: "ref_logprobs" if not torch.is_grad_enabled() else "update_forward",
+        )
         timed(trainer, "_generate_and_score_completions", "generate_and_score")
         steps = []
 
@@ -141,13 +196,20 @@ def run_trl(args) -> dict:
                 phases["update"] = total - scored  # forward + backward of every micro-batch, optimizer step
                 phases["other"] = scored - phases["rollout"] - phases["ref_logprobs"]  # rewards, advantages, padding
                 gen = trainer._metrics["train"]["completions/mean_length"][-1] * per_step
-                steps.append({"total": total, "cpu_s": time.process_time() - self.c, "phases": phases,
-                              "generated_tokens": gen,
-                              "update_forward_s": c.get("update_forward", 0.0), "load_avg": self.load})
+                steps.append(
+                    {
+                        "total": total,
+                        "cpu_s": time.process_time() - self.c,
+                        "phases": phases,
+                        "generated_tokens": gen,
+                        "update_forward_s": c.get("update_forward", 0.0),
+                        "load_avg": self.load,
+                    }
+                )
 
         trainer.add_callback(StepTimer())
         trainer.train()
-        return {"steps": steps[args.warmup:], "threads": torch.get_num_threads()}
+        return {"steps": steps[args.warmup :], "threads": torch.get_num_threads()}
 
 
 def child(args) -> None:
@@ -182,14 +244,14 @@ def main() -> None:
     runs: dict[str, list[dict]] = {"ours": [], "trl": []}
     loads = []
     for r in range(args.rounds):
-        for name in (["ours", "trl"] if r % 2 == 0 else ["trl", "ours"]):
+        for name in ["ours", "trl"] if r % 2 == 0 else ["trl", "ours"]:
             loads.append({"round": r, "implementation": name, "load_avg": load_average()})
             cmd = [sys.executable, __file__, "--child", name, *sys.argv[1:]]
             proc = subprocess.run(cmd, check=False, capture_output=True, text=True)
             line = next((x for x in proc.stdout.splitlines() if x.startswith("RESULT ")), None)
             if proc.returncode != 0 or line is None:
                 sys.exit(f"{name} failed:\n{proc.stderr[-4000:]}")
-            runs[name].append(json.loads(line[len("RESULT "):]))
+            runs[name].append(json.loads(line[len("RESULT ") :]))
             print(name, "round", r, [round(s["total"], 2) for s in runs[name][-1]["steps"]], flush=True)
 
     summary = {}
@@ -207,14 +269,21 @@ def main() -> None:
             "steps": steps,
         }
     result = {
-        "model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": {n: rs[0]["threads"] for n, rs in runs.items()},
-        "machine": machine_record(), "load_avg_at_start": loads,
+        "model": "SmolLM2-135M-Instruct",
+        "device": "cpu",
+        "threads": {n: rs[0]["threads"] for n, rs in runs.items()},
+        "machine": machine_record(),
+        "load_avg_at_start": loads,
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items() if k != "child"},
         **summary,
         "step_ratio_ours_over_trl": summary["ours"]["median_step_s"] / summary["trl"]["median_step_s"],
     }
-    print(json.dumps({k: result[k] for k in ("step_ratio_ours_over_trl",)}
-                     | {n: {k: summary[n][k] for k in ("median_step_s", "median_phase_s", "peak_rss_mb")} for n in runs}))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("step_ratio_ours_over_trl",)}
+            | {n: {k: summary[n][k] for k in ("median_step_s", "median_phase_s", "peak_rss_mb")} for n in runs}
+        )
+    )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
 

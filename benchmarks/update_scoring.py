@@ -10,6 +10,7 @@ model, flags, torch's CPU capability, threads) and the load average before each 
 
     python benchmarks/update_scoring.py --out benchmarks/results/update_scoring.json
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,15 +54,23 @@ def run_path(args) -> dict:
     apply_threads(args)
     model, tok, trajs = _trajectories(args)
     model.train()
-    batches = [collate(trajs[i:i + args.micro_batch], tok.pad_token_id) for i in range(0, len(trajs), args.micro_batch)]
+    batches = [
+        collate(trajs[i : i + args.micro_batch], tok.pad_token_id) for i in range(0, len(trajs), args.micro_batch)
+    ]
     times, values, loads = [], [], []
     for rep in range(args.warmup + args.repeats):
         load = load_average()
         t = time.perf_counter()
         for b in batches:
             mask = b["loss_mask"]
-            lp, ent = token_logprobs(model, b["ids"], b["attn"], start=int(b["prompt_len"].min()), with_entropy=True,
-                                     score_mask=mask if args.path == "fast" else None)
+            lp, ent = token_logprobs(
+                model,
+                b["ids"],
+                b["attn"],
+                start=int(b["prompt_len"].min()),
+                with_entropy=True,
+                score_mask=mask if args.path == "fast" else None,
+            )
             loss = -(lp * mask).sum() / mask.sum() - 0.001 * (ent * mask).sum() / mask.sum()
             loss.backward()
             if rep == 0:
@@ -70,12 +79,17 @@ def run_path(args) -> dict:
         if rep >= args.warmup:
             times.append(time.perf_counter() - t)
             loads.append(load)
-    n_scored = sum(int(b["attn"][:, int(b["prompt_len"].min()):].sum()) for b in batches)
-    return {"median_s": statistics.median(times), "times_s": times, "load_avg_before_each": loads,
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-            "loss_tokens": int(sum(int(b["loss_mask"].sum()) for b in batches)),
-            "positions_after_prompt": n_scored, "tokens": int(sum(len(tr.ids) for tr in trajs)),
-            "masked_logprobs": torch.cat(values).tolist()}
+    n_scored = sum(int(b["attn"][:, int(b["prompt_len"].min()) :].sum()) for b in batches)
+    return {
+        "median_s": statistics.median(times),
+        "times_s": times,
+        "load_avg_before_each": loads,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "loss_tokens": int(sum(int(b["loss_mask"].sum()) for b in batches)),
+        "positions_after_prompt": n_scored,
+        "tokens": int(sum(len(tr.ids) for tr in trajs)),
+        "masked_logprobs": torch.cat(values).tolist(),
+    }
 
 
 def main() -> None:
@@ -97,40 +111,72 @@ def main() -> None:
     load = load_average()
     runs: dict[str, list[dict]] = {"fast": [], "reference": []}
     for rnd in range(args.rounds):
-        for path in (["fast", "reference"] if rnd % 2 == 0 else ["reference", "fast"]):
-            cmd = [sys.executable, __file__, "--path", path, "--config", args.config, "--episodes", str(args.episodes),
-                   "--micro-batch", str(args.micro_batch), "--warmup", str(args.warmup), "--repeats", str(args.repeats),
-                   "--threads", str(args.threads)]
+        for path in ["fast", "reference"] if rnd % 2 == 0 else ["reference", "fast"]:
+            cmd = [
+                sys.executable,
+                __file__,
+                "--path",
+                path,
+                "--config",
+                args.config,
+                "--episodes",
+                str(args.episodes),
+                "--micro-batch",
+                str(args.micro_batch),
+                "--warmup",
+                str(args.warmup),
+                "--repeats",
+                str(args.repeats),
+                "--threads",
+                str(args.threads),
+            ]
             out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1]
             runs[path].append(json.loads(out))
-            print(f"round {rnd} {path}: {runs[path][-1]['median_s']:.2f} s, peak RSS {runs[path][-1]['peak_rss_mb']:.0f} MB",
-                  flush=True)
+            print(
+                f"round {rnd} {path}: {runs[path][-1]['median_s']:.2f} s, peak RSS {runs[path][-1]['peak_rss_mb']:.0f} MB",
+                flush=True,
+            )
     import torch
 
-    diff = float((torch.tensor(runs["fast"][0]["masked_logprobs"]) - torch.tensor(runs["reference"][0]["masked_logprobs"]))
-                 .abs().max())
+    diff = float(
+        (torch.tensor(runs["fast"][0]["masked_logprobs"]) - torch.tensor(runs["reference"][0]["masked_logprobs"]))
+        .abs()
+        .max()
+    )
     assert diff <= 1e-4, f"fast and reference scoring disagree by {diff}"
     summary = {}
     for path, rs in runs.items():
-        summary[path] = {"median_s": statistics.median(t for r in rs for t in r["times_s"]),
-                         "seconds_summary": summarize([t for r in rs for t in r["times_s"]]),
-                         "peak_rss_mb": max(r["peak_rss_mb"] for r in rs)}
+        summary[path] = {
+            "median_s": statistics.median(t for r in rs for t in r["times_s"]),
+            "seconds_summary": summarize([t for r in rs for t in r["times_s"]]),
+            "peak_rss_mb": max(r["peak_rss_mb"] for r in rs),
+        }
     first = runs["fast"][0]
     result = {
         "what": "forward + backward of the update's scoring (log-probs, entropy) over real multi-turn trajectories",
-        "model": "SmolLM2-135M-Instruct", "device": "cpu", "threads": args.threads,
-        "machine": machine_record(), "load_avg_at_start": load,
-        "episodes": args.episodes, "micro_batch": args.micro_batch, "tokens": first["tokens"],
-        "positions_after_prompt": first["positions_after_prompt"], "loss_tokens": first["loss_tokens"],
-        "max_abs_logprob_diff": diff, **summary,
+        "model": "SmolLM2-135M-Instruct",
+        "device": "cpu",
+        "threads": args.threads,
+        "machine": machine_record(),
+        "load_avg_at_start": load,
+        "episodes": args.episodes,
+        "micro_batch": args.micro_batch,
+        "tokens": first["tokens"],
+        "positions_after_prompt": first["positions_after_prompt"],
+        "loss_tokens": first["loss_tokens"],
+        "max_abs_logprob_diff": diff,
+        **summary,
         "speedup_vs_reference": summary["reference"]["median_s"] / summary["fast"]["median_s"],
         "peak_rss_ratio_vs_reference": summary["fast"]["peak_rss_mb"] / summary["reference"]["peak_rss_mb"],
         "rounds": {p: [{k: v for k, v in r.items() if k != "masked_logprobs"} for r in rs] for p, rs in runs.items()},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    print(json.dumps({k: result[k] for k in ("speedup_vs_reference", "peak_rss_ratio_vs_reference",
-                                             "max_abs_logprob_diff")}))
+    print(
+        json.dumps(
+            {k: result[k] for k in ("speedup_vs_reference", "peak_rss_ratio_vs_reference", "max_abs_logprob_diff")}
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
 """Shared fixtures: a tokenizer trained in the test session and tiny random Llama models (no downloads)."""
+
 from __future__ import annotations
 
 import json
@@ -21,12 +22,28 @@ FACTS = [
 ]
 # question id, text, answers, bridge entity, oracle queries (the plan SFT demonstrations follow)
 PLANS = [
-    ("q1", "What is the capital of the country where the Eiffel Tower is?", ["Paris"], "France",
-     ["Eiffel Tower", "France capital"]),
-    ("q2", "What is the capital of the country where the Colosseum is?", ["Rome"], "Italy", ["Colosseum", "Italy capital"]),
+    (
+        "q1",
+        "What is the capital of the country where the Eiffel Tower is?",
+        ["Paris"],
+        "France",
+        ["Eiffel Tower", "France capital"],
+    ),
+    (
+        "q2",
+        "What is the capital of the country where the Colosseum is?",
+        ["Rome"],
+        "Italy",
+        ["Colosseum", "Italy capital"],
+    ),
     ("q3", "In which city is Big Ben?", ["London"], None, ["Big Ben"]),
-    ("q4", "What is the anthem of the country where the Eiffel Tower is?", ["Marseillaise"], "France",
-     ["Eiffel Tower", "Colosseum"]),  # the second search does not find the answer: not grounded
+    (
+        "q4",
+        "What is the anthem of the country where the Eiffel Tower is?",
+        ["Marseillaise"],
+        "France",
+        ["Eiffel Tower", "Colosseum"],
+    ),  # the second search does not find the answer: not grounded
 ]
 QUESTIONS = [
     ("q1", "What is the capital of the country where the Eiffel Tower is?", ["Paris"]),
@@ -38,9 +55,11 @@ QUESTIONS = [
 
 def _training_text() -> list[str]:
     text = [t for _, title, t in FACTS] + [q for _, q, _ in QUESTIONS]
-    text += ['<tool_call>{"name": "search", "arguments": {"query": "capital of France"}}</tool_call>',
-             "<answer>Paris</answer> <tool_response> Now there's enough information to answer </think>",
-             "search results passages question answer the of in is a tool call"]
+    text += [
+        '<tool_call>{"name": "search", "arguments": {"query": "capital of France"}}</tool_call>',
+        "<answer>Paris</answer> <tool_response> Now there's enough information to answer </think>",
+        "search results passages question answer the of in is a tool call",
+    ]
     return text * 3
 
 
@@ -54,11 +73,20 @@ def tokenizer():
     tk = Tokenizer(models.BPE())
     tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=600,
+        special_tokens=specials,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tk.train_from_iterator(_training_text(), trainer)
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, eos_token="<|im_end|>", pad_token="<|endoftext|>",
-                                  bos_token="<|endoftext|>", additional_special_tokens=["<|im_start|>"])
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=tk,
+        eos_token="<|im_end|>",
+        pad_token="<|endoftext|>",
+        bos_token="<|endoftext|>",
+        additional_special_tokens=["<|im_start|>"],
+    )
     tok.chat_template = CHATML
     return tok
 
@@ -67,9 +95,19 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=vocab_size, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=4096,
-                      tie_word_embeddings=True, pad_token_id=0, bos_token_id=0, eos_token_id=2)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=2,
+    )
     model = LlamaForCausalLM(cfg)
     model.config._attn_implementation = "sdpa"
     return model
@@ -95,8 +133,10 @@ def write_corpus(p):
 
 
 def write_qa(p):
-    rows = [{"id": i, "question": q, "answers": a, "source": "toy" if n % 2 else "toy2"}
-            for n, (i, q, a) in enumerate(QUESTIONS)]
+    rows = [
+        {"id": i, "question": q, "answers": a, "source": "toy" if n % 2 else "toy2"}
+        for n, (i, q, a) in enumerate(QUESTIONS)
+    ]
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return p
 
@@ -115,6 +155,11 @@ def qa_file(tmp_path):
 def plans_file(tmp_path):
     """QA JSONL whose rows carry `bridge` and `oracle_queries`, as VitalFactbook's do."""
     p = tmp_path / "plans.jsonl"
-    p.write_text("".join(json.dumps({"id": i, "question": q, "answers": a, "source": "toy", "bridge": b,
-                                     "oracle_queries": oq}) + "\n" for i, q, a, b, oq in PLANS))
+    p.write_text(
+        "".join(
+            json.dumps({"id": i, "question": q, "answers": a, "source": "toy", "bridge": b, "oracle_queries": oq})
+            + "\n"
+            for i, q, a, b, oq in PLANS
+        )
+    )
     return p

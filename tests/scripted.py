@@ -1,4 +1,5 @@
 """A generator that plays scripted generations (as token ids), so tests reach every branch of an episode."""
+
 from __future__ import annotations
 
 import random
@@ -29,7 +30,7 @@ class ScriptedGenerator(Generator):
         for i, ctx in enumerate(contexts):
             text = self.tok.decode(ctx)
             question = next(q for q in self.scripts if q in text)
-            turn = sum(1 for k in range(len(ctx) - len(pre) + 1) if ctx[k:k + len(pre)] == pre)
+            turn = sum(1 for k in range(len(ctx) - len(pre) + 1) if ctx[k : k + len(pre)] == pre)
             options = self.scripts[question][min(turn, len(self.scripts[question]) - 1)]
             seeds = getattr(params, "seeds", None)
             if seeds is not None:  # the choice depends on the context's seed alone

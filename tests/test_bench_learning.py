@@ -1,4 +1,5 @@
 """`igpo bench learning` orchestration at tiny scale: shared SFT, runs per (estimator, seed), resume, results."""
+
 import json
 import os
 import shutil
@@ -10,8 +11,15 @@ from typer.testing import CliRunner
 
 from igpo.bench.config import arm_config, load_bench_config
 from igpo.bench.learning import _start_scores
-from igpo.bench.results import (_curve, _steps_to_reach, advantage_signal, aggregate, included_runs, paired_vs_grpo,
-                                regime)
+from igpo.bench.results import (
+    _curve,
+    _steps_to_reach,
+    advantage_signal,
+    aggregate,
+    included_runs,
+    paired_vs_grpo,
+    regime,
+)
 from igpo.cli import app
 from igpo.config import ConfigError
 from igpo.train.faults import KILL_ENV
@@ -19,8 +27,15 @@ from igpo.train.faults import KILL_ENV
 
 def _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, estimators):
     cfg = {
-        "bench": {"estimators": estimators, "seeds": [0], "eval_every": 1, "dev_size": 2, "test": str(plans_file),
-                  "test_size": 3, "out_dir": str(tmp_path / "bench")},
+        "bench": {
+            "estimators": estimators,
+            "seeds": [0],
+            "eval_every": 1,
+            "dev_size": 2,
+            "test": str(plans_file),
+            "test_size": 3,
+            "out_dir": str(tmp_path / "bench"),
+        },
         "model": {"path": str(tiny_model_dir)},
         "data": {"train": str(plans_file), "eval": str(plans_file)},
         "retrieval": {"corpus": str(corpus_file), "topk": 1},
@@ -74,10 +89,14 @@ def test_variants_are_arms_with_algorithm_overrides(tmp_path, tiny_model_dir, co
     assert arm_config(bench, cfg, "grpo").algorithm.estimator == "grpo" and cfg.algorithm.estimator == "igpo"
     bad = [
         ({"igpo_raw_ig": {"trainer.lr": 1.0}}, "bench.variants.igpo_raw_ig: only algorithm.* keys may differ"),
-        ({"igpo_raw_ig": {"algorithm.norm": "raw_ig", "algorithm.gamma": 0.9}},
-         "bench.variants.igpo_raw_ig: invalid config: algorithm: .*gamma must stay 1.0"),
-        ({"igpo_raw_ig": {"algorithm.estimator": "grpo", "algorithm.ig_clip": "positive"}},
-         "algorithm.ig_clip: not read by estimator grpo"),
+        (
+            {"igpo_raw_ig": {"algorithm.norm": "raw_ig", "algorithm.gamma": 0.9}},
+            "bench.variants.igpo_raw_ig: invalid config: algorithm: .*gamma must stay 1.0",
+        ),
+        (
+            {"igpo_raw_ig": {"algorithm.estimator": "grpo", "algorithm.ig_clip": "positive"}},
+            "algorithm.ig_clip: not read by estimator grpo",
+        ),
         ({"grpo": {"algorithm.std": True}}, r"bench.variants: \['grpo'\] name estimators"),
     ]
     for variants, message in bad:
@@ -111,13 +130,37 @@ def test_a_key_added_since_counts_at_its_default_when_merging(tmp_path, tiny_mod
 # The hand-kept list of config keys that merged results could differ in, as bench/learning.py had it before the config
 # flagged its fields: the flags must keep exactly these (less those each run sets itself) unless changed on purpose.
 NOT_REGIME_BEFORE_FLAGS = {
-    "algorithm.estimator", "trainer.seed", "trainer.eval_every", "trainer.save_every", "trainer.eval_size",
-    "model.lora.enabled", "model.path", "model.device", "model.cache_dir", "trainer.out_dir", "sft.out_dir",
-    "trainer.keep_last", "trainer.loggers", "trainer.wandb.project", "trainer.wandb.entity", "trainer.wandb.name",
-    "trainer.wandb.tags", "trainer.check_invariants", "trainer.micro_batch_size", "trainer.eval_batch_size",
-    "rollout.engine", "algorithm.belief_impl", "retrieval.cache", "retrieval.cache_dir",
-    "retrieval.timeout_s", "retrieval.retries", "retrieval.backoff_s", "retrieval.breaker_failures",
-    "retrieval.breaker_cooldown_s", "rollout.vllm.gpu_memory_utilization", "rollout.vllm.enforce_eager",
+    "algorithm.estimator",
+    "trainer.seed",
+    "trainer.eval_every",
+    "trainer.save_every",
+    "trainer.eval_size",
+    "model.lora.enabled",
+    "model.path",
+    "model.device",
+    "model.cache_dir",
+    "trainer.out_dir",
+    "sft.out_dir",
+    "trainer.keep_last",
+    "trainer.loggers",
+    "trainer.wandb.project",
+    "trainer.wandb.entity",
+    "trainer.wandb.name",
+    "trainer.wandb.tags",
+    "trainer.check_invariants",
+    "trainer.micro_batch_size",
+    "trainer.eval_batch_size",
+    "rollout.engine",
+    "algorithm.belief_impl",
+    "retrieval.cache",
+    "retrieval.cache_dir",
+    "retrieval.timeout_s",
+    "retrieval.retries",
+    "retrieval.backoff_s",
+    "retrieval.breaker_failures",
+    "retrieval.breaker_cooldown_s",
+    "rollout.vllm.gpu_memory_utilization",
+    "rollout.vllm.enforce_eager",
     "rollout.vllm.check_weights",
 }
 
@@ -168,14 +211,20 @@ def test_a_key_renamed_since_is_compared_under_its_new_name(tmp_path, tiny_model
 
 
 def _episode(step, group, outcome, turns, igs=None):
-    return {"step": step, "group": group, "outcome": outcome,
-            "turns": [{"advantage": a, "generated_tokens": n, "ig": g}
-                      for (a, n), g in zip(turns, igs or [None] * len(turns))]}
+    return {
+        "step": step,
+        "group": group,
+        "outcome": outcome,
+        "turns": [
+            {"advantage": a, "generated_tokens": n, "ig": g} for (a, n), g in zip(turns, igs or [None] * len(turns))
+        ],
+    }
 
 
 def test_advantage_signal_splits_update_weight_by_group_kind():
     samples = [
-        _episode(0, 0, 0.0, [(0.1, 10)], [0.01]), _episode(0, 0, 0.0, [(-0.1, 10)], [-0.03]),  # equal: IG only
+        _episode(0, 0, 0.0, [(0.1, 10)], [0.01]),
+        _episode(0, 0, 0.0, [(-0.1, 10)], [-0.03]),  # equal: IG only
         _episode(0, 1, 1.0, [(0.5, 4), (-0.2, 6)], [0.4, None]),  # outcome dev +0.5 / -0.5; the answer turn has no IG
         _episode(0, 1, 0.0, [(-0.5, 10)], [-0.2]),
         _episode(1, 0, 1.0, [(9.0, 100)]),  # a lone episode of a group: no deviation, left out
@@ -197,16 +246,34 @@ def test_steps_to_reach_counts_the_start():
 
 
 def test_curve_keeps_each_steps_seconds_by_phase(tmp_path):
-    rows = [{"step": 0, "generated_tokens": 10, "tokens": 30, "zero_variance_groups": 0.0, "turns": 2.0, "f1": 0.1,
-             "seconds": {"rollout": 4.0, "update": 6.0}},
-            {"step": 1, "skipped": {"error": "no trajectories"}},  # trained nothing: no step of the curve
-            {"step": 1, "generated_tokens": 12, "tokens": 31, "zero_variance_groups": 0.5, "turns": 2.5, "f1": 0.2,
-             "seconds": {"rollout": 5.0, "beliefs": 1.0, "update": 7.0}}]
+    rows = [
+        {
+            "step": 0,
+            "generated_tokens": 10,
+            "tokens": 30,
+            "zero_variance_groups": 0.0,
+            "turns": 2.0,
+            "f1": 0.1,
+            "seconds": {"rollout": 4.0, "update": 6.0},
+        },
+        {"step": 1, "skipped": {"error": "no trajectories"}},  # trained nothing: no step of the curve
+        {
+            "step": 1,
+            "generated_tokens": 12,
+            "tokens": 31,
+            "zero_variance_groups": 0.5,
+            "turns": 2.5,
+            "f1": 0.2,
+            "seconds": {"rollout": 5.0, "beliefs": 1.0, "update": 7.0},
+        },
+    ]
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     (tmp_path / "eval.jsonl").write_text(json.dumps({"step": 2, "overall": {"f1": 0.3, "em": 0.2}}) + "\n")
     curve = _curve(tmp_path, {"f1": 0.1, "em": 0.0})
-    assert curve["seconds_by_phase"] == [{"rollout": 4.0, "update": 6.0},
-                                         {"rollout": 5.0, "beliefs": 1.0, "update": 7.0}]
+    assert curve["seconds_by_phase"] == [
+        {"rollout": 4.0, "update": 6.0},
+        {"rollout": 5.0, "beliefs": 1.0, "update": 7.0},
+    ]
     assert curve["seconds"] == 23.0 and curve["steps"] == [0, 2]
 
 
@@ -214,13 +281,15 @@ def test_paired_vs_grpo_differences_seed_by_seed():
     def rec(test_f1, dev):
         return {"test": {"overall": {"f1": test_f1}}, "dev_f1": [0.3, dev]}
 
-    runs = {"grpo": {"0": rec(0.20, 0.25), "1": rec(0.10, 0.30), "2": rec(0.15, 0.20)},
-            "igpo": {"1": rec(0.16, 0.31), "0": rec(0.23, 0.25), "3": rec(0.9, 0.9)},  # seed 3: no grpo run
-            "gated": {"0": {**rec(0.5, 0.5), "test": None}}}  # no test score: nothing to pair
+    runs = {
+        "grpo": {"0": rec(0.20, 0.25), "1": rec(0.10, 0.30), "2": rec(0.15, 0.20)},
+        "igpo": {"1": rec(0.16, 0.31), "0": rec(0.23, 0.25), "3": rec(0.9, 0.9)},  # seed 3: no grpo run
+        "gated": {"0": {**rec(0.5, 0.5), "test": None}},
+    }  # no test score: nothing to pair
     out = paired_vs_grpo(runs, "igpo")
     assert out["seeds"] == [0, 1]
     assert out["test_f1"]["per_seed"] == pytest.approx([0.03, 0.06])
-    assert out["test_f1"]["mean"] == pytest.approx(0.045) and out["test_f1"]["std"] == pytest.approx(0.03 / 2 ** 0.5)
+    assert out["test_f1"]["mean"] == pytest.approx(0.045) and out["test_f1"]["std"] == pytest.approx(0.03 / 2**0.5)
     assert out["final_dev_f1"]["per_seed"] == pytest.approx([0.0, 0.01])
     assert paired_vs_grpo(runs, "grpo") is None and paired_vs_grpo(runs, "gated") is None
     one = paired_vs_grpo({"grpo": runs["grpo"], "igpo": {"2": rec(0.1, 0.2)}}, "igpo")
@@ -231,8 +300,12 @@ def test_include_merges_only_comparable_results(tmp_path, tiny_model_dir, corpus
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo"])
     bench, cfg = load_bench_config(path)
     start = {"dev": {"n": 2, "f1": 0.5, "em": 0.5}, "test": None, "model_sha256": "a" * 64}
-    good = {"bench": bench.model_dump(), "start": dict(start), "config": regime(cfg),
-            "runs": {"grpo": {"0": {"dev_f1": [0.5, 0.6]}, "7": {"dev_f1": [0.1]}}, "gated": {"0": {"dev_f1": [0.2]}}}}
+    good = {
+        "bench": bench.model_dump(),
+        "start": dict(start),
+        "config": regime(cfg),
+        "runs": {"grpo": {"0": {"dev_f1": [0.5, 0.6]}, "7": {"dev_f1": [0.1]}}, "gated": {"0": {"dev_f1": [0.2]}}},
+    }
 
     def include(other, **bench_over):
         f = tmp_path / f"other{len(list(tmp_path.glob('other*')))}.json"
@@ -258,8 +331,10 @@ def test_include_merges_only_comparable_results(tmp_path, tiny_model_dir, corpus
     with pytest.raises(ConfigError, match="sha256 bbbbbbbbbbbb, here aaaaaaaaaaaa; an SFT from the same recipe rounds"):
         include({**other_cpu, "start": {**other_cpu["start"], "built_on": {**avx2, "cpu_model": "Intel Xeon"}}})
     start["built_on"] = {**avx2, "cpu_capability": "AVX512"}
-    with pytest.raises(ConfigError, match="built with torch 2.13.0 on CPU capability AVX2 there, torch 2.13.0 on "
-                                          "CPU capability AVX512 here"):
+    with pytest.raises(
+        ConfigError,
+        match="built with torch 2.13.0 on CPU capability AVX2 there, torch 2.13.0 on CPU capability AVX512 here",
+    ):
         include(other_cpu)
     # same recipe rebuilt elsewhere: merged only on request, and only when both starts scored the same dev and test
     start["test"] = {"n": 3, "f1": 0.25, "em": 0.0}
@@ -293,15 +368,20 @@ def test_include_merges_only_comparable_results(tmp_path, tiny_model_dir, corpus
 
 def _evaluation(calls: dict[str, float]) -> dict:
     """An `evaluate` result whose sources have these tool calls per question (overall: their mean)."""
+
     def summary(c: float) -> dict:
         return {"n": 2, "f1": 0.5, "em": 0.5, "tool_calls": c}
 
-    return {"overall": summary(sum(calls.values()) / len(calls)),
-            "by_source": {s: summary(c) for s, c in calls.items()}, "rows": []}
+    return {
+        "overall": summary(sum(calls.values()) / len(calls)),
+        "by_source": {s: summary(c) for s, c in calls.items()},
+        "rows": [],
+    }
 
 
-def test_results_carry_tool_calls_by_source_for_the_start_and_every_run(tmp_path, tiny_model_dir, corpus_file,
-                                                                        plans_file):
+def test_results_carry_tool_calls_by_source_for_the_start_and_every_run(
+    tmp_path, tiny_model_dir, corpus_file, plans_file
+):
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["grpo"])
     bench, cfg = load_bench_config(path, ["bench.seeds=[0, 1]"])
     out = tmp_path / "bench"
@@ -314,13 +394,14 @@ def test_results_carry_tool_calls_by_source_for_the_start_and_every_run(tmp_path
         test = _evaluation(calls)
         (run / "done.json").write_text(json.dumps({"test": {k: test[k] for k in ("overall", "by_source")}}))
     result = aggregate(bench, cfg, *_start_scores(bench))
-    assert result["start"]["tool_calls"] == {"dev": {"vfb/single": 2.0, "vfb/three": 2.0, "overall": 2.0},
-                                             "test": {"vfb/single": 2.0, "vfb/three": 1.0, "overall": 1.5}}
+    assert result["start"]["tool_calls"] == {
+        "dev": {"vfb/single": 2.0, "vfb/three": 2.0, "overall": 2.0},
+        "test": {"vfb/single": 2.0, "vfb/three": 1.0, "overall": 1.5},
+    }
     runs = result["runs"]["grpo"]
     assert runs["0"]["test_tool_calls"] == {"vfb/single": 1.0, "vfb/three": 3.0, "overall": 2.0}
     assert runs["1"]["test_tool_calls"] == {"vfb/single": 1.5, "vfb/three": 2.0, "overall": 1.75}
-    assert result["summary"]["grpo"]["test_tool_calls_mean"] == {"vfb/single": 1.25, "vfb/three": 2.5,
-                                                                 "overall": 1.875}
+    assert result["summary"]["grpo"]["test_tool_calls_mean"] == {"vfb/single": 1.25, "vfb/three": 2.5, "overall": 1.875}
     assert json.loads((out / "results.json").read_text())["start"]["tool_calls"] == result["start"]["tool_calls"]
 
 
@@ -333,8 +414,9 @@ def test_report_only_without_finished_runs_names_the_folder(tmp_path, tiny_model
 
 
 @pytest.mark.integration
-def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_dir, corpus_file, plans_file,
-                                                           monkeypatch):
+def test_estimators_one_seed_two_steps_resume_and_two_jobs(
+    tmp_path, tiny_model_dir, corpus_file, plans_file, monkeypatch
+):
     import igpo.bench.run
     import igpo.train.sft
 
@@ -349,7 +431,9 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
     runner = CliRunner(env={"COLUMNS": "160"})  # the table on one line per row
     res = runner.invoke(app, ["bench", "learning", "--config", str(path)])
     assert res.exit_code == 0, res.output
-    assert "shared SFT warm start and greedy evaluation of the starting model (step 0), in a child process" in res.output
+    assert (
+        "shared SFT warm start and greedy evaluation of the starting model (step 0), in a child process" in res.output
+    )
     out = tmp_path / "bench"
     assert (out / "sft" / "sft.json").is_file() and (out / "igpo-s0" / "done.json").is_file()
     done_mtime = (out / "igpo-s0" / "done.json").stat().st_mtime_ns
@@ -396,16 +480,27 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
     assert result["summary"]["grpo"]["steps_to_grpo_final_dev_f1"] is not None
     paired = result["summary"]["igpo"]["vs_grpo"]["test_f1"]
     assert result["summary"]["grpo"]["vs_grpo"] is None and "test F1 − grpo (paired)" in res.output
-    assert paired["per_seed"] == [result["runs"]["igpo"]["0"]["test"]["overall"]["f1"]
-                                  - result["runs"]["grpo"]["0"]["test"]["overall"]["f1"]]
+    assert paired["per_seed"] == [
+        result["runs"]["igpo"]["0"]["test"]["overall"]["f1"] - result["runs"]["grpo"]["0"]["test"]["overall"]["f1"]
+    ]
     assert (out / "learning.png").stat().st_size > 10_000
     assert result["pending"] == [] and result["summary"]["grpo"]["test_f1_std"] is None  # one seed: no spread
     sig = result["runs"]["grpo"]["0"]["advantage_signal"]  # grpo's advantage is the outcome's deviation itself
     assert sig["groups"] >= 1 and sig["outcome_sign_agreement"] in (None, 1.0)
 
     # --report-only over a larger grid aggregates what finished, lists the rest, and trains nothing
-    res = runner.invoke(app, ["bench", "learning", "--config", str(path), "--report-only",
-                              "bench.estimators=[igpo,grpo,igpo_ig_only]", "bench.seeds=[0,1]"])
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "learning",
+            "--config",
+            str(path),
+            "--report-only",
+            "bench.estimators=[igpo,grpo,igpo_ig_only]",
+            "bench.seeds=[0,1]",
+        ],
+    )
     assert res.exit_code == 0, res.output
     result = json.loads((out / "results.json").read_text())
     assert result["pending"] == ["igpo_ig_only-s0", "igpo-s1", "grpo-s1", "igpo_ig_only-s1"]
@@ -429,8 +524,9 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
     assert "from" not in merged["runs"]["igpo"]["0"]  # finished here
     assert merged["summary"]["grpo"] == result["summary"]["grpo"]
     # a different training config is refused before anything trains
-    res = runner.invoke(app, ["bench", "learning", "--config", str(path), f"bench.include=[{elsewhere}]",
-                              "trainer.lr=0.5"])
+    res = runner.invoke(
+        app, ["bench", "learning", "--config", str(path), f"bench.include=[{elsewhere}]", "trainer.lr=0.5"]
+    )
     assert res.exit_code != 0 and "trainer.lr is 0.001 there, 0.5 here" in res.output
     assert not (out / "grpo-s0").exists()
     # a start rebuilt elsewhere (other weights, same scores) is merged only on request, and results.json says so
@@ -439,8 +535,18 @@ def test_estimators_one_seed_two_steps_resume_and_two_jobs(tmp_path, tiny_model_
     elsewhere.write_text(json.dumps(rebuilt))
     res = runner.invoke(app, ["bench", "learning", "--config", str(path), f"bench.include=[{elsewhere}]"])
     assert res.exit_code != 0 and "bench.include_equivalent_starts=true would merge them" in res.output
-    res = runner.invoke(app, ["bench", "learning", "--config", str(path), f"bench.include=[{elsewhere}]",
-                              "bench.include_equivalent_starts=true", "--report-only"])
+    res = runner.invoke(
+        app,
+        [
+            "bench",
+            "learning",
+            "--config",
+            str(path),
+            f"bench.include=[{elsewhere}]",
+            "bench.include_equivalent_starts=true",
+            "--report-only",
+        ],
+    )
     assert res.exit_code == 0, res.output
     merged = json.loads((out / "results.json").read_text())
     assert merged["start"]["equivalent"] == ["c" * 64] and merged["runs"]["grpo"]["0"]["start_sha256"] == "c" * 64

@@ -1,4 +1,5 @@
 """The demo pipeline as a library call (`igpo.demo.run_demo`), its progress written as plain lines."""
+
 import json
 
 import pytest
@@ -9,14 +10,16 @@ from igpo.demo import run_demo
 
 @pytest.mark.integration
 def test_run_demo_writes_its_progress_through_write(tmp_path, tiny_model_dir, corpus_file, plans_file):
-    cfg = Config.model_validate({
-        "model": {"path": str(tiny_model_dir)},
-        "data": {"train": str(plans_file), "eval": str(plans_file)},
-        "retrieval": {"corpus": str(corpus_file), "topk": 1},
-        "rollout": {"group_size": 2, "questions_per_step": 1, "max_turns": 3, "max_new_tokens": 40},
-        "trainer": {"steps": 1, "out_dir": str(tmp_path / "demo"), "eval_size": 2},
-        "sft": {"examples": 4, "batch_size": 2, "eval_size": 0, "out_dir": str(tmp_path / "demo" / "sft")},
-    })
+    cfg = Config.model_validate(
+        {
+            "model": {"path": str(tiny_model_dir)},
+            "data": {"train": str(plans_file), "eval": str(plans_file)},
+            "retrieval": {"corpus": str(corpus_file), "topk": 1},
+            "rollout": {"group_size": 2, "questions_per_step": 1, "max_turns": 3, "max_new_tokens": 40},
+            "trainer": {"steps": 1, "out_dir": str(tmp_path / "demo"), "eval_size": 2},
+            "sft": {"examples": 4, "batch_size": 2, "eval_size": 0, "out_dir": str(tmp_path / "demo" / "sft")},
+        }
+    )
     lines = []
     summary = run_demo(cfg, tmp_path / "unused", write=lines.append)
     written = json.loads((tmp_path / "demo" / "demo.json").read_text())

@@ -3,6 +3,7 @@
 Each test reads a table of a doc section and formats the JSON values the way the doc prints them: a changed JSON
 value or a changed figure in the doc fails here. The last test checks that the docs' links resolve.
 """
+
 import json
 import re
 from pathlib import Path
@@ -24,7 +25,7 @@ def section(doc: str, heading: str) -> str:
     lines = doc.splitlines()
     starts = [i for i, line in enumerate(lines) if line.startswith("#") and line.lstrip("#").strip() == heading]
     assert starts, f"no heading {heading!r}"
-    rest = lines[starts[0] + 1:]
+    rest = lines[starts[0] + 1 :]
     end = next((i for i, line in enumerate(rest) if line.startswith("#")), len(rest))
     return "\n".join(rest[:end])
 
@@ -40,7 +41,7 @@ def table(text: str, column: str) -> list[dict[str, str]]:
     for i, line in enumerate(lines):
         if line.startswith("|") and column in cells(line):
             header, rows = cells(line), []
-            for body in lines[i + 2:]:
+            for body in lines[i + 2 :]:
                 if not body.startswith("|"):
                     break
                 rows.append(dict(zip(header, cells(body))))
@@ -67,6 +68,7 @@ def signed(x: float) -> str:
 
 
 # --- the learning benchmark ---------------------------------------------------------------------------------
+
 
 def test_default_preset_summary_table_is_the_json_summary():
     res = result("learning_default.json")
@@ -118,8 +120,13 @@ def test_advantage_signal_table_is_the_json():
 
 def test_demo_figures_in_both_readmes_are_the_lr_6e6_runs():
     res = result("learning_demo_lr6e-6.json")
-    runs = {(est, seed): run for key, part in res.items() if key != "what"
-            for est, seeds in part["runs"].items() for seed, run in seeds.items()}
+    runs = {
+        (est, seed): run
+        for key, part in res.items()
+        if key != "what"
+        for est, seeds in part["runs"].items()
+        for seed, run in seeds.items()
+    }
     rows = table(section(BENCH, "The demo's settings, and why"), "dev F1 (SFT: 0.288)")
     assert len(rows) == len(runs)
     for (est, seed), run in runs.items():
@@ -149,8 +156,9 @@ def test_small_preset_tables_are_the_json():
         r, by_source = row(rows, est), run["test"]["by_source"]
         assert r["dev F1 at step 0 / 4 / 8 (50 questions)"] == " / ".join(map(f3, run["dev_f1"]))
         assert r["test F1 (100)"] == f3(run["test"]["overall"]["f1"])
-        field, unique = (by_source[f"vitalfactbook/{k}"]["f1"]
-                         for k in ("factbook_field", "unique_value_country_attribute"))
+        field, unique = (
+            by_source[f"vitalfactbook/{k}"]["f1"] for k in ("factbook_field", "unique_value_country_attribute")
+        )
         assert r["factbook_field / unique_value test F1 (9 / 64 questions)"] == f"{field:.3f} / {unique:.3f}"
         assert r["zero-variance groups"] == f"{small['summary'][est]['zero_variance_share']:.2f}"
         assert r["step seconds (sum)"] == f"{run['seconds']:,.0f}"
@@ -175,14 +183,16 @@ def test_sft_start_table_is_the_two_files_starts():
 
 # --- the speed benchmarks -----------------------------------------------------------------------------------
 
+
 def test_belief_figures():
     rows = table(section(BENCH, "Belief scoring (`beliefs.py`)"), "(a)/(d)")
     for run in result("beliefs.json")["runs"]:
         r, s = row(rows, str(run["aliases"])), run["median_s"]
         assert r["(a)/(d)"] == f"{run['packed_over_floor']:.2f}"
         assert r["(c)/(a)"] == f"{run['official_over_packed']:.2f}"
-        assert [r[k] for k in ("(a) packed", "(c) official way", "(d) plain forward")] == \
-            [f"{s[k]:.1f} s" for k in ("packed", "official", "floor")]
+        assert [r[k] for k in ("(a) packed", "(c) official way", "(d) plain forward")] == [
+            f"{s[k]:.1f} s" for k in ("packed", "official", "floor")
+        ]
 
 
 def test_rollout_figures():
@@ -219,8 +229,10 @@ def test_seeded_sampling_and_retrieval_figures():
     seeded = result("seeded_sampling.json")
     text = section(BENCH, "Seeded sampling (`seeded_sampling.py`)")
     r = row(table(text, "seeded (ours)"), "tokens/s")
-    assert (r["seeded (ours)"], r["HF batch sampler"]) == \
-        (f"{seeded['tokens_per_s']['seeded']:.1f}", f"{seeded['tokens_per_s']['hf_batch_sampler']:.1f}")
+    assert (r["seeded (ours)"], r["HF batch sampler"]) == (
+        f"{seeded['tokens_per_s']['seeded']:.1f}",
+        f"{seeded['tokens_per_s']['hf_batch_sampler']:.1f}",
+    )
     assert f"{seeded['ratio_seeded_over_hf']:.2f} × HF's time" in text
 
     load = result("retrieval_load.json")
@@ -229,13 +241,16 @@ def test_seeded_sampling_and_retrieval_figures():
     assert paced["p99"] == f"{load['paced']['latency_ms']['p99']} ms"
 
 
-@pytest.mark.parametrize("benchmark, figure", [
-    ("belief scoring", lambda: f"{result('beliefs.json')['runs'][0]['packed_over_floor']:.2f}"),
-    ("rollout engine", lambda: f"{result('rollout.json')['speedup_vs_plain_loop']:.2f} ×"),
-    ("training step vs TRL", lambda: f"{result('train_step.json')['step_ratio_ours_over_trl']:.2f} ×"),
-    ("update scoring", lambda: f"{result('update_scoring.json')['speedup_vs_reference']:.2f} × faster"),
-    ("seeded sampling", lambda: f"{result('seeded_sampling.json')['ratio_seeded_over_hf']:.2f} ×"),
-])
+@pytest.mark.parametrize(
+    "benchmark, figure",
+    [
+        ("belief scoring", lambda: f"{result('beliefs.json')['runs'][0]['packed_over_floor']:.2f}"),
+        ("rollout engine", lambda: f"{result('rollout.json')['speedup_vs_plain_loop']:.2f} ×"),
+        ("training step vs TRL", lambda: f"{result('train_step.json')['step_ratio_ours_over_trl']:.2f} ×"),
+        ("update scoring", lambda: f"{result('update_scoring.json')['speedup_vs_reference']:.2f} × faster"),
+        ("seeded sampling", lambda: f"{result('seeded_sampling.json')['ratio_seeded_over_hf']:.2f} ×"),
+    ],
+)
 def test_speed_summary_table_quotes_each_json(benchmark, figure):
     rows = table(section(BENCH, "Speed benchmarks"), "latest")
     r = next(r for r in rows if r["benchmark"].startswith(f"[{benchmark}]"))
@@ -243,6 +258,7 @@ def test_speed_summary_table_quotes_each_json(benchmark, figure):
 
 
 # --- links ----------------------------------------------------------------------------------------------------
+
 
 def slug(heading: str) -> str:
     """GitHub's anchor for a heading: lower case, punctuation but `-` and `_` dropped, spaces to hyphens."""

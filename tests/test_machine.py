@@ -1,4 +1,5 @@
 """The record of where a measurement ran, and the median and spread of its repeats."""
+
 import pytest
 import torch
 
@@ -45,8 +46,16 @@ def test_machine_record_without_cpuinfo_says_the_flags_are_unknown(tmp_path):
 
 def test_machine_record_of_this_machine_has_every_field_typed():
     rec = machine_record()
-    assert set(rec) == {"cpu_model", "cpu_flags", "cpu_capability", "cpus", "torch_threads", "torch", "python",
-                        "platform"}
+    assert set(rec) == {
+        "cpu_model",
+        "cpu_flags",
+        "cpu_capability",
+        "cpus",
+        "torch_threads",
+        "torch",
+        "python",
+        "platform",
+    }
     assert set(rec["cpu_flags"]) == {"avx2", "avx512f", "amx_tile"}
     assert all(v is None or isinstance(v, bool) for v in rec["cpu_flags"].values())
     assert isinstance(rec["cpu_capability"], str) and isinstance(rec["torch_threads"], int)

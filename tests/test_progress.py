@@ -1,4 +1,5 @@
 """Progress a person can see: plain lines with elapsed time and ETA when output is not a terminal, a bar when it is."""
+
 import io
 
 from rich.console import Console
@@ -50,9 +51,11 @@ def test_every_update_a_line_a_resumed_count_and_a_total_set_later():
     clock.t = 40
     p.update(6)
     p.close()
-    assert lines == ["[train] step 4/10   40%  elapsed 0s",
-                     "[train] step 5/10   50%  elapsed 30s  eta 2m30s",
-                     "[train] step 6/10   60%  elapsed 40s  eta 40s"]
+    assert lines == [
+        "[train] step 4/10   40%  elapsed 0s",
+        "[train] step 5/10   50%  elapsed 30s  eta 2m30s",
+        "[train] step 6/10   60%  elapsed 40s  eta 40s",
+    ]
     lines.clear()
     q = Progress("sft", write=lines.append, clock=clock)
     q.open()
@@ -94,10 +97,13 @@ def test_per_run_gives_each_run_its_own_count():
     lines = []
     clock = Clock()
     callback = per_run(lambda n: Progress("dev eval", n, unit="question", write=lines.append, clock=clock))
-    for run in range(2):
+    for _run in range(2):
         for done in (2, 4):
             clock.t += 10
             callback(done, 4)
-    assert [line.split("  ")[0] for line in lines] == ["[dev eval] question 0/4", "[dev eval] question 2/4",
-                                                        "[dev eval] question 4/4"] * 2
+    assert [line.split("  ")[0] for line in lines] == [
+        "[dev eval] question 0/4",
+        "[dev eval] question 2/4",
+        "[dev eval] question 4/4",
+    ] * 2
     assert "elapsed 10s" in lines[2] and "elapsed 10s" in lines[5]  # each run's own clock

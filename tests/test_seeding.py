@@ -1,4 +1,5 @@
 """Derived seeds stay what they were: resumed runs and recorded runs replay only if every formula is unchanged."""
+
 import pytest
 
 from igpo.seeding import episode_seed, mix, step_seed, turn_seed

@@ -1,2 +1,3 @@
 """igpo: Information Gain-based Policy Optimization for multi-turn search agents."""
+
 __version__ = "0.1.0"

@@ -1,8 +1,8 @@
 """The `igpo` command line: train, eval, and the sub-apps of each concern (data, index, serve)."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -50,20 +50,31 @@ def _fit(trainer, console, label: str) -> None:
         _fail(e, code=1)
 
 
-def torchrun_command(nproc: int, config: Optional[Path], overrides: list[str]) -> list[str]:
+def torchrun_command(nproc: int, config: Path | None, overrides: list[str]) -> list[str]:
     """`igpo train --nproc N ...` as the torchrun command it stands for (one machine, N processes)."""
     import sys
 
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "igpo", "train", *(["--config", str(config)] if config else []), *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc-per-node={nproc}",
+        "-m",
+        "igpo",
+        "train",
+        *(["--config", str(config)] if config else []),
+        *overrides,
+    ]
 
 
 @app.command()
 def train(
-    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides, e.g. trainer.steps=20"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
-    nproc: int = typer.Option(1, "--nproc", min=1,
-                              help="processes on this machine (torchrun); see trainer.parallel and docs/scaling.md"),
+    overrides: list[str] | None = typer.Argument(None, help="config overrides, e.g. trainer.steps=20"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file"),
+    nproc: int = typer.Option(
+        1, "--nproc", min=1, help="processes on this machine (torchrun); see trainer.parallel and docs/scaling.md"
+    ),
 ) -> None:
     """Train a policy with IGPO (or a baseline estimator) and write metrics and checkpoints to trainer.out_dir."""
     import os
@@ -102,12 +113,12 @@ def train(
 
 @app.command("eval")
 def eval_cmd(
-    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
-    checkpoint: Optional[Path] = typer.Option(None, help="a checkpoint folder (default: model.path)"),
-    data: Optional[Path] = typer.Option(None, help="QA file (default: data.eval)"),
-    limit: Optional[int] = typer.Option(None, help="evaluate the first N questions"),
-    out: Optional[Path] = typer.Option(None, help="write the results as JSON here"),
+    overrides: list[str] | None = typer.Argument(None, help="config overrides"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file"),
+    checkpoint: Path | None = typer.Option(None, help="a checkpoint folder (default: model.path)"),
+    data: Path | None = typer.Option(None, help="QA file (default: data.eval)"),
+    limit: int | None = typer.Option(None, help="evaluate the first N questions"),
+    out: Path | None = typer.Option(None, help="write the results as JSON here"),
 ) -> None:
     """Greedy evaluation (n = 1): F1 / EM per data source."""
     import json
@@ -135,8 +146,14 @@ def eval_cmd(
         _fail(e)
     table = Table("source", "n", "F1", "EM", "format err", "tool calls")
     for name, s in [*res["by_source"].items(), ("overall", res["overall"])]:
-        table.add_row(name, str(s["n"]), f"{s['f1']:.3f}", f"{s['em']:.3f}", f"{s['format_error_rate']:.2f}",
-                      f"{s['tool_calls']:.2f}")
+        table.add_row(
+            name,
+            str(s["n"]),
+            f"{s['f1']:.3f}",
+            f"{s['em']:.3f}",
+            f"{s['format_error_rate']:.2f}",
+            f"{s['tool_calls']:.2f}",
+        )
     console.print(table)
     if out:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -145,8 +162,8 @@ def eval_cmd(
 
 @app.command()
 def sft(
-    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides, e.g. sft.examples=128"),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML config file"),
+    overrides: list[str] | None = typer.Argument(None, help="config overrides, e.g. sft.examples=128"),
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML config file"),
 ) -> None:
     """Supervised warm start on synthesised search demonstrations; writes sft.out_dir/model and sft.json."""
     from rich.console import Console
@@ -166,7 +183,7 @@ def sft(
 
 @app.command()
 def demo(
-    overrides: Optional[list[str]] = typer.Argument(None, help="config overrides"),
+    overrides: list[str] | None = typer.Argument(None, help="config overrides"),
     config: Path = typer.Option(Path("configs/demo.yaml"), "--config", "-c", help="YAML config file"),
     data_dir: Path = typer.Option(Path("data/vitalfactbook"), help="where VitalFactbook is built (cached)"),
 ) -> None:
@@ -186,15 +203,17 @@ def demo(
     except _run_faults() as e:
         _fail(e, code=1)
     console.print(format_tool_calls({"before": s["before"], "after": s["after"]}), highlight=False)
-    console.print(f"[bold]dev F1 {s['f1_before']:.3f} → {s['f1_after']:.3f}[/bold] "
-                  f"(EM {s['em_before']:.3f} → {s['em_after']:.3f}) after {s['estimator']}, "
-                  f"in {s['total_seconds'] / 60:.1f} min; report: {s['report']}")
+    console.print(
+        f"[bold]dev F1 {s['f1_before']:.3f} → {s['f1_after']:.3f}[/bold] "
+        f"(EM {s['em_before']:.3f} → {s['em_after']:.3f}) after {s['estimator']}, "
+        f"in {s['total_seconds'] / 60:.1f} min; report: {s['report']}"
+    )
 
 
 @app.command()
 def report(
     run_dir: Path = typer.Argument(..., help="a run folder (trainer.out_dir) holding metrics.jsonl"),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="HTML file to write (default: RUN_DIR/report.html)"),
+    out: Path | None = typer.Option(None, "--out", "-o", help="HTML file to write (default: RUN_DIR/report.html)"),
     max_samples: int = typer.Option(400, min=0, help="most trajectories embedded (whole steps, spread over the run)"),
 ) -> None:
     """A self-contained HTML page: training curves, evaluation per source, a trajectory viewer with IG per turn."""
@@ -219,11 +238,17 @@ def _mean_std(mean: float, std: float | None, sign: str = "") -> str:
 
 @bench_app.command("learning")
 def bench_learning(
-    overrides: Optional[list[str]] = typer.Argument(None, help="overrides: bench.seeds=[0], trainer.steps=20, ..."),
+    overrides: list[str] | None = typer.Argument(None, help="overrides: bench.seeds=[0], trainer.steps=20, ..."),
     config: Path = typer.Option(Path("benchmarks/learning.yaml"), "--config", "-c", help="benchmark YAML"),
-    small: bool = typer.Option(False, "--small", help="the config's `small:` preset (igpo and grpo, one seed, estimated under an hour on 2 CPU cores)"),
+    small: bool = typer.Option(
+        False,
+        "--small",
+        help="the config's `small:` preset (igpo and grpo, one seed, estimated under an hour on 2 CPU cores)",
+    ),
     data_dir: Path = typer.Option(Path("data/vitalfactbook"), help="where VitalFactbook is built (cached)"),
-    report_only: bool = typer.Option(False, "--report-only", help="train nothing: results.json and learning.png from the runs already finished"),
+    report_only: bool = typer.Option(
+        False, "--report-only", help="train nothing: results.json and learning.png from the runs already finished"
+    ),
 ) -> None:
     """IGPO vs GRPO and ablations from one shared SFT checkpoint; resumable; writes results.json and learning.png."""
     from rich.console import Console
@@ -246,19 +271,47 @@ def bench_learning(
         _fail(e)
     except WorkerDied as e:
         _fail(e, 1)
-    table = Table("estimator", "seeds", "test F1 (mean ± std)", "test F1 − grpo (paired)", "final dev F1",
-                  "steps to GRPO's dev F1", "zero-var groups", "their share of |adv|")
+    table = Table(
+        "estimator",
+        "seeds",
+        "test F1 (mean ± std)",
+        "test F1 − grpo (paired)",
+        "final dev F1",
+        "steps to GRPO's dev F1",
+        "zero-var groups",
+        "their share of |adv|",
+    )
     start = result["start"]
     if start["dev"] is not None:
-        table.add_row("start (SFT)" if bench.sft else "start (model.path)", "-", f"{start['test']['f1']:.3f}" if start["test"] else "-",
-                      "-", f"{start['dev']['f1']:.3f}", "-", "-", "-")
+        table.add_row(
+            "start (SFT)" if bench.sft else "start (model.path)",
+            "-",
+            f"{start['test']['f1']:.3f}" if start["test"] else "-",
+            "-",
+            f"{start['dev']['f1']:.3f}",
+            "-",
+            "-",
+            "-",
+        )
     for est, s in result["summary"].items():
         test = "-" if s["test_f1_mean"] is None else _mean_std(s["test_f1_mean"], s["test_f1_std"])
         zv = f"{s['zero_variance_share']:.2f}" if s["zero_variance_share"] is not None else "-"
-        zv_adv = f"{s['zero_variance_share_of_abs_adv']:.3f}" if s["zero_variance_share_of_abs_adv"] is not None else "-"
-        paired = "-" if not s["vs_grpo"] else _mean_std(s["vs_grpo"]["test_f1"]["mean"], s["vs_grpo"]["test_f1"]["std"], "+")
-        table.add_row(est, str(s["seeds"]), test, paired, f"{s['final_dev_f1_mean']:.3f}",
-                      str(s["steps_to_grpo_final_dev_f1"]), zv, zv_adv)
+        zv_adv = (
+            f"{s['zero_variance_share_of_abs_adv']:.3f}" if s["zero_variance_share_of_abs_adv"] is not None else "-"
+        )
+        paired = (
+            "-" if not s["vs_grpo"] else _mean_std(s["vs_grpo"]["test_f1"]["mean"], s["vs_grpo"]["test_f1"]["std"], "+")
+        )
+        table.add_row(
+            est,
+            str(s["seeds"]),
+            test,
+            paired,
+            f"{s['final_dev_f1_mean']:.3f}",
+            str(s["steps_to_grpo_final_dev_f1"]),
+            zv,
+            zv_adv,
+        )
     console.print(table)
     if result["pending"]:
         console.print(f"not run yet: {', '.join(result['pending'])}")

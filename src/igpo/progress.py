@@ -7,6 +7,7 @@ plain lines with the elapsed time and an ETA, written at a bounded rate and flus
 with its duration when it ends). Library code reports through callbacks (`progress(done, total)`, a metrics row);
 the command line turns them into these.
 """
+
 from __future__ import annotations
 
 import time
@@ -40,9 +41,18 @@ class Progress:
     `clock` is for tests.
     """
 
-    def __init__(self, label: str, total: int | None = None, *, unit: str = "step", done: int = 0,
-                 console: Console | None = None, write: Callable[[str], None] | None = None, every_s: float = 30.0,
-                 clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        label: str,
+        total: int | None = None,
+        *,
+        unit: str = "step",
+        done: int = 0,
+        console: Console | None = None,
+        write: Callable[[str], None] | None = None,
+        every_s: float = 30.0,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.label, self.total, self.unit, self.done = label, total, unit, done
         self.info = ""
         self.every_s = every_s
@@ -77,9 +87,15 @@ class Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
             from rich.progress import Progress as Bar
 
-            self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                            TextColumn("{task.fields[eta]}"), TextColumn("{task.fields[info]}"),
-                            console=self._console)
+            self._bar = Bar(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                TextColumn("{task.fields[eta]}"),
+                TextColumn("{task.fields[info]}"),
+                console=self._console,
+            )
             self._bar.start()
             self._task = self._bar.add_task(self.label, total=self.total, completed=self.done, eta="", info="")
         else:
@@ -97,8 +113,13 @@ class Progress:
             self._first = (self._now, done)
         if self._bar is not None:
             eta = self.eta()
-            self._bar.update(self._task, completed=done, total=self.total, info=info,
-                             eta="" if eta is None else f"eta {duration(eta)}")
+            self._bar.update(
+                self._task,
+                completed=done,
+                total=self.total,
+                info=info,
+                eta="" if eta is None else f"eta {duration(eta)}",
+            )
         elif first or self._due():
             self._emit()
 
@@ -151,8 +172,14 @@ def _plain(line: str, console: Console, write: Callable[[str], None] | None) -> 
 
 
 @contextmanager
-def stage(label: str, what: str, *, console: Console | None = None, write: Callable[[str], None] | None = None,
-          clock: Callable[[], float] = time.monotonic) -> Iterator[None]:
+def stage(
+    label: str,
+    what: str,
+    *,
+    console: Console | None = None,
+    write: Callable[[str], None] | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> Iterator[None]:
     """An uncounted stage: `[label] what` when it starts (a spinner on a terminal) and `[label] done in 12s` when
     it ends."""
     console = console or get_console()
@@ -181,15 +208,19 @@ def per_run(make: Callable[[int], Progress]) -> Callable[[int, int], None]:
     return callback
 
 
-def fit_with_progress(trainer, label: str, *, console: Console | None = None,
-                      write: Callable[[str], None] | None = None) -> list[dict]:
+def fit_with_progress(
+    trainer, label: str, *, console: Console | None = None, write: Callable[[str], None] | None = None
+) -> list[dict]:
     """`trainer.fit()` with its progress shown (on rank 0, which reports the steps): a bar on a terminal, else a
     line a step with its metrics, and each evaluation during training. Returns what `fit` returns."""
     from contextlib import nullcontext
 
     main = trainer.dist.is_main
-    with Progress(label, trainer.cfg.trainer.steps, done=trainer.step, console=console, write=write, every_s=0) \
-            if main else nullcontext() as bar:
+    with (
+        Progress(label, trainer.cfg.trainer.steps, done=trainer.step, console=console, write=write, every_s=0)
+        if main
+        else nullcontext() as bar
+    ):
 
         def show(m: dict) -> None:
             if "skipped" in m:
@@ -198,8 +229,10 @@ def fit_with_progress(trainer, label: str, *, console: Console | None = None,
                 info = f"reward {m['outcome_reward']:+.2f}  f1 {m['f1']:.2f}  turns {m['turns']:.1f}"
             else:
                 secs = " ".join(f"{k}={v:.1f}s" for k, v in m["seconds"].items())
-                info = (f"reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  turns={m['turns']:.2f}  "
-                        f"format_err={m['format_error_rate']:.2f}  {secs}")
+                info = (
+                    f"reward={m['outcome_reward']:+.3f}  f1={m['f1']:.3f}  turns={m['turns']:.2f}  "
+                    f"format_err={m['format_error_rate']:.2f}  {secs}"
+                )
             bar.update(m["step"] + 1, info=info)
 
         evals = per_run(lambda n: Progress(f"{label}: dev eval", n, unit="question", console=console, write=write))

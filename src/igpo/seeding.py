@@ -1,6 +1,7 @@
 """Seeds derived from a run's seed: every random choice of a step (its questions' rollouts, each turn's sampling,
 the update's shuffle) draws from a seed that is a fixed function of `trainer.seed` and where it is in the run, so
 a resumed run and any rank or batch layout draw the same numbers."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

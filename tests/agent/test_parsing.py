@@ -5,7 +5,9 @@ from igpo.agent.parsing import parse_generation
 
 
 def test_tool_call_after_reasoning():
-    a = parse_generation('<think>need the capital</think>\n<tool_call>\n{"name": "search", "arguments": {"query": "France"}}\n</tool_call>')
+    a = parse_generation(
+        '<think>need the capital</think>\n<tool_call>\n{"name": "search", "arguments": {"query": "France"}}\n</tool_call>'
+    )
     assert (a.kind, a.name, a.arguments, a.error) == ("tool_call", "search", {"query": "France"}, None)
 
 
@@ -67,8 +69,18 @@ def test_parser_never_raises(text):
     assert_well_formed(parse_generation(text))
 
 
-TAG_PIECES = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", '{"name": "search", "arguments": {"query": "',
-              '"}}', "<|im_end|>", "<|im_start|>", "\\ud800", "9" * 40]
+TAG_PIECES = [
+    "<tool_call>",
+    "</tool_call>",
+    "<answer>",
+    "</answer>",
+    '{"name": "search", "arguments": {"query": "',
+    '"}}',
+    "<|im_end|>",
+    "<|im_start|>",
+    "\\ud800",
+    "9" * 40,
+]
 
 
 @settings(max_examples=300, deadline=None)
@@ -76,6 +88,9 @@ TAG_PIECES = ["<tool_call>", "</tool_call>", "<answer>", "</answer>", '{"name": 
 def test_parser_never_raises_on_token_sequences(tokenizer, data):
     """What a sampler can return: any ids (special ones included), decoded as the rollout decodes them."""
     pieces = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in TAG_PIECES]
-    ids = data.draw(st.lists(st.lists(st.integers(0, len(tokenizer) - 1), max_size=8) | st.sampled_from(pieces),
-                             max_size=12).map(lambda chunks: [i for c in chunks for i in c]))
+    ids = data.draw(
+        st.lists(st.lists(st.integers(0, len(tokenizer) - 1), max_size=8) | st.sampled_from(pieces), max_size=12).map(
+            lambda chunks: [i for c in chunks for i in c]
+        )
+    )
     assert_well_formed(parse_generation(tokenizer.decode(ids, skip_special_tokens=True)))

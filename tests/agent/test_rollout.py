@@ -33,20 +33,29 @@ def test_multi_turn_trajectory_is_token_exact(setup, tokenizer):
     t1, t2 = tr.turns
     eot = fmt.eot_ids[0]
     # The sampled ids sit unchanged in the trajectory, the tool message right after the close of turn 1.
-    assert tr.ids[t1.gen_start:t1.gen_end] == fmt.encode_text(SEARCH) + [eot]
-    obs_start = t1.gen_end + len(fmt.close_generation(tr.ids[t1.gen_start:t1.gen_end]))
-    assert tr.ids[obs_start:t1.end] == fmt.tool_message_ids(t1.tool_result)
+    assert tr.ids[t1.gen_start : t1.gen_end] == fmt.encode_text(SEARCH) + [eot]
+    obs_start = t1.gen_end + len(fmt.close_generation(tr.ids[t1.gen_start : t1.gen_end]))
+    assert tr.ids[obs_start : t1.end] == fmt.tool_message_ids(t1.tool_result)
     assert tr.ids[slice(*t1.result_span)] == fmt.encode_text(t1.tool_result) and t2.result_span is None
     # What the rollout wrote from the template: around the question, around the tool result, after the answer.
     q0, q1 = tr.question_span
     assert tr.ids[q0:q1] == fmt.encode_text(Q)
-    assert tr.rollout_spans() == [(0, q0), (q1, tr.prompt_len), (t1.gen_end, t1.result_span[0]),
-                                  (t1.result_span[1], t1.end), (t2.gen_end, t2.end)]
+    assert tr.rollout_spans() == [
+        (0, q0),
+        (q1, tr.prompt_len),
+        (t1.gen_end, t1.result_span[0]),
+        (t1.result_span[1], t1.end),
+        (t2.gen_end, t2.end),
+    ]
     assert "Eiffel Tower" in t1.tool_result and t2.gen_start == t1.end
     mask, turns = tr.loss_mask(), tr.token_turns()
     assert sum(mask) == (t1.gen_end - t1.gen_start) + (t2.gen_end - t2.gen_start)
-    assert not any(mask[obs_start:t1.end])  # tool results are never trained on
-    assert set(turns[:tr.prompt_len]) == {-1} and set(turns[t1.gen_start:t1.end]) == {0} and set(turns[t2.gen_start:]) == {1}
+    assert not any(mask[obs_start : t1.end])  # tool results are never trained on
+    assert (
+        set(turns[: tr.prompt_len]) == {-1}
+        and set(turns[t1.gen_start : t1.end]) == {0}
+        and set(turns[t2.gen_start :]) == {1}
+    )
     assert tr.belief_prefixes() == [tr.prompt_len, t1.end]
     assert tr.ids[-1] == fmt.eot_ids[-1]
 
@@ -57,8 +66,10 @@ class Recording(ScriptedGenerator):
     records_logprobs = True
 
     def generate(self, contexts, params, stop_ids):
-        return [Generation(ids, [-(k + 1.0) for k in range(len(ids))])
-                for ids in super().generate(contexts, params, stop_ids)]
+        return [
+            Generation(ids, [-(k + 1.0) for k in range(len(ids))])
+            for ids in super().generate(contexts, params, stop_ids)
+        ]
 
 
 def test_sampling_logprobs_are_kept_per_turn_when_the_generator_records_them(setup):
@@ -70,8 +81,9 @@ def test_sampling_logprobs_are_kept_per_turn_when_the_generator_records_them(set
     for t in tr.turns:
         assert t.logprobs == [-(k + 1.0) for k in range(t.gen_end - t.gen_start)]
     # cut by the turn's token budget: the log-probs are cut with the ids
-    (tr,) = rollout([ex], [0], Recording(fmt.tokenizer, fmt, script), fmt, box, SamplingParams(64), 4,
-                    len(fmt.prompt_ids(Q)) + 5)
+    (tr,) = rollout(
+        [ex], [0], Recording(fmt.tokenizer, fmt, script), fmt, box, SamplingParams(64), 4, len(fmt.prompt_ids(Q)) + 5
+    )
     assert tr.turns[0].logprobs == [-1.0, -2.0, -3.0, -4.0, -5.0]
     (tr,) = rollout([ex], [0], ScriptedGenerator(fmt.tokenizer, fmt, script), fmt, box, SamplingParams(64), 4, 4096)
     assert all(t.logprobs is None for t in tr.turns)

@@ -1,11 +1,17 @@
 """Hand-computed values for every estimator."""
+
 import math
 
 import pytest
 import torch
 
-from igpo.algo.advantages import (ESTIMATORS, StepInputs, adaptive_gamma, compute_turn_advantages,
-                                  turn_to_token_advantages)
+from igpo.algo.advantages import (
+    ESTIMATORS,
+    StepInputs,
+    adaptive_gamma,
+    compute_turn_advantages,
+    turn_to_token_advantages,
+)
 
 # Rollout A: IG 0.2 then outcome 1.0.  Rollout B: IG -0.1, IG exactly 0.0 (a real reward), outcome 0.0.
 R = torch.tensor([[0.2, 1.0, 0.0], [-0.1, 0.0, 0.0]])
@@ -74,8 +80,10 @@ def test_grpo_and_dr_grpo():
     o = z([1.0, 0.5, 0.2])
     close(compute_turn_advantages(r, m, ["g"] * 3, "grpo"), [[o[0], o[0]], [o[1], 0.0], [o[2], 0.0]])
     mean = (1.0 + 0.5 + 0.2) / 3
-    close(compute_turn_advantages(r, m, ["g"] * 3, "grpo", std=False),
-          [[1.0 - mean, 1.0 - mean], [0.5 - mean, 0.0], [0.2 - mean, 0.0]])
+    close(
+        compute_turn_advantages(r, m, ["g"] * 3, "grpo", std=False),
+        [[1.0 - mean, 1.0 - mean], [0.5 - mean, 0.0], [0.2 - mean, 0.0]],
+    )
 
 
 def test_rloo():
@@ -90,8 +98,7 @@ def test_reinforce_pp_baseline_centres_per_group_then_whitens_the_batch():
     centred = [0.5, -0.5, 0.1, -0.1]
     w = z(centred)
     equal = StepInputs(turn_tokens=torch.full((4, 1), 5))  # rollouts of equal length: one value each
-    close(compute_turn_advantages(r, m, ["a", "a", "b", "b"], "reinforce_pp_baseline", inputs=equal),
-          [[v] for v in w])
+    close(compute_turn_advantages(r, m, ["a", "a", "b", "b"], "reinforce_pp_baseline", inputs=equal), [[v] for v in w])
 
 
 def test_reinforce_pp_baseline_whitens_over_generated_tokens_globally():
@@ -100,15 +107,18 @@ def test_reinforce_pp_baseline_whitens_over_generated_tokens_globally():
     r = torch.tensor([[1.0], [0.0], [0.4], [0.2]])
     m = torch.ones(4, 1, dtype=torch.bool)
     tokens = torch.tensor([[1], [9], [1], [1]])
-    adv = compute_turn_advantages(r, m, ["a", "a", "b", "b"], "reinforce_pp_baseline",
-                                  inputs=StepInputs(turn_tokens=tokens))
+    adv = compute_turn_advantages(
+        r, m, ["a", "a", "b", "b"], "reinforce_pp_baseline", inputs=StepInputs(turn_tokens=tokens)
+    )
     torch.testing.assert_close(adv, torch.tensor([[2.6502], [-0.5300], [1.3781], [0.7420]]), atol=1e-3, rtol=0)
     # Two ranks holding half the batch each whiten with the global statistics: the same values as one rank.
     halves = [(slice(0, 2), ["a", "a"]), (slice(2, 4), ["b", "b"])]
     sums = [0.0, 0.0, 0.0]
     for part, g in halves:  # first pass: collect each rank's sums
-        probe = StepInputs(turn_tokens=tokens[part], all_sum=lambda v: (sums.__setitem__(slice(None), [
-            a + b for a, b in zip(sums, v)]), v)[1])
+        probe = StepInputs(
+            turn_tokens=tokens[part],
+            all_sum=lambda v: (sums.__setitem__(slice(None), [a + b for a, b in zip(sums, v)]), v)[1],
+        )
         compute_turn_advantages(r[part], m[part], g, "reinforce_pp_baseline", inputs=probe)
     for part, g in halves:
         ranked = StepInputs(turn_tokens=tokens[part], all_sum=lambda v: list(sums))
@@ -123,7 +133,10 @@ def test_ablations():
     close(compute_turn_advantages(R, M, G, "igpo_ig_only"), [[a1, 0.0, 0.0], [b1 + b2, b2, 0.0]])
     oa, ob = z([1.0, 0.0])
     close(compute_turn_advantages(R, M, G, "igpo_outcome_only"), [[oa, oa, 0.0], [ob, ob, ob]])
-    close(compute_turn_advantages(R, M, G, "igpo_outcome_only", gamma=0.5), [[0.5 * oa, oa, 0.0], [0.25 * ob, 0.5 * ob, ob]])
+    close(
+        compute_turn_advantages(R, M, G, "igpo_outcome_only", gamma=0.5),
+        [[0.5 * oa, oa, 0.0], [0.25 * ob, 0.5 * ob, ob]],
+    )
 
 
 def test_gated_drops_ig_of_rollouts_below_the_threshold():
@@ -160,8 +173,14 @@ def test_outcome_weight_scales_the_outcome_before_normalisation():
 def test_options_registry_lists_exactly_the_keys_an_estimator_reads(estimator):
     # The config refuses a key the estimator does not read (`check_estimator_options`), so the registry must be
     # right both ways: changing a listed option changes the advantages, an unlisted one is refused by name.
-    changed = {"outcome_weight": 0.3, "ig_weight": 2.0, "gate_threshold": 0.0, "curriculum_steps": 10,
-               "gamma_min_weight": 0.5, "step": 50}
+    changed = {
+        "outcome_weight": 0.3,
+        "ig_weight": 2.0,
+        "gate_threshold": 0.0,
+        "curriculum_steps": 10,
+        "gamma_min_weight": 0.5,
+        "step": 50,
+    }
     assert set(changed) == set().union(*(e.options for e in ESTIMATORS.values()))
     inputs = StepInputs(turn_tokens=torch.ones_like(M, dtype=torch.long))
     opts = ESTIMATORS[estimator].options
@@ -169,8 +188,9 @@ def test_options_registry_lists_exactly_the_keys_an_estimator_reads(estimator):
     ref = compute_turn_advantages(R, M, G, estimator, norm="joint", std=False, inputs=inputs, **base)
     for key, value in changed.items():
         if key in opts and key != "step":
-            moved = compute_turn_advantages(R, M, G, estimator, norm="joint", std=False, inputs=inputs,
-                                            **{**base, key: value})
+            moved = compute_turn_advantages(
+                R, M, G, estimator, norm="joint", std=False, inputs=inputs, **{**base, key: value}
+            )
             assert not torch.allclose(ref, moved), (estimator, key)
         elif key not in opts:
             with pytest.raises(ValueError, match=f"has no option {key}"):
@@ -230,8 +250,14 @@ def test_std_normalisation_blows_ig_differences_at_noise_level_up_to_unit_advant
     assert raw.abs().max() < 2e-3
     # without std the advantages are the centred rewards, summed backwards: A_T = r_T - mean, A_1 = A_T + r_1 - mean
     mean = r.mean()
-    close(raw, [[(-0.001 - mean) + (0.0 - mean), 0.0 - mean], [(0.0005 - mean) + (0.0 - mean), 0.0 - mean],
-                [2 * (0.0 - mean), 0.0 - mean]])
+    close(
+        raw,
+        [
+            [(-0.001 - mean) + (0.0 - mean), 0.0 - mean],
+            [(0.0005 - mean) + (0.0 - mean), 0.0 - mean],
+            [2 * (0.0 - mean), 0.0 - mean],
+        ],
+    )
 
 
 @pytest.mark.parametrize("std", [True, False])
@@ -267,8 +293,9 @@ def test_scaled_separate_scales_ig_by_one_batch_wide_factor():
     # The factor is batch-wide: group q alone gets another one (mean |ñ_out| 1, its own IG).
     alone = StepInputs()
     compute_turn_advantages(R, M, G, "igpo", norm="scaled_separate", inputs=alone)
-    assert alone.stats["ig_scale"] == pytest.approx(min(10.0, (abs(oa) + abs(ob)) / 2 / (
-        (abs(ia) + abs(ib1) + abs(ib2)) / 3 + 1e-6)))
+    assert alone.stats["ig_scale"] == pytest.approx(
+        min(10.0, (abs(oa) + abs(ob)) / 2 / ((abs(ia) + abs(ib1) + abs(ib2)) / 3 + 1e-6))
+    )
     assert alone.stats["ig_scale"] != pytest.approx(s)
 
 
@@ -296,12 +323,14 @@ def test_raw_ig_divides_by_the_group_std_keeps_the_mean_and_adds_the_outcome():
     assert inputs.stats["gamma_effective"] == 0.0
     close(compute_turn_advantages(R, M, G, "igpo_ig_only", norm="raw_ig"), [[0.2 / s, 0.0, 0.0], [-0.1 / s, 0.0, 0.0]])
     # A single-rollout group: the outcome centres to 0, a single IG is divided by std 1.
-    one = compute_turn_advantages(torch.tensor([[0.3, 1.0]]), torch.ones(1, 2, dtype=torch.bool), ["a"], "igpo",
-                                  norm="raw_ig")
+    one = compute_turn_advantages(
+        torch.tensor([[0.3, 1.0]]), torch.ones(1, 2, dtype=torch.bool), ["a"], "igpo", norm="raw_ig"
+    )
     close(one, [[0.3 / (1 + 1e-6), 0.0]])
     # A group of equal outcomes: only IG moves the advantages.
-    eq = compute_turn_advantages(torch.tensor([[0.2, 1.0], [0.0, 1.0]]), torch.ones(2, 2, dtype=torch.bool), G,
-                                 "igpo", norm="raw_ig")
+    eq = compute_turn_advantages(
+        torch.tensor([[0.2, 1.0], [0.0, 1.0]]), torch.ones(2, 2, dtype=torch.bool), G, "igpo", norm="raw_ig"
+    )
     close(eq, [[0.2 / (0.1 + 1e-6), 0.0], [0.0, 0.0]])
 
 
@@ -314,18 +343,24 @@ def test_raw_ig_refuses_a_discount():
 
 def test_adaptive_gamma_by_number_of_turns():
     m = torch.tensor([[True, False, False], [True, True, False], [True, True, True]])
-    torch.testing.assert_close(adaptive_gamma(m, 0.95, 0.5), torch.tensor([0.95, 0.5 ** 0.5, 0.5 ** (1 / 3)]))
+    torch.testing.assert_close(adaptive_gamma(m, 0.95, 0.5), torch.tensor([0.95, 0.5**0.5, 0.5 ** (1 / 3)]))
     torch.testing.assert_close(adaptive_gamma(m, 0.95, 0.0), torch.tensor([0.95, 0.95, 0.95]))
     r = torch.tensor([[1.0, 0.0, 0.0], [0.2, 0.0, 0.0], [0.1, -0.1, 0.5]])
     inputs = StepInputs()
     adv = compute_turn_advantages(r, m, ["q"] * 3, "igpo", gamma=0.95, std=False, gamma_min_weight=0.5, inputs=inputs)
     mean = float(r[m].mean())
     c = {k: v - mean for k, v in {"a": 1.0, "b1": 0.2, "b2": 0.0, "c1": 0.1, "c2": -0.1, "c3": 0.5}.items()}
-    g2, g3 = 0.5 ** 0.5, 0.5 ** (1 / 3)
-    close(adv, [[c["a"], 0.0, 0.0], [c["b1"] + g2 * c["b2"], c["b2"], 0.0],
-                [c["c1"] + g3 * (c["c2"] + g3 * c["c3"]), c["c2"] + g3 * c["c3"], c["c3"]]])
+    g2, g3 = 0.5**0.5, 0.5 ** (1 / 3)
+    close(
+        adv,
+        [
+            [c["a"], 0.0, 0.0],
+            [c["b1"] + g2 * c["b2"], c["b2"], 0.0],
+            [c["c1"] + g3 * (c["c2"] + g3 * c["c3"]), c["c2"] + g3 * c["c3"], c["c3"]],
+        ],
+    )
     # the first turn of a 3-turn rollout keeps w of the last turn's reward: g3^2 * g3 = 0.5 over three turns
-    assert g3 ** 3 == pytest.approx(0.5)
+    assert g3**3 == pytest.approx(0.5)
     assert inputs.stats["gamma_effective"] == pytest.approx((0.95 + g2 + g3) / 3)
 
 

@@ -71,7 +71,7 @@ def test_aggregation_modes_and_microbatch_normalisers():
     # Split into micro-batches with the mini-batch normalisers, the parts add up to the whole.
     for mode in ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum"):
         whole = agg_loss(v, m, mode)
-        parts = sum(agg_loss(v[i:i + 1], m[i:i + 1], mode, num_seqs=2, num_tokens=4) for i in range(2))
+        parts = sum(agg_loss(v[i : i + 1], m[i : i + 1], mode, num_seqs=2, num_tokens=4) for i in range(2))
         assert parts == pytest.approx(float(whole))
 
 

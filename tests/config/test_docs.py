@@ -10,7 +10,8 @@ DOC = Path(__file__).resolve().parents[2] / "docs" / "config.md"
 
 def test_docs_config_md_is_what_the_generator_writes():
     assert DOC.read_text() == config_reference(), (
-        f"docs/config.md is out of date: run `{REFERENCE_COMMAND}` (make docs)")
+        f"docs/config.md is out of date: run `{REFERENCE_COMMAND}` (make docs)"
+    )
 
 
 def test_every_config_key_is_documented():

@@ -1,4 +1,5 @@
 """Greedy evaluation: batches of `trainer.eval_batch_size` questions, the same generations whatever the batch size."""
+
 from igpo.agent.build import make_chat_format, make_generator, make_toolbox
 from igpo.agent.generators import Generator
 from igpo.config import Config
@@ -23,9 +24,13 @@ def test_batch_size_changes_batches_not_generations(tokenizer, tiny_model, corpu
     examples = load_qa(qa_file)
     results, gens = {}, {}
     for bs in (1, 3):
-        cfg = Config.model_validate({"retrieval": {"corpus": str(corpus_file), "topk": 1},
-                                     "rollout": {"max_new_tokens": 12, "max_turns": 3},
-                                     "trainer": {"eval_batch_size": bs}})
+        cfg = Config.model_validate(
+            {
+                "retrieval": {"corpus": str(corpus_file), "topk": 1},
+                "rollout": {"max_new_tokens": 12, "max_turns": 3},
+                "trainer": {"eval_batch_size": bs},
+            }
+        )
         toolbox = make_toolbox(cfg)
         gens[bs] = Recording(make_generator(cfg, tiny_model, tokenizer.pad_token_id))
         results[bs] = evaluate(gens[bs], make_chat_format(cfg, tokenizer, toolbox), toolbox, examples, cfg)
@@ -44,13 +49,15 @@ def test_tool_calls_per_question_by_source(tokenizer, corpus_file, qa_file):
 
     call = '<tool_call>{{"name": "search", "arguments": {{"query": "{}"}}}}</tool_call>'
     # write_qa: q1 and q3 are source "toy2", q2 and q4 "toy"
-    scripts = {QUESTIONS[0][1]: [[call.format("Eiffel Tower")], [call.format("France capital")],
-                                 ["<answer>Paris</answer>"]],
-               QUESTIONS[1][1]: [["<answer>Rome</answer>"]],
-               QUESTIONS[2][1]: [[call.format("Big Ben")], ["<answer>London</answer>"]],
-               QUESTIONS[3][1]: [['<tool_call>{"name": "search"'], ["<answer>Rome</answer>"]]}
-    cfg = Config.model_validate({"retrieval": {"corpus": str(corpus_file), "topk": 1},
-                                 "rollout": {"max_new_tokens": 64, "max_turns": 4}})
+    scripts = {
+        QUESTIONS[0][1]: [[call.format("Eiffel Tower")], [call.format("France capital")], ["<answer>Paris</answer>"]],
+        QUESTIONS[1][1]: [["<answer>Rome</answer>"]],
+        QUESTIONS[2][1]: [[call.format("Big Ben")], ["<answer>London</answer>"]],
+        QUESTIONS[3][1]: [['<tool_call>{"name": "search"'], ["<answer>Rome</answer>"]],
+    }
+    cfg = Config.model_validate(
+        {"retrieval": {"corpus": str(corpus_file), "topk": 1}, "rollout": {"max_new_tokens": 64, "max_turns": 4}}
+    )
     toolbox = make_toolbox(cfg)
     fmt = make_chat_format(cfg, tokenizer, toolbox)
     res = evaluate(ScriptedGenerator(tokenizer, fmt, scripts), fmt, toolbox, load_qa(qa_file), cfg)
@@ -60,5 +67,8 @@ def test_tool_calls_per_question_by_source(tokenizer, corpus_file, qa_file):
     after = {**res, "by_source": {**res["by_source"], "toy": {**res["by_source"]["toy"], "tool_calls": 1.0}}}
     table = format_tool_calls({"before": res, "after": after}).splitlines()
     assert table[0].split() == ["tool", "calls", "/", "question", "before", "after"]
-    assert table[1:] == [f"{'toy':<21}      0.00      1.00", f"{'toy2':<21}      1.50      1.50",
-                         f"{'overall':<21}      0.75      0.75"]
+    assert table[1:] == [
+        f"{'toy':<21}      0.00      1.00",
+        f"{'toy2':<21}      1.50      1.50",
+        f"{'overall':<21}      0.75      0.75",
+    ]

@@ -5,8 +5,11 @@ from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logp
 from tests.conftest import make_tiny_llama
 
 
-@pytest.mark.parametrize("attn, probe", [("sdpa", [7, 8, 9, 10]), ("eager", [7, 8, 9, 10]), ("sdpa", [])],
-                         ids=["sdpa", "eager", "empty_probe"])
+@pytest.mark.parametrize(
+    "attn, probe",
+    [("sdpa", [7, 8, 9, 10]), ("eager", [7, 8, 9, 10]), ("sdpa", [])],
+    ids=["sdpa", "eager", "empty_probe"],
+)
 def test_packed_beliefs_match_reference(attn, probe):
     """`algorithm.belief_probe: ''` is a probe too: the answer right after the prefix."""
     model = make_tiny_llama(300, seed=1)
@@ -14,7 +17,9 @@ def test_packed_beliefs_match_reference(attn, probe):
     model.eval()
     g = torch.Generator().manual_seed(0)
     queries = []
-    for n, (length, prefixes, n_alias) in enumerate([(40, [10, 17, 30], 3), (25, [5, 25], 1), (60, [12, 20, 41, 55], 2)]):
+    for n, (length, prefixes, n_alias) in enumerate(
+        [(40, [10, 17, 30], 3), (25, [5, 25], 1), (60, [12, 20, 41, 55], 2)]
+    ):
         ids = torch.randint(3, 300, (length,), generator=g).tolist()
         answers = [torch.randint(3, 300, (1 + (k + n) % 4,), generator=g).tolist() for k in range(n_alias)]
         queries.append(BeliefQuery(ids, prefixes, answers))

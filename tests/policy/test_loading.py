@@ -35,18 +35,35 @@ def test_tokenizer_without_chat_template_gets_the_fallback(tokenizer):
 
 
 def test_lora_trains_only_the_adapter_and_checkpoints_it(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
-    cfg = load_config(None, [
-        f"model.path={tiny_model_dir}", "model.lora.enabled=true", "model.lora.r=4", f"retrieval.corpus={corpus_file}",
-        f"data.train={qa_file}", f"trainer.out_dir={tmp_path / 'run'}", "trainer.lr=1e-2", "trainer.steps=1",
-        "rollout.group_size=2", "rollout.questions_per_step=2", "rollout.max_turns=3", "algorithm.kl_coef=0.1",
-    ])
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny_model_dir}",
+            "model.lora.enabled=true",
+            "model.lora.r=4",
+            f"retrieval.corpus={corpus_file}",
+            f"data.train={qa_file}",
+            f"trainer.out_dir={tmp_path / 'run'}",
+            "trainer.lr=1e-2",
+            "trainer.steps=1",
+            "rollout.group_size=2",
+            "rollout.questions_per_step=2",
+            "rollout.max_turns=3",
+            "algorithm.kl_coef=0.1",
+        ],
+    )
     toolbox = make_toolbox(cfg)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FutureWarning)  # peft's deprecated-property probe is silenced at the source
         model, tok = load_policy(cfg.model)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    trainer = Trainer(cfg, model=model, tokenizer=tok, toolbox=toolbox,
-                      generator=ScriptedGenerator(tok, make_chat_format(cfg, tok, toolbox), SCRIPTS))
+    trainer = Trainer(
+        cfg,
+        model=model,
+        tokenizer=tok,
+        toolbox=toolbox,
+        generator=ScriptedGenerator(tok, make_chat_format(cfg, tok, toolbox), SCRIPTS),
+    )
     assert trainer.ref is None  # the reference is the base model with the adapter switched off
     (m,) = trainer.fit()
     assert m["kl"] >= 0

@@ -67,15 +67,17 @@ def test_scoring_only_the_masked_positions_agrees_with_the_reference_in_value_an
     score[2, 5] = True
     for temperature in (1.0, 0.7):
         model.zero_grad()
-        ref_lp, ref_ent = token_logprobs(model, ids, attn, start=1, with_entropy=True, entropy_grad=True,
-                                         temperature=temperature)
+        ref_lp, ref_ent = token_logprobs(
+            model, ids, attn, start=1, with_entropy=True, entropy_grad=True, temperature=temperature
+        )
         keep = score & attn.bool()
         keep[:, 0] = False
         ((ref_lp * keep).sum() + (ref_ent * keep).sum()).backward()
         ref_grad = [p.grad.clone() for p in model.parameters()]
         model.zero_grad()
-        lp, ent = token_logprobs(model, ids, attn, with_entropy=True, entropy_grad=True, temperature=temperature,
-                                 score_mask=score)
+        lp, ent = token_logprobs(
+            model, ids, attn, with_entropy=True, entropy_grad=True, temperature=temperature, score_mask=score
+        )
         assert lp.shape == ent.shape == ids.shape
         torch.testing.assert_close(lp[keep], ref_lp[keep], atol=1e-5, rtol=0)
         torch.testing.assert_close(ent[keep], ref_ent[keep], atol=1e-5, rtol=0)

@@ -1,4 +1,5 @@
 """The vLLM backend without vLLM: a fake engine with its own copy of the weights stands in for the real one."""
+
 import importlib.util
 
 import pytest
@@ -36,9 +37,10 @@ class FakeEngine:
             seq = torch.tensor([ctx + ids])
             with torch.no_grad():
                 # vLLM's processed log-probs: under the sampling temperature, as the trainer scores them
-                lp, _ = token_logprobs(self.model, seq, torch.ones_like(seq), start=len(ctx),
-                                       temperature=params.temperature or 1.0)
-            out.append((ids, (lp[0, len(ctx):] + self.offset).tolist()))
+                lp, _ = token_logprobs(
+                    self.model, seq, torch.ones_like(seq), start=len(ctx), temperature=params.temperature or 1.0
+                )
+            out.append((ids, (lp[0, len(ctx) :] + self.offset).tolist()))
         return out
 
     def load_weights(self, weights):
@@ -52,8 +54,9 @@ class FakeEngine:
         return {k: weight_fingerprint(params[k], self.dtype, n) for k in shapes if k in params}
 
 
-@pytest.mark.parametrize("failure, named", [("drop", "model.layers.0.self_attn.o_proj.weight"),
-                                            ("stale", "model.embed_tokens.weight")])
+@pytest.mark.parametrize(
+    "failure, named", [("drop", "model.layers.0.self_attn.o_proj.weight"), ("stale", "model.embed_tokens.weight")]
+)
 def test_a_push_that_did_not_land_is_an_error(tiny_model, failure, named):
     engine = FakeEngine(tiny_model, drop=[named] if failure == "drop" else (), stale=failure == "stale")
     gen = VLLMGenerator(engine)
@@ -79,8 +82,16 @@ def test_missing_vllm_is_a_clear_error():
 
 
 def _trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, *extra, offset=-1.0):
-    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "rollout.backend=vllm", "algorithm.kl_coef=0",
-                   "trainer.steps=2", *extra)
+    cfg = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        corpus_file,
+        qa_file,
+        "rollout.backend=vllm",
+        "algorithm.kl_coef=0",
+        "trainer.steps=2",
+        *extra,
+    )
     toolbox = make_toolbox(cfg)
     scripted = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
     engine = FakeEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), scripted, torch.float32, offset)
@@ -114,14 +125,22 @@ def test_tis_without_rollout_logprobs_is_a_config_error(tmp_path, tiny_model_dir
 
 
 @pytest.mark.integration
-def test_an_episode_without_turns_keeps_the_batchs_sampling_logprobs(tmp_path, tiny_model_dir, corpus_file, qa_file,
-                                                                    tokenizer):
+def test_an_episode_without_turns_keeps_the_batchs_sampling_logprobs(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer
+):
     # The longest prompt alone fills the context: that question's episodes have no turn, the others generate.
     lengths = prompt_lengths(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer)
     full = max(lengths)
     assert sorted(lengths)[-2] < full
-    trainer = _trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, "algorithm.tis_cap=1.5",
-                       f"rollout.max_context={full}")
+    trainer = _trainer(
+        tmp_path,
+        tiny_model_dir,
+        corpus_file,
+        qa_file,
+        tokenizer,
+        "algorithm.tis_cap=1.5",
+        f"rollout.max_context={full}",
+    )
     rows = trainer.fit()  # two steps: all four questions, one of them without turns
     assert sum(r["finish"].get("max_context", 0) for r in rows) >= 3
     for r in rows:

@@ -1,4 +1,5 @@
 """The report of partial runs (no IG, no eval, no samples, a cut-off last line), escaping, and bad run folders."""
+
 import json
 
 import pytest
@@ -8,9 +9,18 @@ from igpo.cli import app
 from igpo.report.build import _changed_answers, build_report
 from igpo.report.runlog import RunFileError, RunLog, flatten, read_jsonl
 
-GRPO_ROW = {"outcome_reward": 0.2, "f1": 0.3, "em": 0.1, "kl": 0.01, "entropy": 1.5, "format_error_rate": 0.5,
-            "tool_error_rate": 0.0, "zero_variance_groups": 0.25, "seconds": {"rollout": 2.0, "update": 1.0},
-            "tokens_per_s": {"rollout": 50.0, "update": None}}
+GRPO_ROW = {
+    "outcome_reward": 0.2,
+    "f1": 0.3,
+    "em": 0.1,
+    "kl": 0.01,
+    "entropy": 1.5,
+    "format_error_rate": 0.5,
+    "tool_error_rate": 0.0,
+    "zero_variance_groups": 0.25,
+    "seconds": {"rollout": 2.0, "update": 1.0},
+    "tokens_per_s": {"rollout": 50.0, "update": None},
+}
 
 
 def write_run(path, n_steps=3, cut_last=False):
@@ -29,8 +39,8 @@ def test_a_grpo_run_without_eval_or_samples(tmp_path):
     assert 'alt="Outcome reward"' in html and 'alt="Tokens per second"' in html
     assert "IG per turn" not in html and "Belief p" not in html  # GRPO: no beliefs were scored
     assert "No evaluation in this run" in html and "No trajectory samples" in html
-    assert ">3</div><div class=\"k\">steps logged" in html  # the cut-off line dropped
-    assert "0.300 → 0.300</div><div class=\"k\">rollout F1, first → last step (each on its own questions)" in html
+    assert '>3</div><div class="k">steps logged' in html  # the cut-off line dropped
+    assert '0.300 → 0.300</div><div class="k">rollout F1, first → last step (each on its own questions)' in html
     assert "dev F1, greedy" not in html  # no held-out evaluation, no card that pretends one
 
 
@@ -38,12 +48,41 @@ def test_demo_results_and_model_text_are_escaped(tmp_path):
     run = write_run(tmp_path / "run")
     evil = "</script><script>alert(1)</script><img src=x>"
     before, after = ({"n": 2, "f1": f1, "em": f1, "format_error_rate": 0.5, "tool_calls": 1.0} for f1 in (0.1, 0.4))
-    (run / "demo.json").write_text(json.dumps({"before": {"overall": before, "by_source": {"nq": before}},
-                                               "after": {"overall": after, "by_source": {"nq": after}}}))
-    turn = {"kind": "answer", "text": evil, "tool": None, "arguments": {}, "call_error": None, "tool_result": None,
-            "tool_error": None, "belief": None, "ig": None, "advantage": 0.0, "generated_tokens": 3}
-    sample = {"step": 0, "group": 0, "id": "q", "source": "nq", "question": evil, "golds": [evil], "p0": None,
-              "turns": [turn], "answer": evil, "finish": "answer", "f1": 0.0, "outcome": 0.0}
+    (run / "demo.json").write_text(
+        json.dumps(
+            {
+                "before": {"overall": before, "by_source": {"nq": before}},
+                "after": {"overall": after, "by_source": {"nq": after}},
+            }
+        )
+    )
+    turn = {
+        "kind": "answer",
+        "text": evil,
+        "tool": None,
+        "arguments": {},
+        "call_error": None,
+        "tool_result": None,
+        "tool_error": None,
+        "belief": None,
+        "ig": None,
+        "advantage": 0.0,
+        "generated_tokens": 3,
+    }
+    sample = {
+        "step": 0,
+        "group": 0,
+        "id": "q",
+        "source": "nq",
+        "question": evil,
+        "golds": [evil],
+        "p0": None,
+        "turns": [turn],
+        "answer": evil,
+        "finish": "answer",
+        "f1": 0.0,
+        "outcome": 0.0,
+    }
     (run / "samples.jsonl").write_text(json.dumps(sample) + "\n")
     (run / "config.yaml").write_text("model:\n  path: <b>bold</b>\n")
     html = build_report(run).read_text()
@@ -59,16 +98,39 @@ def test_answers_that_changed_are_listed_with_both_answers_largest_change_first(
     run = write_run(tmp_path / "run")
 
     def row(qid, answer, f1):
-        return {"id": qid, "source": "vfb/code", "question": f"What is the code of {qid}?", "golds": [f".{qid}"],
-                "answer": answer, "f1": f1, "em": f1}
+        return {
+            "id": qid,
+            "source": "vfb/code",
+            "question": f"What is the code of {qid}?",
+            "golds": [f".{qid}"],
+            "answer": answer,
+            "f1": f1,
+            "em": f1,
+        }
 
-    before = [row("ng", ".ng", 1.0), row("tg", ".tg", 1.0), row("bi", ".bi", 0.0), row("mf", "Mali", 0.0),
-              row("hn", ".hn", 1.0)]
-    after = [row("ng", "Nigeria internet country code", 0.0), row("tg", ".tg", 1.0), row("bi", "Burundi franc", 0.0),
-             row("mf", "<i>mf</i>", 0.5), row("hn", ".hn", 1.0)]
+    before = [
+        row("ng", ".ng", 1.0),
+        row("tg", ".tg", 1.0),
+        row("bi", ".bi", 0.0),
+        row("mf", "Mali", 0.0),
+        row("hn", ".hn", 1.0),
+    ]
+    after = [
+        row("ng", "Nigeria internet country code", 0.0),
+        row("tg", ".tg", 1.0),
+        row("bi", "Burundi franc", 0.0),
+        row("mf", "<i>mf</i>", 0.5),
+        row("hn", ".hn", 1.0),
+    ]
     summary = {"n": 5, "f1": 0.5, "em": 0.5, "format_error_rate": 0.0, "tool_calls": 2.0}
-    (run / "demo.json").write_text(json.dumps({"before": {"overall": summary, "by_source": {}, "rows": before},
-                                               "after": {"overall": summary, "by_source": {}, "rows": after}}))
+    (run / "demo.json").write_text(
+        json.dumps(
+            {
+                "before": {"overall": summary, "by_source": {}, "rows": before},
+                "after": {"overall": summary, "by_source": {}, "rows": after},
+            }
+        )
+    )
     html = build_report(run).read_text()
     table = html.split('<table class="changed">')[1].split("</table>")[0]
     assert "Answers that changed: 3 of 5 questions, 1 gained F1, 1 lost it, 1 kept it" in table
@@ -135,9 +197,13 @@ def test_demo_table_shows_tool_calls_per_question_by_source_before_and_after(tmp
         return {"n": 4, "f1": 0.5, "em": 0.5, "format_error_rate": 0.0, "tool_calls": calls}
 
     def evaluation(single, three):
-        return {"overall": summary((single + three) / 2),
-                "by_source": {"vitalfactbook/factbook_field": summary(single),
-                              "vitalfactbook/place_neighbour_attribute": summary(three)}}
+        return {
+            "overall": summary((single + three) / 2),
+            "by_source": {
+                "vitalfactbook/factbook_field": summary(single),
+                "vitalfactbook/place_neighbour_attribute": summary(three),
+            },
+        }
 
     (run / "demo.json").write_text(json.dumps({"before": evaluation(2.0, 2.0), "after": evaluation(1.25, 3.0)}))
     html = build_report(run).read_text()

@@ -1,4 +1,5 @@
 """Trajectory records: the beliefs, IG and advantages of each turn, as the trainer computed them."""
+
 import json
 
 import pytest
@@ -14,11 +15,23 @@ from igpo.report.records import sample_records, trajectory_record
 def three_turns(beliefs=None, group=7) -> Trajectory:
     ex = QAExample("q1", "Where is the Eiffel Tower?", ["Paris", "Paris, France"], "toy")
     turns = [
-        Turn(10, 14, 30, '<tool_call>{"name": "search", "arguments": {"query": "Eiffel"}}</tool_call>',
-             Action("tool_call", name="search", arguments={"query": "Eiffel"}),
-             tool_result="[1] Eiffel Tower: in Paris"),
-        Turn(30, 33, 50, '<tool_call>{"name": "lookup"}</tool_call>', Action("tool_call", name="lookup"),
-             tool_result="unknown tool lookup", tool_error="unknown_tool"),
+        Turn(
+            10,
+            14,
+            30,
+            '<tool_call>{"name": "search", "arguments": {"query": "Eiffel"}}</tool_call>',
+            Action("tool_call", name="search", arguments={"query": "Eiffel"}),
+            tool_result="[1] Eiffel Tower: in Paris",
+        ),
+        Turn(
+            30,
+            33,
+            50,
+            '<tool_call>{"name": "lookup"}</tool_call>',
+            Action("tool_call", name="lookup"),
+            tool_result="unknown tool lookup",
+            tool_error="unknown_tool",
+        ),
         Turn(50, 55, 56, "<answer>Paris</answer>", Action("answer", answer="Paris")),
     ]
     return Trajectory(ex, group, list(range(56)), 10, turns, finish="answer", beliefs=beliefs)

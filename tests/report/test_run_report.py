@@ -1,4 +1,5 @@
 """Integration: a tiny IGPO run leaves samples and TensorBoard scalars, and its report renders in headless Chromium."""
+
 import json
 import math
 from pathlib import Path
@@ -24,14 +25,32 @@ def run_dir(tmp_path_factory, tokenizer) -> Path:
     tmp = tmp_path_factory.mktemp("report")
     corpus, qa = tmp / "corpus.jsonl", tmp / "qa.jsonl"
     corpus.write_text("".join(json.dumps({"id": i, "contents": f"{t}\n{x}"}) + "\n" for i, t, x in FACTS))
-    qa.write_text("".join(json.dumps({"id": i, "question": q, "answers": a, "source": f"toy{n % 2}"}) + "\n"
-                          for n, (i, q, a) in enumerate(QUESTIONS)))
-    cfg = make_cfg(tmp, "unused", corpus, qa, "trainer.steps=2", f"data.eval={qa}", "trainer.eval_every=1",
-                   "trainer.eval_size=2", "trainer.log_samples=6")
+    qa.write_text(
+        "".join(
+            json.dumps({"id": i, "question": q, "answers": a, "source": f"toy{n % 2}"}) + "\n"
+            for n, (i, q, a) in enumerate(QUESTIONS)
+        )
+    )
+    cfg = make_cfg(
+        tmp,
+        "unused",
+        corpus,
+        qa,
+        "trainer.steps=2",
+        f"data.eval={qa}",
+        "trainer.eval_every=1",
+        "trainer.eval_size=2",
+        "trainer.log_samples=6",
+    )
     toolbox = make_toolbox(cfg)
     fmt = make_chat_format(cfg, tokenizer, toolbox)
-    Trainer(cfg, model=make_tiny_llama(len(tokenizer)), tokenizer=tokenizer, toolbox=toolbox,
-            generator=ScriptedGenerator(tokenizer, fmt, SCRIPTS)).fit()
+    Trainer(
+        cfg,
+        model=make_tiny_llama(len(tokenizer)),
+        tokenizer=tokenizer,
+        toolbox=toolbox,
+        generator=ScriptedGenerator(tokenizer, fmt, SCRIPTS),
+    ).fit()
     return tmp / "run"
 
 
@@ -65,8 +84,14 @@ def test_tensorboard_scalars_beside_metrics(run_dir):
 def test_report_holds_plots_tables_and_samples(run_dir, tmp_path):
     html = build_report(run_dir, tmp_path / "r.html").read_text()
     assert html.count('<img alt="') >= 10 and html.count('src="data:image/png;base64,') >= 10
-    for title in ("Outcome reward", "IG per turn index", "Share of zero-variance groups", "KL to the reference",
-                  "Tokens per second", "Greedy evaluation F1"):
+    for title in (
+        "Outcome reward",
+        "IG per turn index",
+        "Share of zero-variance groups",
+        "KL to the reference",
+        "Tokens per second",
+        "Greedy evaluation F1",
+    ):
         assert f'alt="{title}' in html
     assert "step 1 → step 2 (eval.jsonl)" in html and "<td>toy0</td>" in html
     evals = [json.loads(line)["overall"]["f1"] for line in (run_dir / "eval.jsonl").read_text().splitlines()]

@@ -1,4 +1,5 @@
 """Weights & Biases beside TensorBoard: offline unless the user sets a key, and one wandb run across a resume."""
+
 import json
 from pathlib import Path
 
@@ -27,10 +28,10 @@ def wandb_records(run_file: Path):
         if block - pos % block < 7:  # a block's tail too short for a header is padding
             pos += block - pos % block
             continue
-        length, kind = int.from_bytes(data[pos + 4:pos + 6], "little"), data[pos + 6]
+        length, kind = int.from_bytes(data[pos + 4 : pos + 6], "little"), data[pos + 6]
         if kind == 0:
             break
-        chunk = data[pos + 7:pos + 7 + length]
+        chunk = data[pos + 7 : pos + 7 + length]
         pos += 7 + length
         buf = chunk if kind in (1, 2) else buf + chunk
         if kind in (1, 4):
@@ -44,8 +45,11 @@ def history(run_dir: Path) -> tuple[str, list[dict]]:
     (run_file,) = run_dir.glob("run-*.wandb")
     records = list(wandb_records(run_file))
     (run,) = [r.run for r in records if r.WhichOneof("record_type") == "run"]
-    rows = [{item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
-            for r in records if r.WhichOneof("record_type") == "history"]
+    rows = [
+        {item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in r.history.item}
+        for r in records
+        if r.WhichOneof("record_type") == "history"
+    ]
     return run.run_id, rows
 
 
@@ -59,11 +63,14 @@ def test_offline_unless_the_user_sets_a_key(monkeypatch):
     assert wandb_mode() == "disabled"
 
 
-@pytest.mark.parametrize("override, fragment", [
-    ("trainer.tensorboard=false", "`tensorboard` was replaced by `loggers`"),
-    ("trainer.loggers=[tensorboard]", "`loggers` must include jsonl"),
-    ("trainer.loggers=[jsonl,mlflow]", "trainer.loggers.1"),
-])
+@pytest.mark.parametrize(
+    "override, fragment",
+    [
+        ("trainer.tensorboard=false", "`tensorboard` was replaced by `loggers`"),
+        ("trainer.loggers=[tensorboard]", "`loggers` must include jsonl"),
+        ("trainer.loggers=[jsonl,mlflow]", "trainer.loggers.1"),
+    ],
+)
 def test_logger_settings_that_are_refused(override, fragment):
     with pytest.raises(ConfigError, match=fragment):
         load_config(None, [override])
@@ -77,15 +84,27 @@ def test_a_resumed_run_continues_the_same_wandb_run(tmp_path, monkeypatch, token
         monkeypatch.delenv(var, raising=False)
     for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):
         monkeypatch.setenv(var, str(tmp_path / "wandb-home"))
-    cfg = make_cfg(tmp_path, "unused", corpus_file, qa_file, "trainer.loggers=[jsonl,wandb]", "trainer.save_every=1",
-                   "trainer.wandb.tags=[test]")
+    cfg = make_cfg(
+        tmp_path,
+        "unused",
+        corpus_file,
+        qa_file,
+        "trainer.loggers=[jsonl,wandb]",
+        "trainer.save_every=1",
+        "trainer.wandb.tags=[test]",
+    )
     model = make_tiny_llama(len(tokenizer))
 
     def trainer(steps: int) -> Trainer:
         c = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"steps": steps})})
         toolbox = make_toolbox(c)
-        return Trainer(c, model=model, tokenizer=tokenizer, toolbox=toolbox,
-                       generator=ScriptedGenerator(tokenizer, make_chat_format(c, tokenizer, toolbox), SCRIPTS))
+        return Trainer(
+            c,
+            model=model,
+            tokenizer=tokenizer,
+            toolbox=toolbox,
+            generator=ScriptedGenerator(tokenizer, make_chat_format(c, tokenizer, toolbox), SCRIPTS),
+        )
 
     # wandb.finish() leaves the closing of the run's files to its service: teardown waits for it
     trainer(2).fit()

@@ -1,4 +1,5 @@
 """Shared fixtures: a small corpus written here, its BM25 index, and real servers on free loopback ports."""
+
 from __future__ import annotations
 
 import json

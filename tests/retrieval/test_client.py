@@ -1,4 +1,5 @@
 """The HTTP client against the real server, and against a small misbehaving server written here."""
+
 from __future__ import annotations
 
 import json
@@ -163,7 +164,9 @@ def test_slow_server_times_out(misbehaving, tmp_path):
         assert client.stats()["timeouts"] == 2 and client.stats()["failures"] == 1
 
 
-@pytest.mark.parametrize("mode, counter", [("500", "http_errors"), ("garbage", "bad_responses"), ("shape", "bad_responses")])
+@pytest.mark.parametrize(
+    "mode, counter", [("500", "http_errors"), ("garbage", "bad_responses"), ("shape", "bad_responses")]
+)
 def test_errors_and_garbage_are_retried_then_counted(misbehaving, tmp_path, mode, counter):
     bad = misbehaving(mode)
     with HTTPRetriever(bad.url, cache_dir=tmp_path, **FAST) as client:

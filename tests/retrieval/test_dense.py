@@ -1,4 +1,5 @@
 """Dense indexes (sentence-transformers + FAISS) with the packaged all-MiniLM-L6-v2 encoder, loaded offline."""
+
 from __future__ import annotations
 
 import shutil

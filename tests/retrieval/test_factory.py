@@ -1,4 +1,5 @@
 """The config chooses the retriever: embedded BM25, a saved index, or HTTP."""
+
 from __future__ import annotations
 
 import pytest

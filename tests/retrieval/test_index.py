@@ -1,4 +1,5 @@
 """Saved BM25 indexes: same results as the embedded index, metadata, corpus checks, the build command."""
+
 from __future__ import annotations
 
 import json
@@ -67,7 +68,9 @@ def test_cli_build(corpus_path, tmp_path):
     from igpo.cli import app
 
     out = tmp_path / "idx"
-    result = CliRunner().invoke(app, ["index", "build", "--corpus", str(corpus_path), "--kind", "bm25", "--out", str(out)])
+    result = CliRunner().invoke(
+        app, ["index", "build", "--corpus", str(corpus_path), "--kind", "bm25", "--out", str(out)]
+    )
     assert result.exit_code == 0, result.output
     assert json.loads((out / "meta.json").read_text())["kind"] == "bm25"
     again = CliRunner().invoke(app, ["index", "build", "--corpus", str(corpus_path), "--out", str(out)])

@@ -1,4 +1,5 @@
 """The retrieval server, started for real on a loopback port: Search-R1 format, bounds, API key, batching."""
+
 from __future__ import annotations
 
 import threading

@@ -1,5 +1,6 @@
 """The web_search tool: Serper's format against a fake Serper server written here, the local stand-in, the
 cache, the budget, the 3-query cap, and an API key that never reaches a file the run writes."""
+
 from __future__ import annotations
 
 import json
@@ -59,8 +60,10 @@ class FakeSerper:
                 owner.requests.append((dict(self.headers), body))
                 given = self.headers.get("x-api-key")
                 if given != KEY:
-                    return self._send(401 if given is None else 403, {"message": "Unauthorized.",
-                                                                      "statusCode": 401 if given is None else 403})
+                    return self._send(
+                        401 if given is None else 403,
+                        {"message": "Unauthorized.", "statusCode": 401 if given is None else 403},
+                    )
                 mode = owner.script[min(len(owner.requests), len(owner.script)) - 1]
                 if mode in ERRORS:
                     status, message = ERRORS[mode]
@@ -87,8 +90,12 @@ class FakeSerper:
     def answer(self, q: str, num: int) -> dict:
         hits = self.bm25.search([q], num)[0]
         organic = [{"title": h.title, "link": link(h), "snippet": h.text, "position": k} for k, h in enumerate(hits, 1)]
-        return {"searchParameters": {"q": q, "type": "search", "num": num, "engine": "google"},
-                "organic": organic, "relatedSearches": [{"query": q + " more"}], "credits": 1}
+        return {
+            "searchParameters": {"q": q, "type": "search", "num": num, "engine": "google"},
+            "organic": organic,
+            "relatedSearches": [{"query": q + " more"}],
+            "credits": 1,
+        }
 
     def close(self):
         self.httpd.shutdown()
@@ -111,8 +118,9 @@ def serper(passages):
 def web(server, cache_dir=None, max_calls=None, key=KEY, **http) -> WebSearch:
     backend = SerperRetriever(key, server.url, **{**FAST, **http})
     cache = ResultCache(cache_dir) if cache_dir is not None else None
-    return WebSearch(backend, name="serper", cache=cache, source=f"serper:{server.url}", max_calls=max_calls,
-                     cost_per_call=0.001)
+    return WebSearch(
+        backend, name="serper", cache=cache, source=f"serper:{server.url}", max_calls=max_calls, cost_per_call=0.001
+    )
 
 
 def call(*queries) -> Action:
@@ -124,9 +132,13 @@ def test_parse_serper_answers():
         "searchParameters": {"q": "eiffel tower", "type": "search", "engine": "google"},
         "knowledgeGraph": {"title": "Eiffel Tower", "description": "ignored"},
         "organic": [
-            {"title": "Eiffel Tower - Wikipedia", "link": "https://en.wikipedia.org/wiki/Eiffel_Tower",
-             "snippet": "The Eiffel Tower is a wrought-iron lattice tower.", "position": 1,
-             "sitelinks": [{"title": "History", "link": "https://x"}]},
+            {
+                "title": "Eiffel Tower - Wikipedia",
+                "link": "https://en.wikipedia.org/wiki/Eiffel_Tower",
+                "snippet": "The Eiffel Tower is a wrought-iron lattice tower.",
+                "position": 1,
+                "sitelinks": [{"title": "History", "link": "https://x"}],
+            },
             {"title": "No snippet", "link": "https://example.org/a", "position": 2},
             {"title": "Third", "link": "https://example.org/b", "snippet": "c", "position": 3},
         ],
@@ -135,12 +147,17 @@ def test_parse_serper_answers():
     }
     [hits] = parse_serper(answer, 1, 2)  # a single object for one query; cut to topk
     assert [(h.title, h.url, h.text) for h in hits] == [
-        ("Eiffel Tower - Wikipedia", "https://en.wikipedia.org/wiki/Eiffel_Tower",
-         "The Eiffel Tower is a wrought-iron lattice tower."),
+        (
+            "Eiffel Tower - Wikipedia",
+            "https://en.wikipedia.org/wiki/Eiffel_Tower",
+            "The Eiffel Tower is a wrought-iron lattice tower.",
+        ),
         ("No snippet", "https://example.org/a", ""),
     ]
-    assert render_hits(hits) == ("[1] Eiffel Tower - Wikipedia (https://en.wikipedia.org/wiki/Eiffel_Tower): "
-                                 "The Eiffel Tower is a wrought-iron lattice tower.\n[2] No snippet (https://example.org/a): ")
+    assert render_hits(hits) == (
+        "[1] Eiffel Tower - Wikipedia (https://en.wikipedia.org/wiki/Eiffel_Tower): "
+        "The Eiffel Tower is a wrought-iron lattice tower.\n[2] No snippet (https://example.org/a): "
+    )
     assert parse_serper([answer, {"searchParameters": {}}], 2, 5)[1] == []  # no organic results
     with pytest.raises(ValueError, match="list of 2"):
         parse_serper([answer], 2, 3)
@@ -171,8 +188,13 @@ def test_serper_batch_renders_title_url_snippet(serper, passages):
 
 def test_query_cap_and_argument_checks(passages):
     box = Toolbox([WebSearchTool(WebSearch(BM25Retriever(passages), name="local"), max_queries=3)])
-    bad = [call("a", "b", "c", "d"), call(), Action(kind="tool_call", name="web_search", arguments={"query": "Paris"}),
-           call("Paris", 3), call("Paris", "  ")]
+    bad = [
+        call("a", "b", "c", "d"),
+        call(),
+        Action(kind="tool_call", name="web_search", arguments={"query": "Paris"}),
+        call("Paris", 3),
+        call("Paris", "  "),
+    ]
     res = box.execute(bad + [call("a", "b", "capital city")])
     assert [r.error for r in res] == ["bad_arguments"] * 5 + [None]
     assert [r.text for r in res[:5]] == [
@@ -190,10 +212,13 @@ def test_query_cap_and_argument_checks(passages):
 def test_local_backend_renders_like_the_search_tool_and_like_serper(serper, passages):
     local = BM25Retriever(passages)
     queries = ["capital of France", "who composed La boheme", "zzzz qqqq"]
-    web_text = Toolbox([WebSearchTool(WebSearch(local, name="local"), topk=3, max_words=6)]).execute([call(*queries)])[0].text
+    web_text = (
+        Toolbox([WebSearchTool(WebSearch(local, name="local"), topk=3, max_words=6)]).execute([call(*queries)])[0].text
+    )
     search_box = Toolbox([SearchTool(local, topk=3, max_words=6)])
-    blocks = [search_box.execute([Action(kind="tool_call", name="search", arguments={"query": q})])[0].text
-              for q in queries]
+    blocks = [
+        search_box.execute([Action(kind="tool_call", name="search", arguments={"query": q})])[0].text for q in queries
+    ]
     assert web_text == "\n\n".join(f"Query: {q}\n{b}" for q, b in zip(queries, blocks))
     # Serper answering with the same documents: the same text, plus each result's URL.
     server = serper()
@@ -208,8 +233,10 @@ def test_cache_replays_without_calls_after_the_server_stops(serper, tmp_path):
     server = serper()
     first = WebSearchTool(web(server, tmp_path), topk=3)
     a = first.run_batch([{"query": ["capital of France", "Puccini"]}, {"query": ["Puccini"]}])
-    assert len(server.requests) == 1 and server.requests[0][1] == [{"q": "capital of France", "num": 3},
-                                                                    {"q": "Puccini", "num": 3}]
+    assert len(server.requests) == 1 and server.requests[0][1] == [
+        {"q": "capital of France", "num": 3},
+        {"q": "Puccini", "num": 3},
+    ]
     assert first.stats()["calls"] == 2 and first.stats()["cache_hits"] == 1  # the repeat in the batch
     again = first.run_batch([{"query": ["Puccini"]}])
     assert again[0].text == a[1].text and len(server.requests) == 1
@@ -230,8 +257,10 @@ def test_budget_exhaustion_is_told_to_the_policy_and_the_run_goes_on(serper, tmp
     box = Toolbox([tool])
     r1, r2 = box.execute([call("capital of France", "Puccini"), call("highest mountain")])
     assert r1.error is None and r2.error == "budget_exhausted"
-    assert r2.text == "Query: highest mountain\nSearch budget exhausted: no more web searches in this run. " \
-                      "Answer with what you know."
+    assert (
+        r2.text == "Query: highest mountain\nSearch budget exhausted: no more web searches in this run. "
+        "Answer with what you know."
+    )
     # Spent: what is cached is still answered; what is not gets the budget message; no request goes out.
     r3, r4 = box.execute([call("Puccini"), call("Puccini", "river through Vienna")])
     assert r3.error is None and "Giacomo Puccini" in r3.text
@@ -252,18 +281,24 @@ def test_429_waits_for_retry_after_then_succeeds(serper):
     assert http["rate_limited"] == 1 and http["retries"] == 1 and http.get("failures", 0) == 0
 
 
-@pytest.mark.parametrize("script, key, requests, counter", [
-    (("429",), KEY, 3, "rate_limited"),     # retried, then a failure
-    (("500",), KEY, 3, "http_errors"),
-    (("400",), KEY, 1, "refused"),          # no credits: another attempt gets the same answer
-    (("ok",), "wrong-key", 1, "refused"),   # 403
-])
+@pytest.mark.parametrize(
+    "script, key, requests, counter",
+    [
+        (("429",), KEY, 3, "rate_limited"),  # retried, then a failure
+        (("500",), KEY, 3, "http_errors"),
+        (("400",), KEY, 1, "refused"),  # no credits: another attempt gets the same answer
+        (("ok",), "wrong-key", 1, "refused"),  # 403
+    ],
+)
 def test_failures_are_observations_and_refund_the_budget(serper, script, key, requests, counter):
     server = serper(*script, retry_after="0")
     tool = WebSearchTool(web(server, max_calls=5, key=key))
     [res] = Toolbox([tool]).execute([call("Puccini", "Danube")])
-    assert res.error == "tool_failed" and res.text == "Query: Puccini\nSearch failed. Try again or answer.\n\n" \
-                                                      "Query: Danube\nSearch failed. Try again or answer."
+    assert (
+        res.error == "tool_failed"
+        and res.text
+        == "Query: Puccini\nSearch failed. Try again or answer.\n\nQuery: Danube\nSearch failed. Try again or answer."
+    )
     s = tool.stats()
     assert len(server.requests) == requests and s["backend_stats"][counter] >= 1 and s["backend_stats"]["failures"] == 1
     assert (s["failed"], s["calls"], s["budget_left"], s["estimated_spend"]) == (2, 0, 5, 0)
@@ -275,14 +310,19 @@ def test_factory_and_config_errors(serper, corpus_path, tmp_path, monkeypatch):
     local = make_web_search(RetrievalConfig(tool="web_search", corpus=str(corpus_path)))
     assert local.name == "local" and isinstance(local.backend, BM25Retriever) and local.cache is None
     monkeypatch.setenv("IGPO_TEST_SERPER_KEY", KEY)
-    cfg = RetrievalConfig(tool="web_search", cache_dir=str(tmp_path),
-                          web={"backend": "serper", "endpoint": server.url, "api_key_env": "IGPO_TEST_SERPER_KEY"})
+    cfg = RetrievalConfig(
+        tool="web_search",
+        cache_dir=str(tmp_path),
+        web={"backend": "serper", "endpoint": server.url, "api_key_env": "IGPO_TEST_SERPER_KEY"},
+    )
     remote = make_web_search(cfg)
     assert remote.cache.directory == tmp_path and remote.source == f"serper:{server.url}"
     assert remote.search(["Puccini"], 1)[0].hits[0].url == "https://kb.test/p7"
     assert make_web_search(cfg.model_copy(update={"cache": False})).cache is None
     with pytest.raises(ConfigError, match=r"retrieval\.web\.api_key_env: .*IGPO_SURELY_UNSET_KEY"):
-        make_web_search(cfg.model_copy(update={"web": cfg.web.model_copy(update={"api_key_env": "IGPO_SURELY_UNSET_KEY"})}))
+        make_web_search(
+            cfg.model_copy(update={"web": cfg.web.model_copy(update={"api_key_env": "IGPO_SURELY_UNSET_KEY"})})
+        )
     with pytest.raises(ConfigError, match="retrieval.web.max_queries"):
         load_config(None, ["retrieval.web.max_queries=0"])
 
@@ -301,16 +341,35 @@ def test_a_training_run_never_writes_the_key(serper, tmp_path, tiny_model_dir, q
     caplog.set_level(logging.DEBUG)
     server = serper("429", "500", "ok", retry_after="0")  # failures put error messages in the logs too
     run = tmp_path / "run"
-    cfg = load_config(None, [
-        f"model.path={tiny_model_dir}", f"data.train={qa_file}", f"trainer.out_dir={run}", "trainer.steps=1",
-        "rollout.group_size=2", "rollout.questions_per_step=2", "rollout.max_turns=3", "rollout.max_new_tokens=200",
-        "retrieval.tool=web_search", "retrieval.web.backend=serper", f"retrieval.web.endpoint={server.url}",
-        "retrieval.web.api_key_env=IGPO_TEST_SERPER_KEY", f"retrieval.cache_dir={run / 'search-cache'}",
-        "retrieval.backoff_s=0.01", "retrieval.web.max_calls=2", "algorithm.kl_coef=0.01",
-    ])
-    scripts = {q: [[SEARCH.format(json.dumps(["Eiffel Tower", "capital of France"]))],
-                   [SEARCH.format(json.dumps(["Italy anthem"]))], ["<answer>Paris</answer>"]]
-               for _, q, _ in QUESTIONS}
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny_model_dir}",
+            f"data.train={qa_file}",
+            f"trainer.out_dir={run}",
+            "trainer.steps=1",
+            "rollout.group_size=2",
+            "rollout.questions_per_step=2",
+            "rollout.max_turns=3",
+            "rollout.max_new_tokens=200",
+            "retrieval.tool=web_search",
+            "retrieval.web.backend=serper",
+            f"retrieval.web.endpoint={server.url}",
+            "retrieval.web.api_key_env=IGPO_TEST_SERPER_KEY",
+            f"retrieval.cache_dir={run / 'search-cache'}",
+            "retrieval.backoff_s=0.01",
+            "retrieval.web.max_calls=2",
+            "algorithm.kl_coef=0.01",
+        ],
+    )
+    scripts = {
+        q: [
+            [SEARCH.format(json.dumps(["Eiffel Tower", "capital of France"]))],
+            [SEARCH.format(json.dumps(["Italy anthem"]))],
+            ["<answer>Paris</answer>"],
+        ]
+        for _, q, _ in QUESTIONS
+    }
     toolbox = make_toolbox(cfg)
     fmt = make_chat_format(cfg, tokenizer, toolbox)
     assert '"web_search"' in tokenizer.decode(fmt.prompt_ids("q"))

@@ -3,6 +3,7 @@
 One spawn runs every multi-process scenario (process start-up dominates the cost); the single-process
 references run in the test process. Each scenario writes every rank's whole parameters and rank 0's metrics.
 """
+
 import json
 import os
 import socket
@@ -40,8 +41,15 @@ SCENARIOS = {  # name: (overrides, scripted generator?, steps of a first run tha
 def _run(root, name, overrides, scripted, first_steps=None):
     """Trains in `root/name`; returns the trainer (resuming from a first run of `first_steps` if given)."""
     tok = AutoTokenizer.from_pretrained(root / "model")
-    cfg = make_cfg(root, root / "model", root / "corpus.jsonl", root / "qa.jsonl", *COMMON, *overrides,
-                   f"trainer.out_dir={root / name}")
+    cfg = make_cfg(
+        root,
+        root / "model",
+        root / "corpus.jsonl",
+        root / "qa.jsonl",
+        *COMMON,
+        *overrides,
+        f"trainer.out_dir={root / name}",
+    )
     toolbox = make_toolbox(cfg)
 
     def trainer(c):
@@ -77,8 +85,9 @@ def _nan_on_rank_one(rank: int):
 
 
 def _worker(rank: int, port: int, root):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
-                      WORLD_SIZE=str(WORLD))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD)
+    )
     torch.set_num_threads(1)
     dist.init_process_group("gloo")
     try:
@@ -134,8 +143,18 @@ def test_rank_zero_reports_the_whole_batch(runs):
     single, ddp = _metrics(root / "single"), _metrics(root / "ddp")
     assert [m["step"] for m in ddp] == [0, 1, 2]  # one writer: no duplicate rows
     for s, d in zip(single, ddp):
-        for key in ("outcome_reward", "f1", "tool_calls", "tokens", "generated_tokens", "zero_variance_groups",
-                    "adv_abs_mean", "finish", "tool_errors", "p0_mean"):
+        for key in (
+            "outcome_reward",
+            "f1",
+            "tool_calls",
+            "tokens",
+            "generated_tokens",
+            "zero_variance_groups",
+            "adv_abs_mean",
+            "finish",
+            "tool_errors",
+            "p0_mean",
+        ):
             assert d[key] == pytest.approx(s[key], rel=1e-6), key
         for key in ("pg_loss", "kl", "entropy", "grad_norm"):
             assert d[key] == pytest.approx(s[key], rel=1e-4, abs=1e-7), key

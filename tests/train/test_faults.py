@@ -1,5 +1,6 @@
 """Faults during training: NaN/inf (a step skipped, the run stopped after K in a row), a planted probe leak, and a
 retrieval server failing a fifth of its requests."""
+
 import asyncio
 import json
 import random
@@ -60,10 +61,18 @@ def test_a_nan_step_is_skipped_and_logged(tmp_path, tiny_model_dir, corpus_file,
 
 
 @pytest.mark.parametrize("estimator, phase", [("igpo", "beliefs"), ("grpo", "loss")])
-def test_nan_weights_stop_the_run_naming_the_phase(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer,
-                                                   estimator, phase):
-    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, f"algorithm.estimator={estimator}",
-                   "trainer.max_bad_steps=2", "trainer.steps=5")
+def test_nan_weights_stop_the_run_naming_the_phase(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, estimator, phase
+):
+    cfg = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        corpus_file,
+        qa_file,
+        f"algorithm.estimator={estimator}",
+        "trainer.max_bad_steps=2",
+        "trainer.steps=5",
+    )
     trainer = make_trainer(cfg, tokenizer)
     with torch.no_grad():
         trainer.model.model.norm.weight[0] = float("nan")  # every logit of the policy is NaN from here on
@@ -94,10 +103,12 @@ def probe_trainer(cfg, tokenizer):
 
 
 @pytest.mark.parametrize("estimator", ["igpo", "grpo"])
-def test_a_policy_and_a_tool_that_write_the_probe_do_not_stop_the_run(tmp_path, tiny_model_dir, corpus_file, qa_file,
-                                                                     tokenizer, estimator):
-    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, f"algorithm.estimator={estimator}",
-                   "trainer.steps=2")
+def test_a_policy_and_a_tool_that_write_the_probe_do_not_stop_the_run(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, estimator
+):
+    cfg = make_cfg(
+        tmp_path, tiny_model_dir, corpus_file, qa_file, f"algorithm.estimator={estimator}", "trainer.steps=2"
+    )
     probe_trainer(cfg, tokenizer).fit()
     r = rows(tmp_path / "run")
     assert [x["step"] for x in r] == [0, 1] and all(x["outcome_reward"] == 1.0 and x["tool_calls"] == 6 for x in r)
@@ -141,13 +152,24 @@ class FaultyServer(ThreadServer):
         super().__init__(app)
 
 
-def test_twenty_steps_against_a_server_failing_a_fifth_of_requests(tmp_path, tiny_model_dir, corpus_file, qa_file,
-                                                                  tokenizer):
+def test_twenty_steps_against_a_server_failing_a_fifth_of_requests(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer
+):
     server = FaultyServer(rate=0.2, seed=3, hang_s=1.2)
     try:
-        cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "retrieval.kind=http",
-                       f"retrieval.url={server.url}", "retrieval.timeout_s=0.5", "retrieval.retries=0",
-                       "retrieval.cache=false", "trainer.steps=20", "trainer.save_every=10")
+        cfg = make_cfg(
+            tmp_path,
+            tiny_model_dir,
+            corpus_file,
+            qa_file,
+            "retrieval.kind=http",
+            f"retrieval.url={server.url}",
+            "retrieval.timeout_s=0.5",
+            "retrieval.retries=0",
+            "retrieval.cache=false",
+            "trainer.steps=20",
+            "trainer.save_every=10",
+        )
         trainer = make_trainer(cfg, tokenizer)
         trainer.fit()
     finally:
@@ -165,11 +187,16 @@ def test_twenty_steps_against_a_server_failing_a_fifth_of_requests(tmp_path, tin
     # Every injected fault is counted once, by kind; with no retries each is a failed search, and each failed
     # search is an error observation for every call in it.
     assert (total["timeouts"], total["http_errors"], total["bad_responses"]) == (
-        injected["timeout"], injected["http_500"], injected["garbage"])
+        injected["timeout"],
+        injected["http_500"],
+        injected["garbage"],
+    )
     assert total["requests"] == server.requests and total["failures"] == sum(injected.values())
     tool_failed = sum(x["tool_errors"].get("tool_failed", 0) for x in r)
     assert tool_failed >= total["failures"]
     state = torch.load(ckpt.checkpoint_dirs(tmp_path / "run")[-1] / ckpt.STATE, weights_only=False)
     assert state["retrieval"] == {"url": server.url, "index_id": "facts-v1", "cache_dir": None}
-    print(f"\nrequests {server.requests}, faults injected {dict(injected)}, counted {dict(total)}, "
-          f"error observations {tool_failed}")
+    print(
+        f"\nrequests {server.requests}, faults injected {dict(injected)}, counted {dict(total)}, "
+        f"error observations {tool_failed}"
+    )

@@ -1,4 +1,5 @@
 """Rank 0's view of a step: each rank's results merged (`distributed.gather_step`), without processes."""
+
 import pytest
 import torch
 
@@ -27,11 +28,26 @@ def step_results(turns: int, losses: dict) -> StepResult:
 @pytest.mark.parametrize("empty_rank", [0, 1])
 def test_a_rank_whose_episodes_had_no_turn_reports_no_rates(empty_rank):
     """Its episodes' prompts filled the context: no token, so no clip fraction, TIS weight or log-prob gap."""
-    generated = step_results(2, {"pg_loss": 0.5, "entropy": 1.0, "grad_norm": 3.0, "clip_frac": 0.2,
-                                 "rollout_lp_abs_diff": 1.0, "tis_weight": 1.5})
+    generated = step_results(
+        2,
+        {
+            "pg_loss": 0.5,
+            "entropy": 1.0,
+            "grad_norm": 3.0,
+            "clip_frac": 0.2,
+            "rollout_lp_abs_diff": 1.0,
+            "tis_weight": 1.5,
+        },
+    )
     empty = step_results(0, {"pg_loss": 0.0, "entropy": 0.0, "grad_norm": 3.0})
     mine, other = (empty, generated) if empty_rank == 0 else (generated, empty)
     merged = gather_step(TwoRanks(other), mine)
     assert len(merged.trajs) == 6 and merged.rewards.shape == (6, 2) and int(merged.turn_mask.sum()) == 6
-    assert merged.losses == {"pg_loss": 0.5, "entropy": 1.0, "grad_norm": 3.0, "clip_frac": 0.2,
-                             "rollout_lp_abs_diff": 1.0, "tis_weight": 1.5}
+    assert merged.losses == {
+        "pg_loss": 0.5,
+        "entropy": 1.0,
+        "grad_norm": 3.0,
+        "clip_frac": 0.2,
+        "rollout_lp_abs_diff": 1.0,
+        "tis_weight": 1.5,
+    }

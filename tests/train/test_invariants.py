@@ -1,4 +1,5 @@
 """The probe-leak invariant looks where a probe could enter a context through our code, and only there."""
+
 import pytest
 
 from igpo.agent.generators import SamplingParams

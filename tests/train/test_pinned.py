@@ -1,6 +1,7 @@
 """Pinned numerics (torchtune-style): two seeded IGPO steps of a tiny model on scripted trajectories give these
 losses. A change that moves them must be deliberate: rerun with `IGPO_PRINT_PINNED=1 pytest -s` and update
 PINNED in the same commit, saying why."""
+
 import os
 
 import pytest
@@ -21,8 +22,9 @@ PINNED = [
 def test_two_seeded_steps_give_the_pinned_losses(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
     cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "trainer.steps=2")
     toolbox = make_toolbox(cfg)
-    trainer = Trainer(cfg, toolbox=toolbox,
-                      generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS))
+    trainer = Trainer(
+        cfg, toolbox=toolbox, generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
+    )
     got = [{k: m[k] for k in KEYS} for m in trainer.fit()]
     if os.environ.get("IGPO_PRINT_PINNED"):
         print("\nPINNED =", got)

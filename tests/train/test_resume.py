@@ -1,5 +1,6 @@
 """Exact resume: a run interrupted (in-process, or by SIGKILL at random points, checkpoint writing included) and
 restarted with the same command ends bitwise equal to an uninterrupted run; damaged checkpoints are skipped."""
+
 import json
 import logging
 import os
@@ -47,14 +48,23 @@ def assert_same_final_state(a, b) -> None:
 def scripted_trainer(cfg, tokenizer, steps: int) -> Trainer:
     cfg = cfg.model_copy(update={"trainer": cfg.trainer.model_copy(update={"steps": steps})})
     toolbox = make_toolbox(cfg)
-    return Trainer(cfg, toolbox=toolbox,
-                   generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS, seed=None))
+    return Trainer(
+        cfg,
+        toolbox=toolbox,
+        generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS, seed=None),
+    )
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
     """Tools, beliefs and IG in every step; a warm-up makes the scheduler state matter."""
-    extra = ["trainer.save_every=2", "trainer.warmup_steps=3", "rollout.group_size=2", "trainer.eval_every=2",
-             f"data.eval={qa_file}", "trainer.eval_size=2"]
+    extra = [
+        "trainer.save_every=2",
+        "trainer.warmup_steps=3",
+        "rollout.group_size=2",
+        "trainer.eval_every=2",
+        f"data.eval={qa_file}",
+        "trainer.eval_size=2",
+    ]
     whole = make_cfg(tmp_path / "a", tiny_model_dir, corpus_file, qa_file, *extra)
     scripted_trainer(whole, tokenizer, 4).fit()
 
@@ -93,8 +103,12 @@ def test_interrupted_run_resumes_exactly(tmp_path, tiny_model_dir, corpus_file, 
 def test_ig_warm_up_gate_switches_on_and_survives_a_resume(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
     """The gate decides each step from the EMA of the steps before it; the EMA and the switch are in the
     checkpoint, so a run interrupted after the switch resumes to the same rows and weights."""
-    extra = ["trainer.save_every=2", "rollout.group_size=2", "algorithm.ig_gate_threshold=0.0",
-             "algorithm.ig_gate_ema=0.5"]
+    extra = [
+        "trainer.save_every=2",
+        "rollout.group_size=2",
+        "algorithm.ig_gate_threshold=0.0",
+        "algorithm.ig_gate_ema=0.5",
+    ]
     whole = make_cfg(tmp_path / "a", tiny_model_dir, corpus_file, qa_file, *extra)
     scripted_trainer(whole, tokenizer, 4).fit()
     a = rows_of(tmp_path / "a" / "run")
@@ -122,10 +136,18 @@ def test_ig_warm_up_gate_switches_on_and_survives_a_resume(tmp_path, tiny_model_
     assert_same_final_state(tmp_path / "a" / "run", b)
 
 
-def test_damaged_checkpoints_are_detected_and_the_previous_one_used(tmp_path, tiny_model_dir, corpus_file, qa_file,
-                                                                    tokenizer, caplog):
-    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "trainer.save_every=1", "trainer.keep_last=3",
-                   "rollout.group_size=2")
+def test_damaged_checkpoints_are_detected_and_the_previous_one_used(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, caplog
+):
+    cfg = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        corpus_file,
+        qa_file,
+        "trainer.save_every=1",
+        "trainer.keep_last=3",
+        "rollout.group_size=2",
+    )
     scripted_trainer(cfg, tokenizer, 3).fit()
     run = tmp_path / "run"
     s1, s2, s3 = ckpt.checkpoint_dirs(run)
@@ -142,7 +164,10 @@ def test_damaged_checkpoints_are_detected_and_the_previous_one_used(tmp_path, ti
     assert trainer.step == 1
     assert "model.safetensors does not match its SHA-256" in caplog.text and "trainer_state.pt has" in caplog.text
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "step_000001", "step_000002.corrupt", "step_000003.corrupt"]
+        "step_000001",
+        "step_000002.corrupt",
+        "step_000003.corrupt",
+    ]
 
     (s1 / ckpt.MANIFEST).unlink()  # a save that never finished
     assert ckpt.latest_checkpoint(run) is None and "no manifest.json" in caplog.text
@@ -163,14 +188,19 @@ def test_a_resume_that_cannot_replay_exactly_is_warned_about(tmp_path, caplog):
 
     client = HTTPRetriever("http://127.0.0.1:9", cache_dir=tmp_path / "cache")
     client._remember_index("index-b")  # what this URL served last, as the cache remembers it
-    saved = {"step": 3, "data": {"questions_per_step": 4, "examples_seen": 12},
-             "retrieval": {"url": client.base_url, "index_id": "index-a", "cache_dir": str(tmp_path / "cache")}}
+    saved = {
+        "step": 3,
+        "data": {"questions_per_step": 4, "examples_seen": 12},
+        "retrieval": {"url": client.base_url, "index_id": "index-a", "cache_dir": str(tmp_path / "cache")},
+    }
     with caplog.at_level(logging.WARNING):
         ckpt.check_resume_state(saved, 2, client)
     assert "rollout.questions_per_step was 4 and is now 2" in caplog.text
     assert "the retrieval index_id was index-a and is now index-b" in caplog.text
     caplog.clear()
-    ckpt.check_resume_state({**saved, "data": {"questions_per_step": 2}, "retrieval": client.cache_pointer()}, 2, client)
+    ckpt.check_resume_state(
+        {**saved, "data": {"questions_per_step": 2}, "retrieval": client.cache_pointer()}, 2, client
+    )
     assert caplog.text == ""
     client.close()
 
@@ -185,18 +215,36 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
     """`igpo train --config cfg.yaml`, SIGKILLed three times (at a kill point inside a step and one inside a save,
     both drawn at random, and once from outside at a random moment), then run to the end with the same command."""
     config = tmp_path / "cfg.yaml"
-    config.write_text(yaml.safe_dump({
-        "model": {"path": str(tiny_model_dir)},
-        "data": {"train": str(qa_file)},
-        "retrieval": {"corpus": str(corpus_file)},
-        "rollout": {"group_size": 2, "questions_per_step": 2, "max_turns": 2, "max_new_tokens": 8},
-        "algorithm": {"kl_coef": 0.01, "entropy_coef": 0.01},  # the random model answers nothing: keep gradients
-        "trainer": {"steps": STEPS, "lr": 1e-3, "warmup_steps": 4, "save_every": 4, "keep_last": 2,
-                    "out_dir": str(tmp_path / "run")},
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(tiny_model_dir)},
+                "data": {"train": str(qa_file)},
+                "retrieval": {"corpus": str(corpus_file)},
+                "rollout": {"group_size": 2, "questions_per_step": 2, "max_turns": 2, "max_new_tokens": 8},
+                "algorithm": {
+                    "kl_coef": 0.01,
+                    "entropy_coef": 0.01,
+                },  # the random model answers nothing: keep gradients
+                "trainer": {
+                    "steps": STEPS,
+                    "lr": 1e-3,
+                    "warmup_steps": 4,
+                    "save_every": 4,
+                    "keep_last": 2,
+                    "out_dir": str(tmp_path / "run"),
+                },
+            }
+        )
+    )
     src = str(Path(igpo.__file__).parents[1])  # the child imports the igpo this test imported
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1", "TRANSFORMERS_VERBOSITY": "error",
-           "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "OMP_NUM_THREADS": "1",
+        "PYTHONUNBUFFERED": "1",
+        "TRANSFORMERS_VERBOSITY": "error",
+        "PYTHONPATH": os.pathsep.join([src, os.environ.get("PYTHONPATH", "")]),
+    }
     env.pop(KILL_ENV, None)
 
     started = []
@@ -207,8 +255,13 @@ def test_sigkill_three_times_then_finish_equals_an_uninterrupted_run(tmp_path, t
         cmd += [f"trainer.out_dir={out_dir}"] if out_dir else []
         log = tmp_path / f"log{time.monotonic_ns()}.txt"
         with log.open("w") as out:  # the child keeps its own handle
-            proc = subprocess.Popen(cmd, env={**env, KILL_ENV: kill_at} if kill_at else env, stdout=out,
-                                    stderr=subprocess.STDOUT, cwd=tmp_path)
+            proc = subprocess.Popen(
+                cmd,
+                env={**env, KILL_ENV: kill_at} if kill_at else env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                cwd=tmp_path,
+            )
         started.append(proc)
         return proc, log
 

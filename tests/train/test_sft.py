@@ -1,4 +1,5 @@
 """SFT warm start: demonstrations rendered like rollouts, masks on trained turns only, loss, end to end."""
+
 import json
 import random
 
@@ -13,8 +14,9 @@ from igpo.config import Config, SftConfig, load_config
 from igpo.data.loaders import QAExample, load_corpus
 from igpo.retrieval.bm25 import BM25Retriever
 from igpo.train.batching import collate
-from igpo.train.sft import TeacherGenerator, play_demos, plan_demos, sample_by_hops, sft_loss, train_sft
+from igpo.train.sft import TeacherGenerator, plan_demos, play_demos, sample_by_hops, sft_loss, train_sft
 from tests.conftest import PLANS
+
 
 def _examples():
     return [QAExample(i, q, a, "toy", {"bridge": b, "oracle_queries": oq}) for i, q, a, b, oq in PLANS]
@@ -58,10 +60,10 @@ def test_played_demos_are_rollouts_with_real_results_and_masks_on_trained_turns(
     assert broken.turns[0].tool_error == "malformed_call"
     assert masks[3] != broken.loss_mask()
     first = broken.turns[0]
-    assert not any(masks[3][first.gen_start:first.gen_end])  # the broken call is context only
-    assert all(masks[3][t.gen_start:t.gen_end] for t in broken.turns[1:])
+    assert not any(masks[3][first.gen_start : first.gen_end])  # the broken call is context only
+    assert all(masks[3][t.gen_start : t.gen_end] for t in broken.turns[1:])
     # what was trained is exactly the teacher's text, tokenized as untrusted text, plus the end-of-turn token
-    gen = clean.ids[clean.turns[2].gen_start:clean.turns[2].gen_end]
+    gen = clean.ids[clean.turns[2].gen_start : clean.turns[2].gen_end]
     assert gen == fmt.encode_text("<answer>Paris</answer>") + [fmt.eot_ids[0]]
 
 
@@ -98,8 +100,13 @@ def test_training_lowers_the_loss(setup, tiny_model, tokenizer):
     fmt, toolbox = setup
     demos = plan_demos(_examples()[:3], random.Random(0), 0, 0)
     trajs, masks, _ = play_demos(demos, fmt, toolbox, 4, 2048, 64)
-    hist = train_sft(tiny_model, tokenizer.pad_token_id, trajs, masks,
-                     SftConfig(epochs=16, lr=1e-2, batch_size=3, micro_batch_size=2))
+    hist = train_sft(
+        tiny_model,
+        tokenizer.pad_token_id,
+        trajs,
+        masks,
+        SftConfig(epochs=16, lr=1e-2, batch_size=3, micro_batch_size=2),
+    )
     assert len(hist) == 16 and hist[-1]["loss"] < 0.5 * hist[0]["loss"]
     assert hist[0]["trained_tokens"] == sum(sum(m) for m in masks)
 
@@ -108,9 +115,19 @@ def test_training_lowers_the_loss(setup, tiny_model, tokenizer):
 def test_igpo_sft_command_writes_model_and_heldout_format_report(tmp_path, tiny_model_dir, corpus_file, plans_file):
     qa = plans_file
     out = tmp_path / "sft"
-    args = [f"model.path={tiny_model_dir}", f"retrieval.corpus={corpus_file}", "retrieval.topk=1",
-            f"data.train={qa}", f"data.eval={qa}", f"sft.out_dir={out}", "sft.eval_size=2", "sft.epochs=2",
-            "sft.batch_size=2", "rollout.max_new_tokens=40", "rollout.max_turns=3"]
+    args = [
+        f"model.path={tiny_model_dir}",
+        f"retrieval.corpus={corpus_file}",
+        "retrieval.topk=1",
+        f"data.train={qa}",
+        f"data.eval={qa}",
+        f"sft.out_dir={out}",
+        "sft.eval_size=2",
+        "sft.epochs=2",
+        "sft.batch_size=2",
+        "rollout.max_new_tokens=40",
+        "rollout.max_turns=3",
+    ]
     res = CliRunner().invoke(app, ["sft", *args])
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "sft.json").read_text())
@@ -127,17 +144,32 @@ def test_igpo_sft_command_writes_model_and_heldout_format_report(tmp_path, tiny_
 
 # ---- the number of searches follows the question ------------------------------------------------------------
 
+
 def _hop_examples():
     """Toy plans of one, two and three searches over the shared toy corpus (topk 1)."""
     return [
-        QAExample("h1", "In which city is Big Ben?", ["London"], "toy",
-                  {"bridge": None, "oracle_queries": ["Big Ben"]}),
-        QAExample("h2", "What is the capital of the country where the Colosseum is?", ["Rome"], "toy",
-                  {"bridge": "Italy", "oracle_queries": ["Colosseum", "Italy capital"]}),
+        QAExample(
+            "h1", "In which city is Big Ben?", ["London"], "toy", {"bridge": None, "oracle_queries": ["Big Ben"]}
+        ),
+        QAExample(
+            "h2",
+            "What is the capital of the country where the Colosseum is?",
+            ["Rome"],
+            "toy",
+            {"bridge": "Italy", "oracle_queries": ["Colosseum", "Italy capital"]},
+        ),
         # Eiffel Tower -> France; France's passage names Paris; the third search reads Italy's capital
-        QAExample("h3", "Three links?", ["Rome"], "toy",
-                  {"bridge": "France", "bridges": ["France", "Paris"],
-                   "oracle_queries": ["Eiffel Tower", "France capital", "Italy capital"]}),
+        QAExample(
+            "h3",
+            "Three links?",
+            ["Rome"],
+            "toy",
+            {
+                "bridge": "France",
+                "bridges": ["France", "Paris"],
+                "oracle_queries": ["Eiffel Tower", "France capital", "Italy capital"],
+            },
+        ),
     ]
 
 
@@ -162,15 +194,19 @@ def test_a_plan_whose_bridges_do_not_match_its_searches_is_refused():
 def test_every_hop_must_find_its_bridge(setup):
     fmt, toolbox = setup
     good = _hop_examples()[2]
-    bad = QAExample("h3b", "Three links, wrong bridge?", ["Rome"], "toy",
-                    {**good.meta, "bridges": ["France", "Italy"]})  # France's passage does not name Italy
+    bad = QAExample(
+        "h3b", "Three links, wrong bridge?", ["Rome"], "toy", {**good.meta, "bridges": ["France", "Italy"]}
+    )  # France's passage does not name Italy
     _, _, counts = play_demos(plan_demos([good, bad], random.Random(0), 0, 0), fmt, toolbox, 4, 4096, 64)
     assert counts["kept"] == 1 and counts["not_grounded"] == 1
 
 
 def test_sample_by_hops_gives_each_count_an_equal_share():
-    pool = [QAExample(f"{k}-{i}", f"q{k}-{i}", ["a"], "toy", {"oracle_queries": ["x"] * k})
-            for k, n in ((1, 10), (2, 100), (3, 50)) for i in range(n)]
+    pool = [
+        QAExample(f"{k}-{i}", f"q{k}-{i}", ["a"], "toy", {"oracle_queries": ["x"] * k})
+        for k, n in ((1, 10), (2, 100), (3, 50))
+        for i in range(n)
+    ]
     chosen = sample_by_hops(pool, 60, random.Random(0))
     by = {k: sum(len(ex.meta["oracle_queries"]) == k for ex in chosen) for k in (1, 2, 3)}
     assert by == {1: 10, 2: 25, 3: 25} and len({ex.id for ex in chosen}) == 60
@@ -185,12 +221,12 @@ def test_each_vitalfactbook_type_is_demonstrated_with_its_number_of_searches(tmp
     from igpo.data.loaders import load_qa
     from tests.data.conftest import ARTICLES, CHAIN_ARTICLES, CHAIN_COUNTRIES, COUNTRIES, write_fixture_wheels
 
-    wheels = write_fixture_wheels(tmp_path / "wheels", countries={**COUNTRIES, **CHAIN_COUNTRIES},
-                                  articles={**ARTICLES, **CHAIN_ARTICLES})
+    wheels = write_fixture_wheels(
+        tmp_path / "wheels", countries={**COUNTRIES, **CHAIN_COUNTRIES}, articles={**ARTICLES, **CHAIN_ARTICLES}
+    )
     vfb.build(tmp_path / "vfb", seed=3, cache_dir=wheels, version=2)
     rows = [ex for s in vfb.SPLITS for ex in load_qa(tmp_path / "vfb" / f"{s}.jsonl")]
-    toolbox = Toolbox([SearchTool(BM25Retriever(load_corpus(tmp_path / "vfb" / "corpus.jsonl")), topk=3,
-                                  max_words=40)])
+    toolbox = Toolbox([SearchTool(BM25Retriever(load_corpus(tmp_path / "vfb" / "corpus.jsonl")), topk=3, max_words=40)])
     fmt = make_chat_format(Config(), tokenizer, toolbox)
     hops = {t: 1 if t == vfb.SINGLE_HOP else 3 if t in vfb.THREE_HOP_TYPES else 2 for t in vfb.types(2)}
     calls: dict[tuple[str, str], set[int]] = {}

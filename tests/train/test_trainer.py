@@ -1,4 +1,5 @@
 """Integration: the whole IGPO step (rollout → beliefs → rewards → advantages → update) at tiny scale."""
+
 import json
 
 import pytest
@@ -15,24 +16,40 @@ pytestmark = pytest.mark.integration
 
 SEARCH = '<tool_call>{{"name": "search", "arguments": {{"query": "{}"}}}}</tool_call>'
 SCRIPTS = {
-    QUESTIONS[0][1]: [[SEARCH.format("Eiffel Tower"), SEARCH.format("capital"), "<answer>Rome</answer>"],
-                      [SEARCH.format("France capital"), "<answer>Paris</answer>", '<tool_call>{"name": "search"'],
-                      ["<answer>Paris</answer>", "I do not know"]],
-    QUESTIONS[1][1]: [[SEARCH.format("Colosseum"), '<tool_call>{"name": "lookup", "arguments": {}}</tool_call>'],
-                      ["<answer>Il Canto degli Italiani</answer>", SEARCH.format("Italy anthem")],
-                      ["<answer>Inno di Mameli</answer>"]],
+    QUESTIONS[0][1]: [
+        [SEARCH.format("Eiffel Tower"), SEARCH.format("capital"), "<answer>Rome</answer>"],
+        [SEARCH.format("France capital"), "<answer>Paris</answer>", '<tool_call>{"name": "search"'],
+        ["<answer>Paris</answer>", "I do not know"],
+    ],
+    QUESTIONS[1][1]: [
+        [SEARCH.format("Colosseum"), '<tool_call>{"name": "lookup", "arguments": {}}</tool_call>'],
+        ["<answer>Il Canto degli Italiani</answer>", SEARCH.format("Italy anthem")],
+        ["<answer>Inno di Mameli</answer>"],
+    ],
     QUESTIONS[2][1]: [["<answer>London</answer>", SEARCH.format("Big Ben")], ["<answer>Paris</answer>"]],
     QUESTIONS[3][1]: [[SEARCH.format("Italy capital"), "no idea"], ["<answer>Roma</answer>", "<answer>Milan</answer>"]],
 }
 
 
 def make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, *extra):
-    return load_config(None, [
-        f"model.path={tiny_model_dir}", f"retrieval.corpus={corpus_file}", f"data.train={qa_file}",
-        f"trainer.out_dir={tmp_path / 'run'}", "trainer.lr=1e-3", "trainer.steps=3", "trainer.micro_batch_size=3",
-        "rollout.group_size=3", "rollout.questions_per_step=2", "rollout.max_turns=3", "rollout.max_new_tokens=40",
-        "algorithm.kl_coef=0.01", *extra,
-    ])
+    return load_config(
+        None,
+        [
+            f"model.path={tiny_model_dir}",
+            f"retrieval.corpus={corpus_file}",
+            f"data.train={qa_file}",
+            f"trainer.out_dir={tmp_path / 'run'}",
+            "trainer.lr=1e-3",
+            "trainer.steps=3",
+            "trainer.micro_batch_size=3",
+            "rollout.group_size=3",
+            "rollout.questions_per_step=2",
+            "rollout.max_turns=3",
+            "rollout.max_new_tokens=40",
+            "algorithm.kl_coef=0.01",
+            *extra,
+        ],
+    )
 
 
 def test_three_igpo_steps_train_and_checkpoint(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
@@ -47,8 +64,17 @@ def test_three_igpo_steps_train_and_checkpoint(tmp_path, tiny_model_dir, corpus_
     assert [r["step"] for r in rows] == [0, 1, 2] and rows == history
     for r in rows:
         assert set(r["seconds"]) >= {"rollout", "update", "ref_logprobs"}
-        assert {"outcome_reward", "f1", "kl", "entropy", "pg_loss", "zero_variance_groups", "tool_error_rate",
-                "format_error_rate", "tokens_per_s"} <= set(r)
+        assert {
+            "outcome_reward",
+            "f1",
+            "kl",
+            "entropy",
+            "pg_loss",
+            "zero_variance_groups",
+            "tool_error_rate",
+            "format_error_rate",
+            "tokens_per_s",
+        } <= set(r)
         assert r["tool_calls"] > 0
     assert any("ig_turn1_mean" in r for r in rows)
     assert any(r["seconds"].get("beliefs", 0) > 0 for r in rows)
@@ -78,8 +104,15 @@ def test_resume_continues_from_the_checkpoint(tmp_path, tiny_model_dir, corpus_f
 
 def test_sampling_rollouts_with_a_random_model(tmp_path, tiny_model_dir, corpus_file, qa_file):
     """The real sampler: a random model emits no tags, so every episode ends as a format error; no crash."""
-    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "trainer.steps=1", "algorithm.kl_coef=0",
-                   "rollout.max_new_tokens=8")
+    cfg = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        corpus_file,
+        qa_file,
+        "trainer.steps=1",
+        "algorithm.kl_coef=0",
+        "rollout.max_new_tokens=8",
+    )
     (m,) = Trainer(cfg).fit()
     assert m["format_error_rate"] == 1.0 and m["outcome_reward"] == cfg.algorithm.format_penalty
     assert "ref_logprobs" not in m["seconds"]  # β = 0: no reference forward
@@ -89,17 +122,32 @@ def test_sampling_rollouts_with_a_random_model(tmp_path, tiny_model_dir, corpus_
 def test_the_authors_later_options_in_a_step(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
     """scaled_separate + log_prob_diff + adaptive γ + a per-turn format penalty: the malformed call's turn gets −x
     in place of its IG, and the step logs the new diagnostics."""
-    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "trainer.steps=1", "algorithm.norm=scaled_separate",
-                   "algorithm.ig=log_prob_diff", "algorithm.gamma=0.95", "algorithm.gamma_min_weight=0.5",
-                   "algorithm.turn_format_penalty=0.7", "algorithm.ig_clip=positive")
+    cfg = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        corpus_file,
+        qa_file,
+        "trainer.steps=1",
+        "algorithm.norm=scaled_separate",
+        "algorithm.ig=log_prob_diff",
+        "algorithm.gamma=0.95",
+        "algorithm.gamma_min_weight=0.5",
+        "algorithm.turn_format_penalty=0.7",
+        "algorithm.ig_clip=positive",
+    )
     toolbox = make_toolbox(cfg)
-    trainer = Trainer(cfg, toolbox=toolbox,
-                      generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS))
+    trainer = Trainer(
+        cfg, toolbox=toolbox, generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
+    )
     trajs = trainer.collect(0, Timer())
     trainer.score_beliefs(trajs, Timer())
     rewards, mask, _ = trainer.turn_rewards(trajs)
-    malformed = [(b, k) for b, tr in enumerate(trajs) for k, t in enumerate(tr.turns[:-1])
-                 if t.tool_error in ("unknown_tool", "malformed_call", "bad_arguments")]
+    malformed = [
+        (b, k)
+        for b, tr in enumerate(trajs)
+        for k, t in enumerate(tr.turns[:-1])
+        if t.tool_error in ("unknown_tool", "malformed_call", "bad_arguments")
+    ]
     assert malformed, "the scripts hold an unknown tool"
     assert all(rewards[b, k] == -0.7 for b, k in malformed)
     ig_turns = [(b, k) for b, tr in enumerate(trajs) for k in range(tr.num_turns - 1) if (b, k) not in malformed]
@@ -107,7 +155,7 @@ def test_the_authors_later_options_in_a_step(tmp_path, tiny_model_dir, corpus_fi
 
     (m,) = trainer.fit()
     assert 0 < m["ig_scale"] <= 10
-    assert 0.5 ** 0.5 - 1e-6 <= m["gamma_effective"] <= 0.95 + 1e-6
+    assert 0.5**0.5 - 1e-6 <= m["gamma_effective"] <= 0.95 + 1e-6
     assert m["turns_min"] <= m["turns"] <= m["turns_max"]
     assert 0 < m["ig_rollout_share"] <= 1 and {"ig_raw_mean", "ig_raw_std", "ig_raw_positive_share"} <= set(m)
 
@@ -116,8 +164,9 @@ def test_empty_belief_probe_packed_beliefs_equal_reference(tmp_path, tiny_model_
     """`algorithm.belief_probe: ''` in a trainer step: both belief implementations score the same probe."""
     cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "algorithm.belief_probe=''")
     toolbox = make_toolbox(cfg)
-    trainer = Trainer(cfg, toolbox=toolbox,
-                      generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS))
+    trainer = Trainer(
+        cfg, toolbox=toolbox, generator=ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
+    )
     assert trainer.fmt.belief_probe_ids == []
     trajs = trainer.collect(0, Timer())
     beliefs = {}
@@ -137,12 +186,20 @@ def prompt_lengths(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer) ->
 
 
 @pytest.mark.parametrize("estimator", ["igpo", "grpo"])
-def test_a_step_whose_prompts_fill_the_context_scores_the_format_penalty(tmp_path, tiny_model_dir, corpus_file,
-                                                                        qa_file, tokenizer, estimator):
+def test_a_step_whose_prompts_fill_the_context_scores_the_format_penalty(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, estimator
+):
     """Every prompt alone fills `rollout.max_context`: episodes without a turn, no token to train on."""
     full = min(prompt_lengths(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer))
-    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, f"rollout.max_context={full}",
-                   f"algorithm.estimator={estimator}", "trainer.steps=1")
+    cfg = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        corpus_file,
+        qa_file,
+        f"rollout.max_context={full}",
+        f"algorithm.estimator={estimator}",
+        "trainer.steps=1",
+    )
     toolbox = make_toolbox(cfg)
     gen = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
     trainer = Trainer(cfg, toolbox=toolbox, generator=gen)
@@ -156,8 +213,12 @@ def test_a_step_whose_prompts_fill_the_context_scores_the_format_penalty(tmp_pat
 def test_three_search_episodes_log_ig_of_turn_three(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
     """Episodes of three searches and an answer (four turns): the step's metrics carry the IG of turns 1 to 3,
     which the report's IG-per-turn panel plots, and none of turn 4 (the answer's reward is the outcome)."""
-    three = [[SEARCH.format("Eiffel Tower")], [SEARCH.format("France")], [SEARCH.format("capital")],
-             ["<answer>Paris</answer>"]]
+    three = [
+        [SEARCH.format("Eiffel Tower")],
+        [SEARCH.format("France")],
+        [SEARCH.format("capital")],
+        ["<answer>Paris</answer>"],
+    ]
     cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, "trainer.steps=1", "rollout.max_turns=4")
     toolbox = make_toolbox(cfg)
     fmt = make_chat_format(cfg, tokenizer, toolbox)

@@ -1,5 +1,6 @@
 """An agent from a config: the generator that samples its turns, the chat format that renders them, the tools it
 calls. Training, evaluation, the SFT warm start, the benchmarks and the tests all build theirs here."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -5,6 +5,7 @@ log-probs, its own copy of the weights); `SamplingParams` what one call samples 
 the trainer's model with `model.generate`. The other backends: the KV-cache engine (`igpo.agent.engine`) and vLLM
 (`igpo.policy.vllm_engine`); `igpo.agent.build.make_generator` builds the one a config asks for.
 """
+
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
@@ -90,8 +91,8 @@ class HFGenerator(Generator):
         ids = torch.full((len(contexts), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(contexts), width), dtype=torch.long)
         for i, c in enumerate(contexts):
-            ids[i, width - len(c):] = torch.tensor(c)
-            mask[i, width - len(c):] = 1
+            ids[i, width - len(c) :] = torch.tensor(c)
+            mask[i, width - len(c) :] = 1
         sample = params.temperature > 0
         processors = LogitsProcessorList()
         if sample and params.seeds is not None:
@@ -100,16 +101,24 @@ class HFGenerator(Generator):
             sample = False
         # top_k=0: the global default (50) would cut the distribution the loss scores.
         settings = GenerationConfig(
-            max_new_tokens=params.max_new_tokens, eos_token_id=list(stop_ids), pad_token_id=self.pad_id,
-            do_sample=sample, temperature=params.temperature if sample else None,
-            top_p=params.top_p if sample else None, top_k=0 if sample else None,
+            max_new_tokens=params.max_new_tokens,
+            eos_token_id=list(stop_ids),
+            pad_token_id=self.pad_id,
+            do_sample=sample,
+            temperature=params.temperature if sample else None,
+            top_p=params.top_p if sample else None,
+            top_k=0 if sample else None,
         )
         was_training = self.model.training
         self.model.eval()
         try:
             with _no_model_generation_defaults(self.model):
-                out = self.model.generate(input_ids=ids.to(device), attention_mask=mask.to(device),
-                                          generation_config=settings, logits_processor=processors)
+                out = self.model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    generation_config=settings,
+                    logits_processor=processors,
+                )
         finally:
             self.model.train(was_training)
         return [cut_at_stop(row.tolist(), stop_ids) for row in out[:, width:].cpu()]

@@ -5,6 +5,7 @@ Conventions (Hermes / Qwen): `<tool_call>{"name": ..., "arguments": {...}}</tool
 that is malformed (unclosed, bad JSON, no name) is still a tool call, with `error` set: the policy is told
 what was wrong and the episode goes on. Only a generation with neither tag is a format error.
 """
+
 from __future__ import annotations
 
 import json

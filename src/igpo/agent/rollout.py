@@ -8,6 +8,7 @@ Given per-episode seeds, each episode samples from its own random stream (seeded
 what it samples does not depend on which other episodes share its batch, its process or its rank. What samples
 is a `Generator` (`igpo.agent.generators`).
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -47,8 +48,11 @@ def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_c
     for ex, g in zip(examples, groups):
         pre, question, post = fmt.prompt_parts(ex.question)
         ids = pre + question + post
-        trajs.append(Trajectory(example=ex, group=g, ids=ids, prompt_len=len(ids),
-                                question_span=(len(pre), len(pre) + len(question))))
+        trajs.append(
+            Trajectory(
+                example=ex, group=g, ids=ids, prompt_len=len(ids), question_span=(len(pre), len(pre) + len(question))
+            )
+        )
     tok = fmt.tokenizer
     active = []
     for i, tr in enumerate(trajs):
@@ -72,8 +76,14 @@ def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_c
             tr.ids.extend(gen)
             text = tok.decode(gen, skip_special_tokens=True)
             action = parse_generation(text)
-            turn = Turn(gen_start=start, gen_end=len(tr.ids), end=len(tr.ids), text=text, action=action,
-                        logprobs=None if logprobs is None else logprobs[: len(gen)])
+            turn = Turn(
+                gen_start=start,
+                gen_end=len(tr.ids),
+                end=len(tr.ids),
+                text=text,
+                action=action,
+                logprobs=None if logprobs is None else logprobs[: len(gen)],
+            )
             tr.turns.append(turn)
             if action.kind == "tool_call" and turn_no + 1 < max_turns:
                 calls.append((i, action))
@@ -88,7 +98,7 @@ def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_c
         for (i, _), res in zip(calls, results):
             tr, turn = trajs[i], trajs[i].turns[-1]
             turn.tool_result, turn.tool_error = res.text, res.error
-            close = fmt.close_generation(tr.ids[turn.gen_start:turn.gen_end])
+            close = fmt.close_generation(tr.ids[turn.gen_start : turn.gen_end])
             obs = close + fmt.tool_message_ids(res.text)
             if len(tr.ids) + len(obs) >= max_context:
                 # No room for the result and a next turn: the episode ends without an answer.

@@ -9,6 +9,7 @@ ones like `<|im_end|>` and the non-special ones some families add, like Qwen's `
 special tokens are written here: they come from the template (or, for a tokenizer without one, from the ChatML
 fallback template, usable only when the tokenizer has its control tokens).
 """
+
 from __future__ import annotations
 
 import json
@@ -96,8 +97,8 @@ class ChatFormat:
         )
         if not with_tool.startswith(with_answer):
             raise TemplateError("the chat template re-renders earlier turns when a tool message follows")
-        eot_text = with_answer[with_answer.index(_MARK) + len(_MARK):]
-        tool_text = with_tool[len(with_answer):]
+        eot_text = with_answer[with_answer.index(_MARK) + len(_MARK) :]
+        tool_text = with_tool[len(with_answer) :]
         if tool_text.count(_MARK) != 1:
             raise TemplateError("the chat template does not render the content of a `tool` message")
         pre, post = tool_text.split(_MARK)
@@ -120,18 +121,25 @@ class ChatFormat:
             return
         name = getattr(tok, "name_or_path", "") or type(tok).__name__
         if fallback:
-            raise TemplateError(f"tokenizer {name}: it has no chat template, and the ChatML fallback's end of turn "
-                                f"{eot_text.strip()!r} is not one of its tokens; use a tokenizer with a chat template "
-                                "(model.tokenizer)")
-        raise TemplateError(f"tokenizer {name}: its chat template ends an assistant turn with {eot_text!r}, whose "
-                            "first token is ordinary text, not a control token that can stop generation")
+            raise TemplateError(
+                f"tokenizer {name}: it has no chat template, and the ChatML fallback's end of turn "
+                f"{eot_text.strip()!r} is not one of its tokens; use a tokenizer with a chat template "
+                "(model.tokenizer)"
+            )
+        raise TemplateError(
+            f"tokenizer {name}: its chat template ends an assistant turn with {eot_text!r}, whose "
+            "first token is ordinary text, not a control token that can stop generation"
+        )
 
     def _render(self, messages: list[dict], add_generation_prompt: bool) -> str:
         kwargs = {"tools": self.tools} if self._native_tools else {}
         try:
             return self.tokenizer.apply_chat_template(
-                messages, tokenize=False, add_generation_prompt=add_generation_prompt,
-                chat_template=self.chat_template, **kwargs,
+                messages,
+                tokenize=False,
+                add_generation_prompt=add_generation_prompt,
+                chat_template=self.chat_template,
+                **kwargs,
             )
         except Exception as e:  # jinja raises its own exception types for unsupported roles
             raise TemplateError(f"the chat template cannot render a tool conversation: {e}") from None

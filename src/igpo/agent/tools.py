@@ -4,6 +4,7 @@ A tool turns a batch of argument dicts into a batch of `ToolResult`s (batched so
 active episodes at once). Anything wrong with a call (unknown tool, missing or mistyped argument) or with the
 tool itself (retrieval failed) becomes the result text the policy reads, with `error` set for the metrics.
 """
+
 from __future__ import annotations
 
 import logging

@@ -5,6 +5,7 @@ Each `Turn` records the span of ids the policy sampled and the span of its tool 
 mask, the per-token turn index and the ids the rollout wrote from the template are derived from those spans, so they
 cannot drift from the ids.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -53,7 +54,7 @@ class Trajectory:
         """[L] True where the policy sampled the token."""
         mask = [False] * len(self.ids)
         for t in self.turns:
-            mask[t.gen_start:t.gen_end] = [True] * (t.gen_end - t.gen_start)
+            mask[t.gen_start : t.gen_end] = [True] * (t.gen_end - t.gen_start)
         return mask
 
     def rollout_spans(self) -> list[tuple[int, int]]:
@@ -75,7 +76,7 @@ class Trajectory:
             return None
         out = [0.0] * len(self.ids)
         for t in self.turns:
-            out[t.gen_start:t.gen_end] = t.logprobs
+            out[t.gen_start : t.gen_end] = t.logprobs
         return out
 
     def token_turns(self) -> list[int]:
@@ -83,6 +84,6 @@ class Trajectory:
         out = [-1] * len(self.ids)
         start = self.prompt_len
         for k, t in enumerate(self.turns):
-            out[start:t.end] = [k] * (t.end - start)
+            out[start : t.end] = [k] * (t.end - start)
             start = t.end
         return out

@@ -15,6 +15,7 @@ then sum backwards over turns: A_T = r̃_T, A_t = r̃_t + γ·A_{t+1}. The autho
 Adding an estimator is one function decorated with `@register_estimator(...)`: its keyword-only parameters are
 the `algorithm.*` options it reads (the config refuses the others), and the decorator records what it needs.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -157,16 +158,36 @@ def _broadcast(per_rollout: torch.Tensor, turn_mask: torch.Tensor) -> torch.Tens
 def _ig_scale(out_n, out_mask, ig_n, ig_mask, inputs: StepInputs) -> float:
     """scaled_separate's batch-wide factor: min(10, max(0.3, mean|ñ_outcome|) / (mean|ñ_IG| + eps)); a side
     with no entries counts as mean 1 (the authors' convention)."""
-    s_out, n_out, s_ig, n_ig = inputs.global_sums([float(out_n[out_mask].abs().sum()), float(out_mask.sum()),
-                                                   float(ig_n[ig_mask].abs().sum()), float(ig_mask.sum())])
+    s_out, n_out, s_ig, n_ig = inputs.global_sums(
+        [
+            float(out_n[out_mask].abs().sum()),
+            float(out_mask.sum()),
+            float(ig_n[ig_mask].abs().sum()),
+            float(ig_mask.sum()),
+        ]
+    )
     out_abs = s_out / n_out if n_out else 1.0
     ig_abs = s_ig / n_ig if n_ig else 1.0
     return min(SCALE_MAX, max(SCALE_FLOOR, out_abs) / (ig_abs + EPS))
 
 
 # ---------------------------------------------------------------- the IGPO family
-def _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs: StepInputs, *, ig_mask=None,
-          outcome_weight=1.0, ig_weight=1.0, use_outcome=True, use_ig=True, gamma_min_weight=0.0):
+def _igpo(
+    turn_rewards,
+    turn_mask,
+    group_ids,
+    gamma,
+    norm,
+    std,
+    inputs: StepInputs,
+    *,
+    ig_mask=None,
+    outcome_weight=1.0,
+    ig_weight=1.0,
+    use_outcome=True,
+    use_ig=True,
+    gamma_min_weight=0.0,
+):
     """The IGPO family. Outcome = the last valid turn, IG = the other valid turns (or `ig_mask`).
 
     norm: joint (paper) — one z-score pool per group; separate — outcomes and IG each z-scored per group;
@@ -178,8 +199,10 @@ def _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs: StepInpu
     if norm not in NORMS:
         raise ValueError(f"unknown norm {norm!r} ({' | '.join(NORMS)})")
     if norm == "raw_ig" and (gamma != 1.0 or gamma_min_weight > 0):
-        raise ValueError("norm 'raw_ig' does not accumulate over turns: leave gamma at 1.0 and gamma_min_weight "
-                         f"at 0 (got gamma={gamma}, gamma_min_weight={gamma_min_weight})")
+        raise ValueError(
+            "norm 'raw_ig' does not accumulate over turns: leave gamma at 1.0 and gamma_min_weight "
+            f"at 0 (got gamma={gamma}, gamma_min_weight={gamma_min_weight})"
+        )
     last = last_turn_mask(turn_mask)
     ig_mask = (turn_mask & ~last) if ig_mask is None else ig_mask
     rewards = turn_rewards.float() * torch.where(last, outcome_weight, ig_weight)
@@ -207,51 +230,137 @@ def _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs: StepInpu
 
 
 @register_estimator("igpo", uses_ig=True, needs_group=False)
-def igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, *, outcome_weight=1.0, ig_weight=1.0,
-         gamma_min_weight=0.0):
+def igpo(
+    turn_rewards,
+    turn_mask,
+    group_ids,
+    gamma,
+    norm,
+    std,
+    inputs,
+    *,
+    outcome_weight=1.0,
+    ig_weight=1.0,
+    gamma_min_weight=0.0,
+):
     """Outcome + IG, normalised per group (`norm`), then discounted backwards. `outcome_weight` and `ig_weight`
     (default 1) scale the two kinds of reward before normalisation."""
-    return _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, outcome_weight=outcome_weight,
-                 ig_weight=ig_weight, gamma_min_weight=gamma_min_weight)
+    return _igpo(
+        turn_rewards,
+        turn_mask,
+        group_ids,
+        gamma,
+        norm,
+        std,
+        inputs,
+        outcome_weight=outcome_weight,
+        ig_weight=ig_weight,
+        gamma_min_weight=gamma_min_weight,
+    )
 
 
 @register_estimator("igpo_ig_only", uses_ig=True, needs_group=False)
-def igpo_ig_only(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, *, ig_weight=1.0,
-                 gamma_min_weight=0.0):
+def igpo_ig_only(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, *, ig_weight=1.0, gamma_min_weight=0.0):
     """Ablation: IG rewards only (the outcome turn contributes 0 before discounting)."""
-    return _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, use_outcome=False,
-                 ig_weight=ig_weight, gamma_min_weight=gamma_min_weight)
+    return _igpo(
+        turn_rewards,
+        turn_mask,
+        group_ids,
+        gamma,
+        norm,
+        std,
+        inputs,
+        use_outcome=False,
+        ig_weight=ig_weight,
+        gamma_min_weight=gamma_min_weight,
+    )
 
 
 @register_estimator("igpo_outcome_only", uses_ig=False, needs_group=True)
-def igpo_outcome_only(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, *, outcome_weight=1.0,
-                      gamma_min_weight=0.0):
+def igpo_outcome_only(
+    turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, *, outcome_weight=1.0, gamma_min_weight=0.0
+):
     """Ablation: outcome only, normalised per group, discounted back over the turns. With γ = 1 every turn
     carries the normalised outcome, which is exactly `grpo`; only γ < 1 sets the two apart."""
-    return _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, use_ig=False,
-                 outcome_weight=outcome_weight, gamma_min_weight=gamma_min_weight)
+    return _igpo(
+        turn_rewards,
+        turn_mask,
+        group_ids,
+        gamma,
+        norm,
+        std,
+        inputs,
+        use_ig=False,
+        outcome_weight=outcome_weight,
+        gamma_min_weight=gamma_min_weight,
+    )
 
 
 @register_estimator("gated", uses_ig=True, needs_group=True)
-def gated(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, *, gate_threshold=0.5,
-          outcome_weight=1.0, ig_weight=1.0, gamma_min_weight=0.0):
+def gated(
+    turn_rewards,
+    turn_mask,
+    group_ids,
+    gamma,
+    norm,
+    std,
+    inputs,
+    *,
+    gate_threshold=0.5,
+    outcome_weight=1.0,
+    ig_weight=1.0,
+    gamma_min_weight=0.0,
+):
     """Gated Reward Accumulation (arXiv 2508.10548): a rollout's IG rewards count only when its outcome
     reaches `gate_threshold`; otherwise they leave the pool (advantage from the outcome alone)."""
     passed = _outcomes(turn_rewards, turn_mask) >= gate_threshold
     ig_mask = turn_mask & ~last_turn_mask(turn_mask) & passed[:, None]
-    return _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, ig_mask=ig_mask,
-                 outcome_weight=outcome_weight, ig_weight=ig_weight, gamma_min_weight=gamma_min_weight)
+    return _igpo(
+        turn_rewards,
+        turn_mask,
+        group_ids,
+        gamma,
+        norm,
+        std,
+        inputs,
+        ig_mask=ig_mask,
+        outcome_weight=outcome_weight,
+        ig_weight=ig_weight,
+        gamma_min_weight=gamma_min_weight,
+    )
 
 
 @register_estimator("igpo_curriculum", uses_ig=True, needs_group=False)
-def igpo_curriculum(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs, *, step=0, curriculum_steps=100,
-                    outcome_weight=1.0, ig_weight=1.0, gamma_min_weight=0.0):
+def igpo_curriculum(
+    turn_rewards,
+    turn_mask,
+    group_ids,
+    gamma,
+    norm,
+    std,
+    inputs,
+    *,
+    step=0,
+    curriculum_steps=100,
+    outcome_weight=1.0,
+    ig_weight=1.0,
+    gamma_min_weight=0.0,
+):
     """The authors' later schedule: outcome weight 0.5→1.0 and IG weight 1.0→0.5 over `curriculum_steps`
     steps, applied before normalisation (on top of any configured `outcome_weight` / `ig_weight`)."""
     frac = min(max(step / curriculum_steps, 0.0), 1.0)
-    return _igpo(turn_rewards, turn_mask, group_ids, gamma, norm, std, inputs,
-                 outcome_weight=outcome_weight * (0.5 + 0.5 * frac), ig_weight=ig_weight * (1.0 - 0.5 * frac),
-                 gamma_min_weight=gamma_min_weight)
+    return _igpo(
+        turn_rewards,
+        turn_mask,
+        group_ids,
+        gamma,
+        norm,
+        std,
+        inputs,
+        outcome_weight=outcome_weight * (0.5 + 0.5 * frac),
+        ig_weight=ig_weight * (1.0 - 0.5 * frac),
+        gamma_min_weight=gamma_min_weight,
+    )
 
 
 # ---------------------------------------------------------------- outcome-only baselines
@@ -327,23 +436,27 @@ def compute_turn_advantages(
         raise ValueError(f"unknown estimator {estimator!r}; choose one of {', '.join(ESTIMATORS)}")
     spec = ESTIMATORS[estimator]
     if unknown := sorted(set(options) - spec.options):
-        raise ValueError(f"estimator {estimator!r} has no option {', '.join(unknown)} "
-                         f"(its options: {', '.join(sorted(spec.options)) or 'none'})")
+        raise ValueError(
+            f"estimator {estimator!r} has no option {', '.join(unknown)} "
+            f"(its options: {', '.join(sorted(spec.options)) or 'none'})"
+        )
     if turn_rewards.shape != turn_mask.shape or turn_rewards.dim() != 2:
-        raise ValueError(f"turn_rewards {tuple(turn_rewards.shape)} and turn_mask {tuple(turn_mask.shape)} "
-                         "must both be [B, T]")
+        raise ValueError(
+            f"turn_rewards {tuple(turn_rewards.shape)} and turn_mask {tuple(turn_mask.shape)} must both be [B, T]"
+        )
     if len(group_ids) != turn_rewards.shape[0]:
         raise ValueError(f"group_ids has {len(group_ids)} entries for {turn_rewards.shape[0]} rollouts")
     inputs = inputs if inputs is not None else StepInputs()
     if inputs.turn_tokens is not None and inputs.turn_tokens.shape != turn_mask.shape:
-        raise ValueError(f"turn_tokens {tuple(inputs.turn_tokens.shape)} must match turn_mask "
-                         f"{tuple(turn_mask.shape)}")
+        raise ValueError(f"turn_tokens {tuple(inputs.turn_tokens.shape)} must match turn_mask {tuple(turn_mask.shape)}")
     mask = turn_mask.bool()
     adv = spec.fn(turn_rewards.float(), mask, list(group_ids), gamma, norm, std, inputs, **options)
     return adv * mask
 
 
-def turn_to_token_advantages(turn_adv: torch.Tensor, token_turns: torch.Tensor, loss_mask: torch.Tensor) -> torch.Tensor:
+def turn_to_token_advantages(
+    turn_adv: torch.Tensor, token_turns: torch.Tensor, loss_mask: torch.Tensor
+) -> torch.Tensor:
     """Spread turn advantages [B, T] over tokens: token_turns [B, L] (turn of each token, −1 = none) and
     loss_mask [B, L] (generated by the policy) -> [B, L], 0 off the loss mask."""
     idx = token_turns.clamp(min=0, max=turn_adv.shape[1] - 1)

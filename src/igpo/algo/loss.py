@@ -3,13 +3,15 @@
 All per-token tensors are [B, L] and aligned with the token ids (the log-prob of token j sits at j);
 `mask` [B, L] marks the tokens the policy generated.
 """
+
 from __future__ import annotations
 
 import torch
 
 
-def agg_loss(values: torch.Tensor, mask: torch.Tensor, mode: str, num_seqs: float | None = None,
-             num_tokens: float | None = None) -> torch.Tensor:
+def agg_loss(
+    values: torch.Tensor, mask: torch.Tensor, mode: str, num_seqs: float | None = None, num_tokens: float | None = None
+) -> torch.Tensor:
     """Aggregate per-token values [B, L] into a scalar.
 
     `num_seqs` / `num_tokens` are the sizes of the whole mini-batch when it is split into micro-batches, so

@@ -6,6 +6,7 @@ Answer normalisation:
 - `squad`: lower-case, drop punctuation and articles, collapse whitespace; F1 over token multisets.
 Both take the max over the gold aliases.
 """
+
 from __future__ import annotations
 
 import re
@@ -61,7 +62,9 @@ def answer_em(prediction: str, golds: Sequence[str], mode: str = "official") -> 
     return float(any(pred == normalize_answer(g, mode) for g in golds))
 
 
-def outcome_reward(answer: str | None, golds: Sequence[str], format_penalty: float = -2.0, mode: str = "official") -> float:
+def outcome_reward(
+    answer: str | None, golds: Sequence[str], format_penalty: float = -2.0, mode: str = "official"
+) -> float:
     """F1 of the answer; `format_penalty` when there is no answer (format error, turn or context limit)."""
     return format_penalty if answer is None else answer_f1(answer, golds, mode)
 
@@ -90,8 +93,12 @@ def information_gain(belief_logprobs: torch.Tensor, kind: str = "prob_diff") -> 
 IG_CLIPS = ("none", "positive")
 
 
-def shape_ig(ig: torch.Tensor, clip: str = "none", malformed: Sequence[bool] | None = None,
-             turn_format_penalty: float | None = None) -> torch.Tensor:
+def shape_ig(
+    ig: torch.Tensor,
+    clip: str = "none",
+    malformed: Sequence[bool] | None = None,
+    turn_format_penalty: float | None = None,
+) -> torch.Tensor:
     """[T-1] IG of a rollout's non-final turns -> the turn rewards the estimator sees.
 
     clip `positive`: max(IG, 0), the positive-part belief reward of ΔBelief-RL (arXiv 2602.12342).

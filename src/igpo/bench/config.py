@@ -1,4 +1,5 @@
 """The learning benchmark's settings (`bench:` section), each arm's training config, and where its files live."""
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,9 @@ class BenchConfig(BaseModel):
     variants: dict[str, dict[str, Any]] = {}
 
 
-def load_bench_config(path: str | Path, overrides: list[str] | None = None,
-                      small: bool = False) -> tuple[BenchConfig, Config]:
+def load_bench_config(
+    path: str | Path, overrides: list[str] | None = None, small: bool = False
+) -> tuple[BenchConfig, Config]:
     """The file's `bench:` section, and the rest of it as the training `Config` shared by every run.
 
     Overrides starting with `bench.` go to the former. `small: True` first applies the file's `small:` section
@@ -59,14 +61,16 @@ def load_bench_config(path: str | Path, overrides: list[str] | None = None,
     over = [f"{k}={json.dumps(v)}" for k, v in (preset or SMALL).items()] if small else []
     over += overrides or []
     bench_tree = tree.pop("bench", None) or {}
-    apply_overrides(bench_tree, [o[len("bench."):] for o in over if o.startswith("bench.")])
+    apply_overrides(bench_tree, [o[len("bench.") :] for o in over if o.startswith("bench.")])
     bench = validate(BenchConfig, bench_tree, prefix="bench.")
     cfg = validate(Config, apply_overrides(tree, [o for o in over if not o.startswith("bench.")]))
     if clash := sorted(set(bench.variants) & set(ESTIMATORS)):
         raise ConfigError(f"bench.variants: {clash} name estimators; give variants names of their own")
     if unknown := [e for e in bench.estimators if e not in ESTIMATORS and e not in bench.variants]:
-        raise ConfigError(f"bench.estimators: unknown estimator(s) or variant(s) {unknown}; "
-                          f"known: {sorted(ESTIMATORS)} and bench.variants {sorted(bench.variants)}")
+        raise ConfigError(
+            f"bench.estimators: unknown estimator(s) or variant(s) {unknown}; "
+            f"known: {sorted(ESTIMATORS)} and bench.variants {sorted(bench.variants)}"
+        )
     check_estimator_options(cfg, [e for e in bench.estimators if e in ESTIMATORS])
     for name in bench.estimators:
         if name in bench.variants:

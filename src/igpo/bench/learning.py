@@ -10,6 +10,7 @@ whatever runs are finished.
 The pieces: `bench.config` (settings, each arm's config, file layout), `bench.run` (one run, the shared start,
 worker processes), `bench.results` (results.json, merging `bench.include`), `bench.plots` (learning.png).
 """
+
 from __future__ import annotations
 
 import json
@@ -67,8 +68,10 @@ def report_done(bench: BenchConfig, cfg: Config, log: Callable[[str], None] = pr
     under `pending`."""
     out = Path(bench.out_dir)
     if not bench.include and not any(is_done(bench, e, s) for e in bench.estimators for s in bench.seeds):
-        raise ConfigError(f"bench.out_dir: no finished run of {bench.estimators} x seeds {bench.seeds} "
-                          f"in {out} (a finished run has done.json)")
+        raise ConfigError(
+            f"bench.out_dir: no finished run of {bench.estimators} x seeds {bench.seeds} "
+            f"in {out} (a finished run has done.json)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     result = _write_results(bench, cfg, *_start_scores(bench))
     log(f"{sum(len(v) for v in result['runs'].values())} finished runs aggregated, {len(result['pending'])} not run")

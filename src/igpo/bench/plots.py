@@ -1,4 +1,5 @@
 """learning.png: the learning benchmark's dev F1 curves (results.json's `runs`)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,8 +28,15 @@ def plot(result: dict, path: Path) -> Path:
         if len(curves) > 1:
             ax1.fill_between(steps, f1.min(0), f1.max(0), color=line.get_color(), alpha=0.2)
         for c in curves:
-            ax2.plot(c["generated_tokens_at_step"], c["dev_f1"], marker=marker, linestyle=dash, markerfacecolor="none",
-                     color=line.get_color(), alpha=0.8)
+            ax2.plot(
+                c["generated_tokens_at_step"],
+                c["dev_f1"],
+                marker=marker,
+                linestyle=dash,
+                markerfacecolor="none",
+                color=line.get_color(),
+                alpha=0.8,
+            )
     ax1.set(xlabel="training step", ylabel="dev F1 (greedy)", title="dev F1 vs step")
     ax2.set(xlabel="tokens generated in training", ylabel="dev F1 (greedy)", title="dev F1 vs tokens generated")
     ax1.legend()

@@ -1,6 +1,7 @@
 """The learning benchmark's results.json: per run, its dev curve, test scores and where its update weight went;
 per estimator, the summary and the paired difference to grpo; the runs of earlier results.json files
 (`bench.include`) merged in where they are comparable."""
+
 from __future__ import annotations
 
 import json
@@ -71,12 +72,18 @@ def advantage_signal(samples: list[dict]) -> dict | None:
                     same += t["generated_tokens"] * float(np.sign(t["advantage"]) == np.sign(dev))
     if not n_groups:
         return None
-    return {"groups": n_groups, "zero_variance_groups": n_zero / n_groups,
-            "zero_variance_all_failed": n_zero_failed / n_zero if n_zero else None,
-            "abs_adv_tokens": total, "zero_variance_share_of_abs_adv": zero_var / total if total else 0.0,
-            "outcome_sign_agreement": same / counted if counted else None,
-            "median_abs_ig": {kind: float(np.median(ig[flat])) if ig[flat] else None
-                              for kind, flat in (("zero_variance_groups", True), ("other_groups", False))}}
+    return {
+        "groups": n_groups,
+        "zero_variance_groups": n_zero / n_groups,
+        "zero_variance_all_failed": n_zero_failed / n_zero if n_zero else None,
+        "abs_adv_tokens": total,
+        "zero_variance_share_of_abs_adv": zero_var / total if total else 0.0,
+        "outcome_sign_agreement": same / counted if counted else None,
+        "median_abs_ig": {
+            kind: float(np.median(ig[flat])) if ig[flat] else None
+            for kind, flat in (("zero_variance_groups", True), ("other_groups", False))
+        },
+    }
 
 
 def _steps_to_reach(curve: dict, target: float) -> int | None:
@@ -89,8 +96,10 @@ def _turns_trend(per_seed: list[list[float] | None], k: int = 5) -> dict:
     curves = [c for c in per_seed if c]
     if not curves:
         return {"turns_first_steps": None, "turns_last_steps": None}
-    return {"turns_first_steps": float(np.mean([np.mean(c[:k]) for c in curves])),
-            "turns_last_steps": float(np.mean([np.mean(c[-k:]) for c in curves]))}
+    return {
+        "turns_first_steps": float(np.mean([np.mean(c[:k]) for c in curves])),
+        "turns_last_steps": float(np.mean([np.mean(c[-k:]) for c in curves])),
+    }
 
 
 def paired_vs_grpo(runs: dict[str, dict[str, dict]], est: str) -> dict | None:
@@ -110,10 +119,11 @@ def paired_vs_grpo(runs: dict[str, dict[str, dict]], est: str) -> dict | None:
         d = [value(mine[s]) - value(base[s]) for s in seeds]
         return {"per_seed": d, "mean": float(np.mean(d)), "std": float(np.std(d, ddof=1)) if len(d) > 1 else None}
 
-    return {"seeds": [int(s) for s in seeds], "test_f1": diff(lambda r: r["test"]["overall"]["f1"]),
-            "final_dev_f1": diff(lambda r: r["dev_f1"][-1])}
-
-
+    return {
+        "seeds": [int(s) for s in seeds],
+        "test_f1": diff(lambda r: r["test"]["overall"]["f1"]),
+        "final_dev_f1": diff(lambda r: r["dev_f1"][-1]),
+    }
 
 
 # ---------------------------------------------------------------------- results.json
@@ -138,10 +148,18 @@ def aggregate(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_tes
         start["equivalent"] = sorted(others)
     grpo_final = float(np.mean([r["dev_f1"][-1] for r in runs["grpo"].values()])) if "grpo" in runs else None
     summary = {est: _summary(runs, est, grpo_final) for est in runs}
-    pending = [run_dir(bench, e, s).name for s in bench.seeds for e in bench.estimators
-               if str(s) not in runs.get(e, {})]
-    result = {"bench": bench.model_dump(), "start": start, "config": reg,
-              "grpo_final_dev_f1": grpo_final, "summary": summary, "runs": runs, "pending": pending}
+    pending = [
+        run_dir(bench, e, s).name for s in bench.seeds for e in bench.estimators if str(s) not in runs.get(e, {})
+    ]
+    result = {
+        "bench": bench.model_dump(),
+        "start": start,
+        "config": reg,
+        "grpo_final_dev_f1": grpo_final,
+        "summary": summary,
+        "runs": runs,
+        "pending": pending,
+    }
     (Path(bench.out_dir) / "results.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -175,10 +193,12 @@ def _summary(runs: dict[str, dict[str, dict]], est: str, grpo_final: float | Non
         "zero_variance_share": float(np.mean(zv)) if zv else None,
         # of the update weight (token-weighted |advantage|), the part from groups whose outcomes were all equal
         "zero_variance_share_of_abs_adv": (
-            float(np.mean([x["zero_variance_share_of_abs_adv"] for x in sig])) if sig else None),
+            float(np.mean([x["zero_variance_share_of_abs_adv"] for x in sig])) if sig else None
+        ),
         "outcome_sign_agreement": float(np.mean(agree)) if agree else None,
         "steps_to_grpo_final_dev_f1": (
-            [_steps_to_reach(r, grpo_final) for r in seeds.values()] if grpo_final is not None else None),
+            [_steps_to_reach(r, grpo_final) for r in seeds.values()] if grpo_final is not None else None
+        ),
         "vs_grpo": paired_vs_grpo(runs, est),
         # turns per episode in the first and the last 5 training steps (mean over steps and seeds): does
         # training shorten the episodes (the joint pool's charge on every extra turn)?
@@ -199,8 +219,13 @@ def start_record(bench: BenchConfig, cfg: Config, step0_dev: dict | None, step0_
 
     dev_file, *test_file = start_files(bench)
     tool_calls = {"dev": calls(dev_file), "test": calls(test_file[0] if test_file else None)}
-    return {"dev": step0_dev, "test": step0_test, "tool_calls": tool_calls,
-            "model_sha256": model_sha256(start_model_dir(bench, cfg)), "built_on": built_on}
+    return {
+        "dev": step0_dev,
+        "test": step0_test,
+        "tool_calls": tool_calls,
+        "model_sha256": model_sha256(start_model_dir(bench, cfg)),
+        "built_on": built_on,
+    }
 
 
 def mean_tool_calls(tests: list[dict]) -> dict[str, float] | None:
@@ -230,13 +255,22 @@ def model_sha256(model_dir: str) -> str | None:
     return h.hexdigest()
 
 
-
 # ---------------------------------------------------------------------- merging bench.include
 # Settings each run sets itself (`run_one`; the bench settings behind them are compared as `_BENCH_REGIME`): they
 # may differ between merged results, as may those the config flags as not changing what a run computes
 # (`igpo.config.result_keys`).
-RUN_SET = frozenset({"algorithm.estimator", "trainer.seed", "trainer.eval_every", "trainer.save_every",
-                     "trainer.eval_size", "model.lora.enabled", "model.path", "trainer.out_dir"})
+RUN_SET = frozenset(
+    {
+        "algorithm.estimator",
+        "trainer.seed",
+        "trainer.eval_every",
+        "trainer.save_every",
+        "trainer.eval_size",
+        "model.lora.enabled",
+        "model.path",
+        "trainer.out_dir",
+    }
+)
 _BENCH_REGIME = ("eval_every", "dev_size", "test", "test_size", "sft")
 
 
@@ -253,7 +287,6 @@ def regime(cfg: Config) -> dict:
     another invocation can be checked before they are merged."""
     keys = set(result_keys()) - RUN_SET
     return {k: v for k, v in _flat(cfg.model_dump(mode="json")).items() if k in keys}
-
 
 
 def included_runs(bench: BenchConfig, start: dict, reg: dict) -> dict[str, dict[str, dict]]:
@@ -286,8 +319,11 @@ def incompatible(other: dict, bench: BenchConfig, start: dict, reg: dict) -> str
     """Why the runs of an earlier results.json (`other`) cannot be merged with these, or None: the first
     difference in the starting model, the evaluation settings, the variants, then the training config. What
     `other` does not record (older files have no config or model hash) is not checked."""
-    return (_other_start(other.get("start", {}), start, bench.include_equivalent_starts)
-            or _other_bench(other.get("bench", {}), bench) or _other_config(other.get("config"), reg))
+    return (
+        _other_start(other.get("start", {}), start, bench.include_equivalent_starts)
+        or _other_bench(other.get("bench", {}), bench)
+        or _other_config(other.get("config"), reg)
+    )
 
 
 def _scores(split: dict) -> tuple:
@@ -316,13 +352,21 @@ def _other_start(there: dict, here: dict, equivalent_ok: bool) -> str | None:
             why = f"built with {_built(built_there)} there, {_built(built_here)} here"
         else:
             why = "an SFT from the same recipe rounds differently under another torch build or CPU vector unit"
-        hint = ("; it scored the same dev and test n/F1/EM as the model here, so "
-                "bench.include_equivalent_starts=true would merge them") if same_scores else ""
+        hint = (
+            (
+                "; it scored the same dev and test n/F1/EM as the model here, so "
+                "bench.include_equivalent_starts=true would merge them"
+            )
+            if same_scores
+            else ""
+        )
         return f"they started from another model (weights sha256 {theirs[:12]}, here {mine[:12]}; {why}){hint}"
     dev, their_dev = here.get("dev"), there.get("dev")
     if dev and their_dev and _scores(their_dev) != _scores(dev):
-        return (f"its starting model scored dev n/F1/EM {_scores(their_dev)} against {_scores(dev)} here, so it is "
-                "not the same model (or not the same dev questions)")
+        return (
+            f"its starting model scored dev n/F1/EM {_scores(their_dev)} against {_scores(dev)} here, so it is "
+            "not the same model (or not the same dev questions)"
+        )
     return None
 
 

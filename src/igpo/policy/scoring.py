@@ -11,6 +11,7 @@ Two implementations that must agree (tests assert 1e-4):
   explicit position ids), and logits are computed only at the positions that predict answer ids.
   Cost ≈ one forward over the trajectory.
 """
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -129,7 +130,9 @@ def belief_logprobs_packed(
         col = {c: j for j, c in enumerate(keep_idx.tolist())}
         mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, neg)[:, None]
         logits = model(
-            input_ids=ids.to(dev), attention_mask=mask.to(dev), position_ids=pos.to(dev),
+            input_ids=ids.to(dev),
+            attention_mask=mask.to(dev),
+            position_ids=pos.to(dev),
             logits_to_keep=keep_idx.to(dev),
         ).logits
         for r, (q, row) in enumerate(zip(chunk, packed)):
@@ -142,8 +145,14 @@ def belief_logprobs_packed(
 
 
 def token_logprobs(
-    model, ids: torch.Tensor, attention_mask: torch.Tensor, start: int = 1, with_entropy: bool = False,
-    entropy_grad: bool = False, temperature: float = 1.0, score_mask: torch.Tensor | None = None,
+    model,
+    ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    start: int = 1,
+    with_entropy: bool = False,
+    entropy_grad: bool = False,
+    temperature: float = 1.0,
+    score_mask: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each token given the ones before it, under `model` at `temperature` (the rollout's sampling
     temperature for the PPO ratio and KL, so they are taken under the distribution that sampled; 1 for beliefs).

@@ -13,6 +13,7 @@ same quantity the trainer computes), kept per turn in the trajectory for the TIS
 
 vLLM is imported only when an engine is built: everything else here runs (and is tested) without it.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,8 +41,9 @@ class Engine(Protocol):
 
     dtype: torch.dtype
 
-    def generate(self, contexts: list[list[int]], params: SamplingParams,
-                 stop_ids: list[int]) -> list[tuple[list[int], list[float]]]:
+    def generate(
+        self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]
+    ) -> list[tuple[list[int], list[float]]]:
         """Per context: sampled ids and the log-prob of each."""
 
     def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None: ...
@@ -74,8 +76,15 @@ class VLLMGenerator(OwnWeightsGenerator):
     def from_config(cls, cfg: Config, distributed: bool) -> VLLMGenerator:
         v = cfg.rollout.vllm
         path, _ = resolve_model_dir(cfg.model)  # a GGUF (smollm2) is converted to a model directory first
-        engine = VLLMEngine(path, v.dtype, cfg.rollout.max_context, v.gpu_memory_utilization, v.enforce_eager,
-                            cfg.trainer.seed, distributed)
+        engine = VLLMEngine(
+            path,
+            v.dtype,
+            cfg.rollout.max_context,
+            v.gpu_memory_utilization,
+            v.enforce_eager,
+            cfg.trainer.seed,
+            distributed,
+        )
         return cls(engine, v.check_weights)
 
     def generate(self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[Generation]:
@@ -115,26 +124,43 @@ class VLLMGenerator(OwnWeightsGenerator):
                 diff = (have - want).abs().max().item() if have.shape == want.shape else float("nan")
                 bad.append(f"{name}: max abs difference {diff:.3g}")
         if bad:
-            raise WeightSyncError(f"weight push {self.pushes}: the engine's weights differ from the trainer's "
-                                  f"({'; '.join(bad)})")
+            raise WeightSyncError(
+                f"weight push {self.pushes}: the engine's weights differ from the trainer's ({'; '.join(bad)})"
+            )
 
 
 class VLLMEngine:
     """A vLLM `LLM` in this process (tensor parallel 1). Needs vLLM and a GPU."""
 
-    def __init__(self, model_path: str, dtype: str, max_model_len: int, gpu_memory_utilization: float,
-                 enforce_eager: bool, seed: int, distributed: bool):
+    def __init__(
+        self,
+        model_path: str,
+        dtype: str,
+        max_model_len: int,
+        gpu_memory_utilization: float,
+        enforce_eager: bool,
+        seed: int,
+        distributed: bool,
+    ):
         try:
             import vllm
         except ImportError as e:
             raise ModelLoadError(
                 "rollout.backend=vllm needs vLLM, which is not installed: pip install 'igpo[vllm]' on a GPU "
-                f"machine ({e})") from None
+                f"machine ({e})"
+            ) from None
         # The engine core in this process, so that apply_model reaches the model without serialising weights.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-        kwargs = {"model": model_path, "dtype": dtype, "max_model_len": max_model_len, "seed": seed,
-                  "gpu_memory_utilization": gpu_memory_utilization, "enforce_eager": enforce_eager,
-                  "logprobs_mode": "processed_logprobs", "tensor_parallel_size": 1}
+        kwargs = {
+            "model": model_path,
+            "dtype": dtype,
+            "max_model_len": max_model_len,
+            "seed": seed,
+            "gpu_memory_utilization": gpu_memory_utilization,
+            "enforce_eager": enforce_eager,
+            "logprobs_mode": "processed_logprobs",
+            "tensor_parallel_size": 1,
+        }
         if distributed:  # one engine per torchrun rank, on the rank's GPU
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = vllm.LLM(**kwargs)
@@ -142,11 +168,19 @@ class VLLMEngine:
         self.dtype = self.llm.llm_engine.model_config.dtype
 
     def generate(self, contexts, params, stop_ids):
-        sps = [self._sampling(n=1, temperature=params.temperature, top_p=params.top_p,
-                              max_tokens=params.max_new_tokens, stop_token_ids=list(stop_ids), logprobs=0,
-                              seed=None if params.seeds is None else int(params.seeds[i]) % (2**63),
-                              detokenize=False)
-               for i in range(len(contexts))]
+        sps = [
+            self._sampling(
+                n=1,
+                temperature=params.temperature,
+                top_p=params.top_p,
+                max_tokens=params.max_new_tokens,
+                stop_token_ids=list(stop_ids),
+                logprobs=0,
+                seed=None if params.seeds is None else int(params.seeds[i]) % (2**63),
+                detokenize=False,
+            )
+            for i in range(len(contexts))
+        ]
         outs = self.llm.generate([{"prompt_token_ids": c} for c in contexts], sps, use_tqdm=False)
         res = []
         for o in outs:
@@ -163,7 +197,10 @@ class VLLMEngine:
 
         def read(model):
             params = dict(model.named_parameters())
-            return {name: weight_fingerprint(params[name][tuple(slice(0, s) for s in shape)], dtype, n)
-                    for name, shape in shapes.items() if name in params}
+            return {
+                name: weight_fingerprint(params[name][tuple(slice(0, s) for s in shape)], dtype, n)
+                for name, shape in shapes.items()
+                if name in params
+            }
 
         return self.llm.apply_model(read)[0]

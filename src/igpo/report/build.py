@@ -5,6 +5,7 @@ Reads what the trainer leaves in the run folder: `metrics.jsonl` (required), `co
 Plots are PNG data URIs, CSS and JS are inline, samples are embedded JSON rendered by the page's script with
 `textContent` (model text is never parsed as HTML). The page makes no network request.
 """
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,7 @@ def _by_step(path: Path) -> list[dict]:
     rows = read_jsonl(path)
     for k, r in enumerate(rows, 1):
         if not isinstance(r, dict) or not isinstance(r.get("step"), int):
-            raise RunFileError(f"{path}: row {k} has no integer \"step\"")
+            raise RunFileError(f'{path}: row {k} has no integer "step"')
     return sorted({r["step"]: r for r in rows}.values(), key=lambda r: r["step"])
 
 
@@ -82,12 +83,16 @@ def _change_class(gain: float | None) -> str:
 def _dev_card(evals: list[dict], demo: dict | None) -> tuple[str, str] | None:
     """The held-out greedy F1 before → after: the demo's, else the first and last rows of eval.jsonl."""
     if demo and demo.get("before") and demo.get("after"):
-        return "dev F1, greedy (before → after)", f"{_fmt(demo['before']['overall'].get('f1'))} → " \
-                                                  f"{_fmt(demo['after']['overall'].get('f1'))}"
+        return (
+            "dev F1, greedy (before → after)",
+            f"{_fmt(demo['before']['overall'].get('f1'))} → {_fmt(demo['after']['overall'].get('f1'))}",
+        )
     if len(evals) > 1:
         first, last = evals[0], evals[-1]
-        return (f"dev F1, greedy (step {first['step']} → {last['step']})",
-                f"{_fmt(first['overall'].get('f1'))} → {_fmt(last['overall'].get('f1'))}")
+        return (
+            f"dev F1, greedy (step {first['step']} → {last['step']})",
+            f"{_fmt(first['overall'].get('f1'))} → {_fmt(last['overall'].get('f1'))}",
+        )
     return None
 
 
@@ -98,11 +103,19 @@ def _header(run_dir: Path, cfg: dict, rows: list[dict], evals: list[dict], demo:
             node = node.get(k) if isinstance(node, dict) else None
         return node
 
-    facts = [("model", get("model.path")), ("estimator", get("algorithm.estimator")), ("IG", get("algorithm.ig")),
-             ("group size", get("rollout.group_size")), ("questions / step", get("rollout.questions_per_step")),
-             ("max turns", get("rollout.max_turns")), ("temperature", get("rollout.temperature")),
-             ("norm", get("algorithm.norm")), ("std", get("algorithm.std")), ("KL β", get("algorithm.kl_coef")),
-             ("lr", get("trainer.lr"))]
+    facts = [
+        ("model", get("model.path")),
+        ("estimator", get("algorithm.estimator")),
+        ("IG", get("algorithm.ig")),
+        ("group size", get("rollout.group_size")),
+        ("questions / step", get("rollout.questions_per_step")),
+        ("max turns", get("rollout.max_turns")),
+        ("temperature", get("rollout.temperature")),
+        ("norm", get("algorithm.norm")),
+        ("std", get("algorithm.std")),
+        ("KL β", get("algorithm.kl_coef")),
+        ("lr", get("trainer.lr")),
+    ]
     chips = "".join(f'<span class="chip"><b>{escape(k)}</b> {escape(str(v))}</span>' for k, v in facts if v is not None)
     planned = get("trainer.steps")
     steps = f"{len(rows)}" + (f" / {planned}" if planned is not None else "")
@@ -116,12 +129,19 @@ def _header(run_dir: Path, cfg: dict, rows: list[dict], evals: list[dict], demo:
         first, last = rows[0], rows[-1]
         for key, label in (("outcome_reward", "outcome reward"), ("f1", "rollout F1")):
             if key in last:
-                cards.append((f"{label}, first → last step (each on its own questions)",
-                              f"{_fmt(first.get(key))} → {_fmt(last.get(key))}"))
-    stats = "".join(f'<div class="stat"><div class="v">{escape(v)}</div><div class="k">{escape(k)}</div></div>'
-                    for k, v in cards)
-    return (f'<header><h1>IGPO run <code>{escape(run_dir.resolve().name)}</code></h1>'
-            f'<p class="chips">{chips}</p><div class="stats">{stats}</div></header>')
+                cards.append(
+                    (
+                        f"{label}, first → last step (each on its own questions)",
+                        f"{_fmt(first.get(key))} → {_fmt(last.get(key))}",
+                    )
+                )
+    stats = "".join(
+        f'<div class="stat"><div class="v">{escape(v)}</div><div class="k">{escape(k)}</div></div>' for k, v in cards
+    )
+    return (
+        f"<header><h1>IGPO run <code>{escape(run_dir.resolve().name)}</code></h1>"
+        f'<p class="chips">{chips}</p><div class="stats">{stats}</div></header>'
+    )
 
 
 def _curves(rows: list[dict], evals: list[dict]) -> str:
@@ -135,10 +155,12 @@ def _curves(rows: list[dict], evals: list[dict]) -> str:
         title = "Greedy evaluation F1"
         panels.append((title, line_plot(title, lines, rate=True)))
     if not panels:
-        return ('<section id="curves"><h2>Training curves</h2>'
-                '<p class="empty">No training step logged yet.</p></section>')
-    figs = "".join(f'<figure><img alt="{escape(t)}" src="{uri}"><figcaption>{escape(t)}</figcaption></figure>'
-                   for t, uri in panels)
+        return (
+            '<section id="curves"><h2>Training curves</h2><p class="empty">No training step logged yet.</p></section>'
+        )
+    figs = "".join(
+        f'<figure><img alt="{escape(t)}" src="{uri}"><figcaption>{escape(t)}</figcaption></figure>' for t, uri in panels
+    )
     return f'<section id="curves"><h2>Training curves</h2><div class="grid">{figs}</div></section>'
 
 
@@ -148,8 +170,11 @@ def _compare_table(caption: str, before: dict | None, after: dict, before_label:
     # (key, header, +1 when higher is better, -1 when lower is, 0 neither): colours the change
     cols = [("f1", "F1", 1), ("em", "EM", 1), ("format_error_rate", "format err", -1), ("tool_calls", "tool calls", 0)]
     head = "<th>source</th><th>n</th>" + "".join(
-        f"<th>{name} {escape(before_label)}</th><th>{name} {escape(after_label)}</th><th>Δ</th>" if before
-        else f"<th>{name}</th>" for _, name, _ in cols)
+        f"<th>{name} {escape(before_label)}</th><th>{name} {escape(after_label)}</th><th>Δ</th>"
+        if before
+        else f"<th>{name}</th>"
+        for _, name, _ in cols
+    )
     body = []
     for name in [*sources, "overall"]:
         a = after["overall"] if name == "overall" else after.get("by_source", {}).get(name, {})
@@ -164,17 +189,22 @@ def _compare_table(caption: str, before: dict | None, after: dict, before_label:
             sign = _change_class(None if delta is None else better * delta)
             change = "–" if delta is None else f"{delta:+.3f}"
             cells.append(f"<td>{_fmt(vb)}</td><td>{_fmt(va)}</td><td{sign}>{change}</td>")
-        body.append(f'<tr{" class=total" if name == "overall" else ""}>{"".join(cells)}</tr>')
-    return (f'<table><caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+        body.append(f"<tr{' class=total' if name == 'overall' else ''}>{''.join(cells)}</tr>")
+    return (
+        f"<table><caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead>"
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def _changed_answers(before: dict, after: dict, limit: int = CHANGED_LIMIT) -> str:
     """The questions (matched by id) whose greedy answer changed between two evaluations with rows: a count
     of those that gained, lost or kept their F1, then up to `limit` of them, largest F1 change first."""
     was = {r["id"]: r for r in before.get("rows", []) if "id" in r}
-    changed = [(was[r["id"]], r) for r in after.get("rows", [])
-               if r.get("id") in was and was[r["id"]].get("answer") != r.get("answer")]
+    changed = [
+        (was[r["id"]], r)
+        for r in after.get("rows", [])
+        if r.get("id") in was and was[r["id"]].get("answer") != r.get("answer")
+    ]
     if not changed:
         return ""
     delta = [(a.get("f1") or 0.0) - (b.get("f1") or 0.0) for b, a in changed]
@@ -189,16 +219,23 @@ def _changed_answers(before: dict, after: dict, limit: int = CHANGED_LIMIT) -> s
         b, a = changed[i]
         sign = _change_class(delta[i])
         golds = " | ".join(str(g) for g in a.get("golds", []))
-        body.append(f"<tr>{cell(a.get('source'))}{cell(a.get('question'))}{cell(golds)}{cell(b.get('answer'))}"
-                    f"<td>{_fmt(b.get('f1'), 2)}</td>{cell(a.get('answer'))}<td>{_fmt(a.get('f1'), 2)}</td>"
-                    f"<td{sign}>{delta[i]:+.2f}</td></tr>")
+        body.append(
+            f"<tr>{cell(a.get('source'))}{cell(a.get('question'))}{cell(golds)}{cell(b.get('answer'))}"
+            f"<td>{_fmt(b.get('f1'), 2)}</td>{cell(a.get('answer'))}<td>{_fmt(a.get('f1'), 2)}</td>"
+            f"<td{sign}>{delta[i]:+.2f}</td></tr>"
+        )
     shown = f"; the {len(order)} largest F1 changes shown" if len(order) < len(changed) else ""
-    caption = (f"Answers that changed: {len(changed)} of {len(after.get('rows', []))} questions, "
-               f"{up} gained F1, {down} lost it, {len(changed) - up - down} kept it{shown}")
-    head = "".join(f"<th>{h}</th>" for h in ("source", "question", "gold", "answer before", "F1", "answer after",
-                                              "F1", "Δ"))
-    return (f'<table class="changed"><caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead>'
-            f'<tbody>{"".join(body)}</tbody></table>')
+    caption = (
+        f"Answers that changed: {len(changed)} of {len(after.get('rows', []))} questions, "
+        f"{up} gained F1, {down} lost it, {len(changed) - up - down} kept it{shown}"
+    )
+    head = "".join(
+        f"<th>{h}</th>" for h in ("source", "question", "gold", "answer before", "F1", "answer after", "F1", "Δ")
+    )
+    return (
+        f'<table class="changed"><caption>{escape(caption)}</caption><thead><tr>{head}</tr></thead>'
+        f"<tbody>{''.join(body)}</tbody></table>"
+    )
 
 
 def _evaluation(evals: list[dict], demo: dict | None) -> str:
@@ -209,41 +246,68 @@ def _evaluation(evals: list[dict], demo: dict | None) -> str:
             caption = f"Greedy evaluation after step {last['step']} (eval.jsonl)"
             parts.append(_compare_table(caption, None, last, "", ""))
         else:
-            parts.append(_compare_table(f"Greedy evaluation, step {first['step']} → step {last['step']} (eval.jsonl)",
-                                        first, last, f"@{first['step']}", f"@{last['step']}"))
+            parts.append(
+                _compare_table(
+                    f"Greedy evaluation, step {first['step']} → step {last['step']} (eval.jsonl)",
+                    first,
+                    last,
+                    f"@{first['step']}",
+                    f"@{last['step']}",
+                )
+            )
     if demo and "after" in demo:
-        parts.append(_compare_table("igpo demo: dev set before and after training (demo.json)",
-                                    demo.get("before"), demo["after"], "before", "after"))
+        parts.append(
+            _compare_table(
+                "igpo demo: dev set before and after training (demo.json)",
+                demo.get("before"),
+                demo["after"],
+                "before",
+                "after",
+            )
+        )
         if demo.get("before"):
             parts.append(_changed_answers(demo["before"], demo["after"]))
     if not parts:
-        parts.append('<p class="empty">No evaluation in this run (set <code>trainer.eval_every</code> and '
-                     '<code>data.eval</code>, or run <code>igpo demo</code>).</p>')
+        parts.append(
+            '<p class="empty">No evaluation in this run (set <code>trainer.eval_every</code> and '
+            "<code>data.eval</code>, or run <code>igpo demo</code>).</p>"
+        )
     return f'<section id="evaluation"><h2>Evaluation</h2>{"".join(parts)}</section>'
 
 
 def _viewer(samples: list[dict], shown: int, logged: int, ig_kind: str) -> str:
     if not samples:
-        body = ('<p class="empty">No trajectory samples in this run (<code>trainer.log_samples</code> = 0, '
-                'or a run folder from before samples were logged).</p>')
+        body = (
+            '<p class="empty">No trajectory samples in this run (<code>trainer.log_samples</code> = 0, '
+            "or a run folder from before samples were logged).</p>"
+        )
     else:
         note = f" (samples of {shown} of the {logged} logged steps, spread over the run)" if shown < logged else ""
         log = "" if ig_kind == "prob_diff" else "log "
-        body = (f'<p class="hint">Rollouts of training steps as sampled{escape(note)}. Each turn shows the belief '
-                f'p<sub>t</sub> in the gold answer after the turn and its information gain r<sub>t</sub> '
-                f'({log}p<sub>t</sub> − {log}p<sub>t−1</sub>; '
-                'green: the turn raised the belief, red: it lowered it), then the turn advantage A<sub>t</sub>.</p>'
-                '<div class="controls">'
-                '<label>step <select id="f-step"><option value="">all</option></select></label>'
-                '<label><input type="checkbox" id="f-case"> wrong outcome (F1 = 0) but some turn with IG ≥ '
-                f'<input type="number" id="f-thr" value="{CASE_THRESHOLD}" step="0.01"></label>'
-                '<label>search <input type="search" id="f-text" placeholder="question, answer, query"></label>'
-                '<span id="f-count"></span></div><div id="traj-list"></div>')
+        body = (
+            f'<p class="hint">Rollouts of training steps as sampled{escape(note)}. Each turn shows the belief '
+            f"p<sub>t</sub> in the gold answer after the turn and its information gain r<sub>t</sub> "
+            f"({log}p<sub>t</sub> − {log}p<sub>t−1</sub>; "
+            "green: the turn raised the belief, red: it lowered it), then the turn advantage A<sub>t</sub>.</p>"
+            '<div class="controls">'
+            '<label>step <select id="f-step"><option value="">all</option></select></label>'
+            '<label><input type="checkbox" id="f-case"> wrong outcome (F1 = 0) but some turn with IG ≥ '
+            f'<input type="number" id="f-thr" value="{CASE_THRESHOLD}" step="0.01"></label>'
+            '<label>search <input type="search" id="f-text" placeholder="question, answer, query"></label>'
+            '<span id="f-count"></span></div><div id="traj-list"></div>'
+        )
     return f'<section id="trajectories"><h2>Trajectories</h2>{body}</section>'
 
 
-def render(run_dir: Path, cfg: dict, rows: list[dict], evals: list[dict], demo: dict | None, samples: list[dict],
-           max_samples: int = 400) -> str:
+def render(
+    run_dir: Path,
+    cfg: dict,
+    rows: list[dict],
+    evals: list[dict],
+    demo: dict | None,
+    samples: list[dict],
+    max_samples: int = 400,
+) -> str:
     samples, shown, logged = _spread(samples, max_samples)
     ig_kind = (cfg.get("algorithm") or {}).get("ig", "prob_diff")
     data = {"samples": samples, "threshold": CASE_THRESHOLD}
@@ -257,7 +321,9 @@ def render(run_dir: Path, cfg: dict, rows: list[dict], evals: list[dict], demo: 
         + _header(run_dir, cfg, rows, evals, demo)
         + '<nav><a href="#curves">curves</a><a href="#evaluation">evaluation</a>'
         '<a href="#trajectories">trajectories</a></nav>'
-        + _curves(rows, evals) + _evaluation(evals, demo) + _viewer(samples, shown, logged, ig_kind)
+        + _curves(rows, evals)
+        + _evaluation(evals, demo)
+        + _viewer(samples, shown, logged, ig_kind)
         + f'<script type="application/json" id="igpo-data">{blob}</script>'
         + f"<script>{_asset('viewer.js')}</script></body></html>"
     )
@@ -272,8 +338,15 @@ def build_report(run_dir: str | Path, out: str | Path | None = None, max_samples
     rows = _by_step(metrics)
     evals = _by_step(run_dir / "eval.jsonl")
     samples = read_jsonl(run_dir / SAMPLES) if (run_dir / SAMPLES).is_file() else []
-    page = render(run_dir, _read_config(run_dir / "config.yaml"), rows, evals, _read_json(run_dir / "demo.json"),
-                  samples, max_samples)
+    page = render(
+        run_dir,
+        _read_config(run_dir / "config.yaml"),
+        rows,
+        evals,
+        _read_json(run_dir / "demo.json"),
+        samples,
+        max_samples,
+    )
     out = Path(out) if out is not None else run_dir / "report.html"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(page, encoding="utf-8")

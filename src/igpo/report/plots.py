@@ -2,6 +2,7 @@
 
 Figures are built with `matplotlib.figure.Figure` directly (no pyplot, no global backend state).
 """
+
 from __future__ import annotations
 
 import base64
@@ -49,8 +50,9 @@ def _series(rows: list[dict], key: str) -> Line:
     return [p[0] for p in pts], [p[1] for p in pts]
 
 
-def line_plot(title: str, lines: dict[str, Line], bands: dict[str, Line] | None = None, rate: bool = False,
-              xlabel: str = "step") -> str:
+def line_plot(
+    title: str, lines: dict[str, Line], bands: dict[str, Line] | None = None, rate: bool = False, xlabel: str = "step"
+) -> str:
     """One small figure as a PNG data URI. bands: label -> (x, half-width) drawn as a shaded ± band."""
     fig = Figure(figsize=(4.6, 2.8), dpi=110, layout="constrained")
     ax = fig.add_subplot()
@@ -58,11 +60,19 @@ def line_plot(title: str, lines: dict[str, Line], bands: dict[str, Line] | None 
         color = f"C{k % 10}"
         x, y = np.asarray(x, float), np.asarray(y, float)
         many = len(x) > 40
-        ax.plot(x, y, color=color, lw=0.8 if many else 1.6, alpha=0.45 if many else 1.0,
-                marker=None if len(x) > 25 else "o", ms=3, label=label)
+        ax.plot(
+            x,
+            y,
+            color=color,
+            lw=0.8 if many else 1.6,
+            alpha=0.45 if many else 1.0,
+            marker=None if len(x) > 25 else "o",
+            ms=3,
+            label=label,
+        )
         if many:  # a moving average over ~5% of the run shows the trend through the noise
             w = max(2, len(x) // 20)
-            ax.plot(x[w - 1:], np.convolve(y, np.ones(w) / w, mode="valid"), color=color, lw=1.8)
+            ax.plot(x[w - 1 :], np.convolve(y, np.ones(w) / w, mode="valid"), color=color, lw=1.8)
         if bands and label in bands:
             bx, half = np.asarray(bands[label][0], float), np.asarray(bands[label][1], float)
             if len(bx) == len(x):

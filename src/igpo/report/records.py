@@ -5,6 +5,7 @@ viewer shows what was trained on. Belief after turn k (0-based) is p_{k+1} = exp
 every turn but the last, and so does the IG reward of the turn. Text is the turn's decoded generation, kept
 for display only.
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,14 @@ from igpo.agent.trajectory import Trajectory
 from igpo.algo.rewards import answer_f1
 
 
-def trajectory_record(tr: Trajectory, rewards: Sequence[float], advantages: Sequence[float], outcome: float,
-                      step: int, answer_norm: str = "official") -> dict:
+def trajectory_record(
+    tr: Trajectory,
+    rewards: Sequence[float],
+    advantages: Sequence[float],
+    outcome: float,
+    step: int,
+    answer_norm: str = "official",
+) -> dict:
     """One trajectory; `rewards` and `advantages` are its turn rewards and turn advantages ([T] or longer, padded).
 
     Turn rewards hold the IG of each turn before the last (when beliefs were scored) and the outcome on the last.
@@ -27,19 +34,21 @@ def trajectory_record(tr: Trajectory, rewards: Sequence[float], advantages: Sequ
     turns = []
     for k, t in enumerate(tr.turns):
         scored = beliefs is not None and k < n - 1
-        turns.append({
-            "kind": t.action.kind,
-            "text": t.text,
-            "tool": t.action.name,
-            "arguments": t.action.arguments,
-            "call_error": t.action.error,
-            "tool_result": t.tool_result,
-            "tool_error": t.tool_error,
-            "belief": math.exp(beliefs[k + 1]) if scored else None,
-            "ig": float(rewards[k]) if scored else None,
-            "advantage": float(advantages[k]),
-            "generated_tokens": t.gen_end - t.gen_start,
-        })
+        turns.append(
+            {
+                "kind": t.action.kind,
+                "text": t.text,
+                "tool": t.action.name,
+                "arguments": t.action.arguments,
+                "call_error": t.action.error,
+                "tool_result": t.tool_result,
+                "tool_error": t.tool_error,
+                "belief": math.exp(beliefs[k + 1]) if scored else None,
+                "ig": float(rewards[k]) if scored else None,
+                "advantage": float(advantages[k]),
+                "generated_tokens": t.gen_end - t.gen_start,
+            }
+        )
     answer = tr.answer
     ex = tr.example
     return {
@@ -58,9 +67,18 @@ def trajectory_record(tr: Trajectory, rewards: Sequence[float], advantages: Sequ
     }
 
 
-def sample_records(trajs: Sequence[Trajectory], rewards: torch.Tensor, advantages: torch.Tensor,
-                   outcomes: Sequence[float], step: int, n: int, answer_norm: str = "official") -> list[dict]:
+def sample_records(
+    trajs: Sequence[Trajectory],
+    rewards: torch.Tensor,
+    advantages: torch.Tensor,
+    outcomes: Sequence[float],
+    step: int,
+    n: int,
+    answer_norm: str = "official",
+) -> list[dict]:
     """Records of the first `n` trajectories of a step (whole groups when n is a multiple of the group size,
     since a group's rollouts are consecutive). rewards, advantages: [B, T] turn rewards and turn advantages."""
-    return [trajectory_record(tr, rewards[b].tolist(), advantages[b].tolist(), outcomes[b], step, answer_norm)
-            for b, tr in enumerate(trajs[:n])]
+    return [
+        trajectory_record(tr, rewards[b].tolist(), advantages[b].tolist(), outcomes[b], step, answer_norm)
+        for b, tr in enumerate(trajs[:n])
+    ]

@@ -7,6 +7,7 @@ from `start_step` on, so both match `metrics.jsonl` (and `eval.jsonl`, whose row
 The wandb run is resumed by its id (kept in the checkpoint); the steps it already holds are not sent again: a
 resumed run recomputes them bit for bit.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,17 +71,31 @@ def open_wandb(out: Path, run_id: str, opts: WandbConfig, config: dict):
     if mode == "offline":  # wandb's own error reports would go over the network
         os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     # console="off": wandb would otherwise wrap stdout and stderr, where the progress lines go
-    return wandb.init(project=opts.project, entity=opts.entity, name=opts.name or out.resolve().name,
-                      tags=opts.tags, id=run_id, resume="allow", dir=str(out), config=config, mode=mode,
-                      settings=wandb.Settings(console="off"))
+    return wandb.init(
+        project=opts.project,
+        entity=opts.entity,
+        name=opts.name or out.resolve().name,
+        tags=opts.tags,
+        id=run_id,
+        resume="allow",
+        dir=str(out),
+        config=config,
+        mode=mode,
+        settings=wandb.Settings(console="off"),
+    )
 
 
 class RunLog:
     """Appends sample records to `out/samples.jsonl` and scalars to TensorBoard event files in `out` and to a
     wandb run (`wandb`: (run id, `trainer.wandb`, the config as a dict); None: no wandb run)."""
 
-    def __init__(self, out: Path, start_step: int = 0, tensorboard: bool = True,
-                 wandb: tuple[str, WandbConfig, dict] | None = None):
+    def __init__(
+        self,
+        out: Path,
+        start_step: int = 0,
+        tensorboard: bool = True,
+        wandb: tuple[str, WandbConfig, dict] | None = None,
+    ):
         self.out = Path(out)
         self.out.mkdir(parents=True, exist_ok=True)
         path = self.out / SAMPLES
@@ -112,8 +127,9 @@ class RunLog:
 
     def eval(self, row: dict) -> None:
         """An eval.jsonl row {step, overall, by_source} as `eval/overall/f1`, `eval/<source>/f1`..."""
-        self._scalars({f"eval/{name}": v for name, v in flatten({"overall": row["overall"], **row["by_source"]})},
-                      row["step"])
+        self._scalars(
+            {f"eval/{name}": v for name, v in flatten({"overall": row["overall"], **row["by_source"]})}, row["step"]
+        )
 
     def _scalars(self, values: dict[str, float], step: int) -> None:
         if self._tb is not None:

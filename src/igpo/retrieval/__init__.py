@@ -2,6 +2,7 @@
 
 `make_retriever(cfg.retrieval)` (in `igpo.retrieval.factory`) builds the one a config asks for.
 """
+
 from igpo.retrieval.base import Hit, RetrievalError, Retriever
 from igpo.retrieval.render import render_hits
 

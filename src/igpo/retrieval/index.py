@@ -9,6 +9,7 @@ An index directory holds:
 The index is self-contained: serving it needs no corpus file. Given a corpus, loading checks that the index was
 built from that very file and refuses otherwise, so results never silently come from another corpus.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -34,7 +35,6 @@ Kind = Literal["bm25", "dense"]
 
 class RetrievalIndexError(ValueError):
     """An index directory is missing, malformed, or does not match the corpus or encoder it is used with."""
-
 
 
 def file_sha256(path: str | Path) -> str:
@@ -90,7 +90,9 @@ def index_id(meta: dict) -> str:
 def read_meta(directory: str | Path) -> dict:
     path = Path(directory) / "meta.json"
     if not path.is_file():
-        raise RetrievalIndexError(f"{directory} is not an index directory (no meta.json); build one with `igpo index build`")
+        raise RetrievalIndexError(
+            f"{directory} is not an index directory (no meta.json); build one with `igpo index build`"
+        )
     meta = json.loads(path.read_text())
     if meta.get("format") != FORMAT:
         raise RetrievalIndexError(f"{directory}: index format {meta.get('format')!r}, this version reads {FORMAT}")
@@ -202,8 +204,9 @@ def load_index(
         check_corpus(meta, corpus, directory)
     passages = ArrowPassages(directory / "passages.arrow")
     if len(passages) != meta["corpus"]["n_passages"]:
-        raise RetrievalIndexError(f"{directory}: passages.arrow holds {len(passages)} passages, meta.json says "
-                          f"{meta['corpus']['n_passages']}")
+        raise RetrievalIndexError(
+            f"{directory}: passages.arrow holds {len(passages)} passages, meta.json says {meta['corpus']['n_passages']}"
+        )
     if meta["kind"] == "bm25":
         from igpo.retrieval.bm25 import BM25Retriever
 

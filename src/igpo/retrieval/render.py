@@ -1,4 +1,5 @@
 """How search results are shown to the policy: the same compact text for every backend."""
+
 from __future__ import annotations
 
 from igpo.retrieval.base import Hit

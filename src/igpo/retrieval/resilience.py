@@ -7,6 +7,7 @@ expected JSON), and a circuit breaker that fails fast while the service is down 
 episode wait out its retries. Other 4xx (a bound, a wrong API key, no credits left) fail at once: another
 attempt would get the same answer. When the attempts are spent, `RetrievalError` is raised.
 """
+
 from __future__ import annotations
 
 import email.utils
@@ -115,8 +116,9 @@ class ResilientHTTP:
             raise _Retryable(f"HTTP {r.status_code}: {r.text[:200]}")
         if r.status_code != 200:
             self.count(http_errors=1, refused=1)
-            raise RetrievalError(f"{self.base_url} refused the search: HTTP {r.status_code}: {r.text[:300]}",
-                                 server_fault=False)
+            raise RetrievalError(
+                f"{self.base_url} refused the search: HTTP {r.status_code}: {r.text[:300]}", server_fault=False
+            )
         try:
             return parse(r)
         except (ValueError, KeyError, TypeError, AttributeError) as e:

@@ -10,6 +10,7 @@ Requests are bounded (number of queries, query length, topk, body size); a reque
 that names the bound. Concurrent requests are searched together: while one batch is searched, the next
 requests queue and go into the next batch, so a busy server makes fewer, larger calls into the index.
 """
+
 from __future__ import annotations
 
 import asyncio
@@ -196,4 +197,3 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-

@@ -10,6 +10,7 @@ question often search the same thing) is sent once. Backends:
   Only the organic results are used: title, URL and snippet of the top k.
 - any `Retriever` (embedded BM25, a saved index, `igpo serve` over HTTP): the same tool and rendering offline.
 """
+
 from __future__ import annotations
 
 import logging
@@ -51,7 +52,9 @@ class SerperRetriever(Retriever):
             for start in range(0, len(queries), self.max_queries_per_request):
                 chunk = queries[start : start + self.max_queries_per_request]
                 body = [{"q": q, "num": topk} for q in chunk]
-                out += self._client.post(self.endpoint, body, partial(_parse_response, n=len(chunk), topk=topk), attempts)
+                out += self._client.post(
+                    self.endpoint, body, partial(_parse_response, n=len(chunk), topk=topk), attempts
+                )
             return out
 
         return self._client.guarded(fetch)
@@ -151,8 +154,13 @@ class WebSearch:
         out = [answers[q] for q in queries]
         errors = Counter(a.error for a in out)
         with self._lock:
-            self._counts.update(queries=len(queries), calls=sent, cache_hits=errors[None] - sent,
-                                budget_refused=errors["budget_exhausted"], failed=errors["tool_failed"])
+            self._counts.update(
+                queries=len(queries),
+                calls=sent,
+                cache_hits=errors[None] - sent,
+                budget_refused=errors["budget_exhausted"],
+                failed=errors["tool_failed"],
+            )
         return out
 
     def _reserve(self, n: int) -> int:
@@ -188,4 +196,3 @@ class WebSearch:
 
     def close(self) -> None:
         self.backend.close()
-

@@ -1,4 +1,5 @@
 """Trajectories → padded tensors for the scoring and update passes (shared by RL and SFT)."""
+
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -8,7 +9,9 @@ import torch
 from igpo.agent.trajectory import Trajectory
 
 
-def collate(trajs: Sequence[Trajectory], pad_id: int, loss_masks: Sequence[list[bool]] | None = None) -> dict[str, torch.Tensor]:
+def collate(
+    trajs: Sequence[Trajectory], pad_id: int, loss_masks: Sequence[list[bool]] | None = None
+) -> dict[str, torch.Tensor]:
     """Right-padded batch: ids [B, L], attn [B, L], loss_mask [B, L] (bool), turns [B, L] (-1 = prompt or pad),
     prompt_len [B], and rollout_lp [B, L] (float, 0 outside generations) when every trajectory that generated
     recorded its sampling log-probs. `loss_masks` overrides each trajectory's own mask (SFT trains on some turns only)."""

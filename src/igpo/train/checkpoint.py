@@ -9,6 +9,7 @@ checkpoint whose manifest is missing or does not match its files (truncated, cor
 `step_NNNNNN.corrupt` with a warning, and the previous one is used. The last `trainer.keep_last` checkpoints are
 kept.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -73,9 +74,19 @@ def verify(folder: Path) -> str | None:
     return None
 
 
-def save_checkpoint(out_dir: Path, step: int, model, tokenizer, optimizer, scheduler, keep_last: int,
-                    extra: dict | None = None, *, model_state: dict | None = None,
-                    optimizer_state: dict | None = None) -> Path:
+def save_checkpoint(
+    out_dir: Path,
+    step: int,
+    model,
+    tokenizer,
+    optimizer,
+    scheduler,
+    keep_last: int,
+    extra: dict | None = None,
+    *,
+    model_state: dict | None = None,
+    optimizer_state: dict | None = None,
+) -> Path:
     """Write `step_NNNNNN/` atomically (see the module doc); `extra` goes into the trainer state.
     `model_state` / `optimizer_state` replace the live objects' state dicts (a sharded model's, gathered)."""
     root = Path(out_dir) / "checkpoints"
@@ -120,8 +131,12 @@ def latest_checkpoint(out_dir: Path) -> tuple[Path, dict] | None:
         aside = ckpt.with_name(ckpt.name + ".corrupt")
         shutil.rmtree(aside, ignore_errors=True)
         ckpt.rename(aside)
-        log.warning("checkpoint %s is incomplete or corrupted: %s; moved to %s, using the previous one",
-                    ckpt, problem, aside.name)
+        log.warning(
+            "checkpoint %s is incomplete or corrupted: %s; moved to %s, using the previous one",
+            ckpt,
+            problem,
+            aside.name,
+        )
     return None
 
 
@@ -166,11 +181,21 @@ def check_resume_state(state: dict, questions_per_step: int, retriever: Retrieve
     """Warn where the resumed run cannot continue exactly as the interrupted one would have."""
     data = state.get("data")
     if data and data.get("questions_per_step") != questions_per_step:
-        log.warning("rollout.questions_per_step was %s and is now %d: from step %d on, the questions differ from "
-                    "those of the interrupted run", data.get("questions_per_step"), questions_per_step, state["step"])
+        log.warning(
+            "rollout.questions_per_step was %s and is now %d: from step %d on, the questions differ from "
+            "those of the interrupted run",
+            data.get("questions_per_step"),
+            questions_per_step,
+            state["step"],
+        )
     saved, now = state.get("retrieval"), retrieval_pointer(retriever)
     if saved and saved.get("cache_dir") and now is not None:
         for key in ("cache_dir", "index_id"):
             if now.get(key) and now[key] != saved[key]:
-                log.warning("the retrieval %s was %s and is now %s: searches made before the interruption will "
-                            "not replay from the cache", key, saved[key], now[key])
+                log.warning(
+                    "the retrieval %s was %s and is now %s: searches made before the interruption will "
+                    "not replay from the cache",
+                    key,
+                    saved[key],
+                    now[key],
+                )

@@ -22,6 +22,7 @@ belief scoring and evaluation run a different number of forwards on each rank, w
 all-gather per layer per forward) cannot do: they run inside `gathered()`, which all-gathers the parameters
 once and keeps them whole until the block ends.
 """
+
 from __future__ import annotations
 
 import os
@@ -217,8 +218,9 @@ def shard_module(model, param_dtype: str | None = None) -> None:
         kwargs["mp_policy"] = MixedPrecisionPolicy(param_dtype=getattr(torch, param_dtype), reduce_dtype=torch.float32)
     layers = set(getattr(model, "_no_split_modules", None) or [])
     if not layers:
-        raise ConfigError(f"trainer.parallel=fsdp: {type(model).__name__} names no decoder layer class "
-                          "(_no_split_modules) to shard")
+        raise ConfigError(
+            f"trainer.parallel=fsdp: {type(model).__name__} names no decoder layer class (_no_split_modules) to shard"
+        )
     for m in model.modules():
         if type(m).__name__ in layers:
             fully_shard(m, **kwargs)
@@ -228,8 +230,10 @@ def shard_module(model, param_dtype: str | None = None) -> None:
 def check_world(cfg: Config, world_size: int) -> None:
     q = cfg.rollout.questions_per_step
     if q % world_size:
-        raise ConfigError(f"rollout.questions_per_step ({q}) must be a multiple of the number of processes "
-                          f"({world_size}): each process rolls out an equal share of the questions")
+        raise ConfigError(
+            f"rollout.questions_per_step ({q}) must be a multiple of the number of processes "
+            f"({world_size}): each process rolls out an equal share of the questions"
+        )
 
 
 def setup(cfg: Config) -> tuple[Dist, Config]:
@@ -271,7 +275,12 @@ def gather_step(d: Dist, res: StepResult) -> StepResult | None:
     for p in parts:
         for k, v in p.seconds.items():
             seconds[k] = max(seconds.get(k, 0.0), v)
-    return StepResult(trajs=[t for p in parts for t in p.trajs], rewards=cat([p.rewards for p in parts]),
-                      turn_mask=cat([p.turn_mask for p in parts]), outcomes=[o for p in parts for o in p.outcomes],
-                      turn_adv=cat([p.turn_adv for p in parts]), losses=merge_losses([p.losses for p in parts]),
-                      seconds=seconds)
+    return StepResult(
+        trajs=[t for p in parts for t in p.trajs],
+        rewards=cat([p.rewards for p in parts]),
+        turn_mask=cat([p.turn_mask for p in parts]),
+        outcomes=[o for p in parts for o in p.outcomes],
+        turn_adv=cat([p.turn_adv for p in parts]),
+        losses=merge_losses([p.losses for p in parts]),
+        seconds=seconds,
+    )

@@ -8,6 +8,7 @@
 - Kill points: `kill_point(name)` SIGKILLs this process at the n-th time it passes point `name` when the
   environment variable `IGPO_KILL_AT=name@n` is set (a test hook for exact resume; a no-op otherwise).
 """
+
 from __future__ import annotations
 
 import logging
@@ -82,14 +83,19 @@ class BadStepGuard:
         self.in_a_row += 1
         self.last = fault
         log.warning("%s: step skipped (%d in a row; the run stops at %d)", fault, self.in_a_row, self.max_bad_steps)
-        return {"step": fault.step, "skipped": {"phase": fault.phase, "error": str(fault)},
-                "bad_steps_in_a_row": self.in_a_row}
+        return {
+            "step": fault.step,
+            "skipped": {"phase": fault.phase, "error": str(fault)},
+            "bad_steps_in_a_row": self.in_a_row,
+        }
 
     def check(self) -> None:
         """Stop the run once `max_bad_steps` steps in a row were skipped."""
         if self.last is not None and self.in_a_row >= self.max_bad_steps:
-            raise TooManyBadSteps(f"{self.in_a_row} bad steps in a row (trainer.max_bad_steps={self.max_bad_steps}); "
-                                  f"the last: {self.last}")
+            raise TooManyBadSteps(
+                f"{self.in_a_row} bad steps in a row (trainer.max_bad_steps={self.max_bad_steps}); "
+                f"the last: {self.last}"
+            )
 
 
 def kill_point(name: str) -> None:

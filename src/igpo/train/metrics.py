@@ -5,6 +5,7 @@ loss terms of `Trainer.update` come in three kinds, which say how they combine o
 `SUMMED_LOSSES` are shares of a globally normalised sum, `SHARED_LOSSES` are identical on every rank, and the rest
 are per-token rates (means).
 """
+
 from __future__ import annotations
 
 from collections import Counter, defaultdict
@@ -46,13 +47,17 @@ def ig_summary(trajs: list[Trajectory], kind: str) -> dict[str, float]:
     raw = [float(x) for tr in trajs if tr.beliefs is not None for x in information_gain(torch.tensor(tr.beliefs), kind)]
     out = {"ig_rollout_share": sum(tr.beliefs is not None and tr.num_turns > 1 for tr in trajs) / len(trajs)}
     if raw:
-        out |= {"ig_raw_mean": float(np.mean(raw)), "ig_raw_std": float(np.std(raw)),
-                "ig_raw_positive_share": float(np.mean([x > 0 for x in raw]))}
+        out |= {
+            "ig_raw_mean": float(np.mean(raw)),
+            "ig_raw_std": float(np.std(raw)),
+            "ig_raw_positive_share": float(np.mean([x > 0 for x in raw])),
+        }
     return out
 
 
-def step_metrics(step: int, res: StepResult, cfg: Config, lr: float, uses_ig: bool, ig_gate: IGGate,
-                 retrieval: dict | None) -> dict:
+def step_metrics(
+    step: int, res: StepResult, cfg: Config, lr: float, uses_ig: bool, ig_gate: IGGate, retrieval: dict | None
+) -> dict:
     """The metrics.jsonl row of step `step`. `lr`: the learning rate after the step; `uses_ig`: the estimator
     reads IG; `retrieval`: this step's retrieval counts (`PerStepCounts`), None without a tool that keeps any."""
     a = cfg.algorithm
@@ -116,8 +121,11 @@ def _ig_per_turn(res: StepResult) -> dict[str, float]:
     """Mean and std of the IG reward of turn k (1-based) over the rollouts whose beliefs were scored."""
     out = {}
     for k in range(res.rewards.shape[1] - 1):
-        vals = [float(res.rewards[b, k]) for b, tr in enumerate(res.trajs)
-                if tr.beliefs is not None and k < tr.num_turns - 1]
+        vals = [
+            float(res.rewards[b, k])
+            for b, tr in enumerate(res.trajs)
+            if tr.beliefs is not None and k < tr.num_turns - 1
+        ]
         if vals:
             out[f"ig_turn{k + 1}_mean"] = float(np.mean(vals))
             out[f"ig_turn{k + 1}_std"] = float(np.std(vals))

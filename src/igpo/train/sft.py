@@ -13,6 +13,7 @@ token ids and the masks are exactly those of RL rollouts, and tool results are r
 is the mean negative log-likelihood of the trained generations' tokens (their sampled-token spans, including
 the end-of-turn token); prompts and tool results are never trained on.
 """
+
 from __future__ import annotations
 
 import json
@@ -62,12 +63,14 @@ def answer_text(answer: str) -> str:
 def _broken_call(query: str, rng: random.Random) -> str:
     """A tool call the parser rejects, in one of the ways small models get it wrong."""
     good = json.dumps({"name": "search", "arguments": {"query": query}})
-    return rng.choice([
-        f"<tool_call>{good[:-1]}</tool_call>",  # unbalanced braces
-        f"<tool_call>{{name: search, query: {query}}}</tool_call>",  # not JSON
-        f"<tool_call>{good}",  # never closed
-        "<tool_call>" + json.dumps({"arguments": {"query": query}}) + "</tool_call>",  # no tool name
-    ])
+    return rng.choice(
+        [
+            f"<tool_call>{good[:-1]}</tool_call>",  # unbalanced braces
+            f"<tool_call>{{name: search, query: {query}}}</tool_call>",  # not JSON
+            f"<tool_call>{good}",  # never closed
+            "<tool_call>" + json.dumps({"arguments": {"query": query}}) + "</tool_call>",  # no tool name
+        ]
+    )
 
 
 def bridges(example: QAExample) -> list[str]:
@@ -84,8 +87,10 @@ def plan_queries(example: QAExample) -> list[str]:
     question when the plan and the bridge entities disagree (a three-hop plan needs two bridges)."""
     queries = [str(q) for q in example.meta["oracle_queries"]]
     if "bridges" in example.meta and len(bridges(example)) != len(queries) - 1:
-        raise ValueError(f"question {example.id}: {len(queries)} oracle_queries but bridges "
-                         f"{bridges(example)}; a plan of n searches needs n - 1 bridge entities")
+        raise ValueError(
+            f"question {example.id}: {len(queries)} oracle_queries but bridges "
+            f"{bridges(example)}; a plan of n searches needs n - 1 bridge entities"
+        )
     return queries
 
 
@@ -105,8 +110,13 @@ def sample_by_hops(pool: Sequence[QAExample], n: int, rng: random.Random) -> lis
     return chosen
 
 
-def plan_demos(examples: Sequence[QAExample], rng: random.Random, wasted_rate: float, malformed_rate: float,
-               max_turns: int | None = None) -> list[Demo]:
+def plan_demos(
+    examples: Sequence[QAExample],
+    rng: random.Random,
+    wasted_rate: float,
+    malformed_rate: float,
+    max_turns: int | None = None,
+) -> list[Demo]:
     """One demonstration per example that has `oracle_queries` (others are skipped). A failed first attempt that
     would take the demonstration past `max_turns` generations is left out (the plan is demonstrated clean)."""
     usable = [ex for ex in examples if ex.meta.get("oracle_queries")]
@@ -118,7 +128,9 @@ def plan_demos(examples: Sequence[QAExample], rng: random.Random, wasted_rate: f
         if max_turns is not None and len(texts) + 1 > max_turns:
             demos.append(Demo(ex, texts, [True] * len(texts), "clean"))
         elif u < malformed_rate:
-            demos.append(Demo(ex, [_broken_call(queries[0], rng)] + texts, [False] + [True] * len(texts), "malformed_call"))
+            demos.append(
+                Demo(ex, [_broken_call(queries[0], rng)] + texts, [False] + [True] * len(texts), "malformed_call")
+            )
         elif u < malformed_rate + wasted_rate and len(usable) > 1:
             other = rng.choice([o for o in usable[:64] if o is not ex] or usable)
             wasted = call_text(str(other.meta["oracle_queries"][0]))
@@ -163,21 +175,38 @@ def _grounded(demo: Demo, tr: Trajectory) -> bool:
     return any(normalize_answer(a) in last for a in demo.example.answers)
 
 
-def play_demos(demos: Sequence[Demo], fmt: ChatFormat, toolbox: Toolbox, max_turns: int, max_context: int,
-               max_new_tokens: int, grounded_only: bool = True, batch: int = 64) -> tuple[list[Trajectory], list[list[bool]], dict]:
+def play_demos(
+    demos: Sequence[Demo],
+    fmt: ChatFormat,
+    toolbox: Toolbox,
+    max_turns: int,
+    max_context: int,
+    max_new_tokens: int,
+    grounded_only: bool = True,
+    batch: int = 64,
+) -> tuple[list[Trajectory], list[list[bool]], dict]:
     """(trajectories, per-trajectory loss masks, counts) of the demonstrations that play out as planned."""
     trajs, masks = [], []
     counts: dict = {"planned": len(demos), "too_long": 0, "not_grounded": 0, "by_kind": dict.fromkeys(KINDS, 0)}
     demos = [d for d in demos if len(d.texts) <= max_turns]
     counts["too_long"] = counts["planned"] - len(demos)
     for lo in range(0, len(demos), batch):
-        chunk = list(demos[lo:lo + batch])
-        played = rollout([d.example for d in chunk], list(range(lo, lo + len(chunk))), TeacherGenerator(fmt, chunk), fmt,
-                         toolbox, SamplingParams(max_new_tokens, 0.0), max_turns, max_context)
+        chunk = list(demos[lo : lo + batch])
+        played = rollout(
+            [d.example for d in chunk],
+            list(range(lo, lo + len(chunk))),
+            TeacherGenerator(fmt, chunk),
+            fmt,
+            toolbox,
+            SamplingParams(max_new_tokens, 0.0),
+            max_turns,
+            max_context,
+        )
         for d, tr in zip(chunk, played):
             played_as_planned = tr.num_turns == len(d.texts) and all(
-                tr.ids[t.gen_start:t.gen_end] == fmt.encode_text(text) + [fmt.eot_ids[0]]
-                for t, text in zip(tr.turns, d.texts))
+                tr.ids[t.gen_start : t.gen_end] == fmt.encode_text(text) + [fmt.eot_ids[0]]
+                for t, text in zip(tr.turns, d.texts)
+            )
             if tr.finish != "answer" or not played_as_planned:
                 counts["too_long"] += 1  # cut by max_new_tokens or max_context
                 continue
@@ -187,7 +216,7 @@ def play_demos(demos: Sequence[Demo], fmt: ChatFormat, toolbox: Toolbox, max_tur
             mask = [False] * len(tr.ids)
             for t, keep in zip(tr.turns, d.trained):
                 if keep:
-                    mask[t.gen_start:t.gen_end] = [True] * (t.gen_end - t.gen_start)
+                    mask[t.gen_start : t.gen_end] = [True] * (t.gen_end - t.gen_start)
             trajs.append(tr)
             masks.append(mask)
             counts["by_kind"][d.kind] += 1
@@ -206,15 +235,23 @@ def sft_loss(model, batch: dict[str, torch.Tensor], num_tokens: float) -> torch.
     return -(lp * mask).sum() / num_tokens
 
 
-def train_sft(model, pad_id: int, trajs: Sequence[Trajectory], masks: Sequence[list[bool]], cfg: SftConfig,
-              progress: Callable[[dict], None] | None = None) -> list[dict]:
+def train_sft(
+    model,
+    pad_id: int,
+    trajs: Sequence[Trajectory],
+    masks: Sequence[list[bool]],
+    cfg: SftConfig,
+    progress: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """AdamW over the demonstrations for `cfg.epochs`; one history row per optimizer step."""
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.0)
     per_epoch = math.ceil(len(trajs) / cfg.batch_size)
     total = per_epoch * cfg.epochs
     warm = max(1, total // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm))))
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min((s + 1) / warm, max(0.0, (total - s) / max(1, total - warm)))
+    )
     rng = random.Random(cfg.seed)
     model.train()
     history = []
@@ -223,21 +260,31 @@ def train_sft(model, pad_id: int, trajs: Sequence[Trajectory], masks: Sequence[l
         rng.shuffle(order)
         for lo in range(0, len(order), cfg.batch_size):
             t0 = time.perf_counter()
-            rows = order[lo:lo + cfg.batch_size]
+            rows = order[lo : lo + cfg.batch_size]
             n_tok = float(sum(sum(masks[i]) for i in rows))
             opt.zero_grad(set_to_none=True)
             loss_sum = 0.0
             for mlo in range(0, len(rows), cfg.micro_batch_size):
-                sub = rows[mlo:mlo + cfg.micro_batch_size]
-                loss = sft_loss(model, collate([trajs[i] for i in sub], pad_id, [masks[i] for i in sub]), max(n_tok, 1.0))
+                sub = rows[mlo : mlo + cfg.micro_batch_size]
+                loss = sft_loss(
+                    model, collate([trajs[i] for i in sub], pad_id, [masks[i] for i in sub]), max(n_tok, 1.0)
+                )
                 loss.backward()
                 loss_sum += float(loss.detach())
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)
             opt.step()
             sched.step()
-            row = {"step": len(history), "epoch": epoch, "loss": loss_sum, "grad_norm": float(grad_norm),
-                   "tokens": int(sum(len(trajs[i].ids) for i in rows)), "trained_tokens": int(n_tok),
-                   "lr": sched.get_last_lr()[0], "seconds": round(time.perf_counter() - t0, 3), "total_steps": total}
+            row = {
+                "step": len(history),
+                "epoch": epoch,
+                "loss": loss_sum,
+                "grad_norm": float(grad_norm),
+                "tokens": int(sum(len(trajs[i].ids) for i in rows)),
+                "trained_tokens": int(n_tok),
+                "lr": sched.get_last_lr()[0],
+                "seconds": round(time.perf_counter() - t0, 3),
+                "total_steps": total,
+            }
             history.append(row)
             if progress is not None:
                 progress(row)
@@ -250,8 +297,10 @@ def sft_summary(res: dict) -> list[str]:
     lines = [f"SFT: {d['kept']} of {d['planned']} demonstrations ({d['by_kind']}), final loss {res['final_loss']:.3f}"]
     if res["heldout"]:
         h = res["heldout"]
-        lines.append(f"held-out ({h['n']} questions): valid generations {h['valid_generation_rate']:.2f}, "
-                     f"questions with a tool call {h['tool_call_rate']:.2f}, F1 {h['f1']:.3f}")
+        lines.append(
+            f"held-out ({h['n']} questions): valid generations {h['valid_generation_rate']:.2f}, "
+            f"questions with a tool call {h['tool_call_rate']:.2f}, F1 {h['f1']:.3f}"
+        )
     lines.append(f"model: {res['model_dir']}")
     return lines
 
@@ -261,8 +310,9 @@ def sft_done(out_dir: str | Path) -> bool:
     return (Path(out_dir) / "sft.json").is_file() and (Path(out_dir) / "model" / "config.json").is_file()
 
 
-def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
-            eval_progress: Callable[[int, int], None] | None = None) -> dict:
+def run_sft(
+    cfg: Config, progress: Callable[[dict], None] | None = None, eval_progress: Callable[[int, int], None] | None = None
+) -> dict:
     """The whole warm start: plan and play demonstrations, train, save `sft.out_dir/model`, then evaluate greedy
     format validity and tool-call rate on `sft.eval_size` held-out questions. Returns what `sft.json` holds."""
     from igpo.agent.build import make_chat_format, make_toolbox
@@ -287,7 +337,9 @@ def run_sft(cfg: Config, progress: Callable[[dict], None] | None = None,
     chosen = sample_by_hops(pool, s.examples, rng) if s.balance_hops else rng.sample(pool, min(len(pool), s.examples))
     r = cfg.rollout
     demos = plan_demos(chosen, rng, s.wasted_search_rate, s.malformed_call_rate, r.max_turns)
-    trajs, masks, counts = play_demos(demos, fmt, toolbox, r.max_turns, r.max_context, r.max_new_tokens, s.grounded_only)
+    trajs, masks, counts = play_demos(
+        demos, fmt, toolbox, r.max_turns, r.max_context, r.max_new_tokens, s.grounded_only
+    )
     if not trajs:
         raise ConfigError(f"sft: none of {counts['planned']} demonstrations fit the rollout limits ({counts})")
     times["demonstrations"] = time.perf_counter() - t

@@ -3,6 +3,7 @@
 One step: questions → rollout (G per question) → beliefs p_0..p_{T−1} → turn rewards (IG, outcome) →
 turn advantages → token advantages → PPO update. Each phase is timed; metrics go to `metrics.jsonl`.
 """
+
 from __future__ import annotations
 
 import copy
@@ -62,8 +63,15 @@ class Timer:
 class Trainer:
     """Holds the policy, the reference, the optimizer and the run folder; `fit()` runs `trainer.steps` steps."""
 
-    def __init__(self, cfg: Config, model=None, tokenizer=None, toolbox: Toolbox | None = None,
-                 train_set: list[QAExample] | None = None, generator: Generator | None = None):
+    def __init__(
+        self,
+        cfg: Config,
+        model=None,
+        tokenizer=None,
+        toolbox: Toolbox | None = None,
+        train_set: list[QAExample] | None = None,
+        generator: Generator | None = None,
+    ):
         self.dist, cfg = distributed.setup(cfg)
         self.cfg = cfg
         self.out = Path(cfg.trainer.out_dir)
@@ -79,8 +87,10 @@ class Trainer:
         self.toolbox = toolbox or make_toolbox(cfg)
         self.fmt = make_chat_format(cfg, tokenizer, self.toolbox)
         if (fixed := len(self.fmt.prompt_ids(""))) >= cfg.rollout.max_context:
-            raise ConfigError(f"rollout.max_context: {cfg.rollout.max_context} tokens cannot hold the prompt, whose "
-                              f"system part and tool schemas alone take {fixed}")
+            raise ConfigError(
+                f"rollout.max_context: {cfg.rollout.max_context} tokens cannot hold the prompt, whose "
+                f"system part and tool schemas alone take {fixed}"
+            )
         self.generator = generator or make_generator(cfg, model, tokenizer.pad_token_id, self.dist.enabled)
         self._pushed_step = -1  # the step whose weights the generator holds, when it keeps its own copy
         self.train_set = train_set if train_set is not None else self._load_train()
@@ -94,10 +104,13 @@ class Trainer:
         params = [p for p in model.parameters() if p.requires_grad]
         # The fused kernel (CPU and CUDA) updates all parameters in one pass instead of a loop of small ops.
         fused = all(p.device.type in ("cpu", "cuda") and p.is_floating_point() for p in params)
-        self.optimizer = torch.optim.AdamW(params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay,
-                                           fused=fused or None)
+        self.optimizer = torch.optim.AdamW(
+            params, lr=cfg.trainer.lr, weight_decay=cfg.trainer.weight_decay, fused=fused or None
+        )
         warm = cfg.trainer.warmup_steps
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: min(1.0, (s + 1) / warm) if warm else 1.0
+        )
         self.step = 0
         self.bad_steps = faults.BadStepGuard(cfg.trainer.max_bad_steps)
         self.estimator = ESTIMATORS[cfg.algorithm.estimator]
@@ -110,8 +123,9 @@ class Trainer:
         self.wandb_run_id = None
         if "wandb" in cfg.trainer.loggers:
             if importlib.util.find_spec("wandb") is None:
-                raise ConfigError("trainer.loggers: wandb is not installed (pip install -c constraints.txt "
-                                  "'igpo[wandb]')")
+                raise ConfigError(
+                    "trainer.loggers: wandb is not installed (pip install -c constraints.txt 'igpo[wandb]')"
+                )
             self.wandb_run_id = (resume[1].get("wandb_run_id") if resume else None) or secrets.token_hex(4)
         if resume is not None:
             state = resume[1]
@@ -202,9 +216,17 @@ class Trainer:
         r = self.cfg.rollout
         self._push_weights(timer)
         with timer("rollout"), self._generation_weights():
-            return rollout(examples, groups, self.generator, self.fmt, self.toolbox,
-                           SamplingParams(r.max_new_tokens, r.temperature, r.top_p), r.max_turns, r.max_context,
-                           seeds=seeds)
+            return rollout(
+                examples,
+                groups,
+                self.generator,
+                self.fmt,
+                self.toolbox,
+                SamplingParams(r.max_new_tokens, r.temperature, r.top_p),
+                r.max_turns,
+                r.max_context,
+                seeds=seeds,
+            )
 
     def answer_ids(self, ex: QAExample) -> list[list[int]]:
         a = self.cfg.algorithm
@@ -267,8 +289,16 @@ class Trainer:
         start = int(batch["prompt_len"][rows].min())
         # Greedy rollouts (temperature 0) have no tempered distribution: score them at temperature 1.
         temperature = self.cfg.rollout.temperature or 1.0
-        return token_logprobs(model, ids, attn, start=start, with_entropy=with_entropy, entropy_grad=entropy_grad,
-                              temperature=temperature, score_mask=score)
+        return token_logprobs(
+            model,
+            ids,
+            attn,
+            start=start,
+            with_entropy=with_entropy,
+            entropy_grad=entropy_grad,
+            temperature=temperature,
+            score_mask=score,
+        )
 
     def _micro_batches(self, batch, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`rows` split into micro-batches of rows of similar length: less padding, and the sums over
@@ -289,8 +319,9 @@ class Trainer:
         """The loss of a micro-batch's rows, aggregated against the whole (global) mini-batch (`agg`)."""
         a = self.cfg.algorithm
         dev = next(self.model.parameters()).device
-        lp, ent = self._forward_logprobs(self.train_model, batch, rows, with_entropy=True,
-                                         entropy_grad=a.entropy_coef != 0)
+        lp, ent = self._forward_logprobs(
+            self.train_model, batch, rows, with_entropy=True, entropy_grad=a.entropy_coef != 0
+        )
         length = lp.shape[1]
         mask = batch["loss_mask"][rows, :length].to(dev)
         adv = batch["adv"][rows, :length].to(dev)
@@ -309,8 +340,10 @@ class Trainer:
                 if generated:
                     stats["tis_weight"].append(float((w * mask).sum() / n))
         elif a.tis_cap is not None and generated:
-            raise ConfigError("algorithm.tis_cap: the rollout backend recorded no sampling log-probs "
-                              "(rollout.backend=vllm records them)")
+            raise ConfigError(
+                "algorithm.tis_cap: the rollout backend recorded no sampling log-probs "
+                "(rollout.backend=vllm records them)"
+            )
         loss = agg_loss(pg, mask, **agg)
         stats["pg_loss"].append(float(loss.detach()))
         if a.kl_coef > 0:
@@ -360,7 +393,8 @@ class Trainer:
                             (loss * self.dist.grad_scale).backward()
                     faults.agree(bad_loss, self.step, self.dist.all_sum)
                     grad_norm = self.dist.clip_grad_norm(
-                        [p for p in self.model.parameters() if p.requires_grad], t.grad_clip)
+                        [p for p in self.model.parameters() if p.requires_grad], t.grad_clip
+                    )
                     faults.require_finite(grad_norm, self.step, "gradients", "gradient norm")
                     self.optimizer.step()
                     self.scheduler.step()
@@ -380,20 +414,37 @@ class Trainer:
             # Without beliefs no probe is ever built: there is nothing that could leak.
             if self.cfg.trainer.check_invariants:
                 for b, tr in enumerate(trajs):
-                    check_no_probe_leak(tr, self.tok, a.belief_probe, self.fmt.belief_probe_ids,
-                                        self.answer_ids(tr.example), f"step {step}, rollout {b}")
+                    check_no_probe_leak(
+                        tr,
+                        self.tok,
+                        a.belief_probe,
+                        self.fmt.belief_probe_ids,
+                        self.answer_ids(tr.example),
+                        f"step {step}, rollout {b}",
+                    )
         # Nothing below is collective until `faults.agree`: a rank that finds a NaN goes straight there, and
         # every rank skips the step if any rank found one.
         fault = faults.finite_or_fault([p for tr in trajs for p in tr.beliefs or []], step, "beliefs", "beliefs")
         if fault is None:
             rewards, turn_mask, outcomes = self.turn_rewards(trajs)
             groups = [tr.group for tr in trajs]
-            inputs = StepInputs(turn_tokens=self.turn_tokens(trajs, turn_mask.shape[1]), ig_on=ig_on,
-                                all_sum=self.dist.all_sum)
-            turn_adv = compute_turn_advantages(rewards, turn_mask, groups, a.estimator, gamma=a.gamma, norm=a.norm,
-                                               std=a.std, inputs=inputs, **self.estimator_options(step))
-            fault = (faults.finite_or_fault(rewards[turn_mask], step, "rewards", "turn rewards")
-                     or faults.finite_or_fault(turn_adv[turn_mask], step, "advantages", "advantages"))
+            inputs = StepInputs(
+                turn_tokens=self.turn_tokens(trajs, turn_mask.shape[1]), ig_on=ig_on, all_sum=self.dist.all_sum
+            )
+            turn_adv = compute_turn_advantages(
+                rewards,
+                turn_mask,
+                groups,
+                a.estimator,
+                gamma=a.gamma,
+                norm=a.norm,
+                std=a.std,
+                inputs=inputs,
+                **self.estimator_options(step),
+            )
+            fault = faults.finite_or_fault(
+                rewards[turn_mask], step, "rewards", "turn rewards"
+            ) or faults.finite_or_fault(turn_adv[turn_mask], step, "advantages", "advantages")
         faults.agree(fault, step, self.dist.all_sum)
         f1_sum, n_rollouts = self.dist.all_sum([sum(metrics.f1(tr, a.answer_norm) for tr in trajs), float(len(trajs))])
         self.ig_gate.observe(f1_sum / max(n_rollouts, 1.0))
@@ -409,8 +460,9 @@ class Trainer:
             if res is None:
                 self.samples = []
                 return {"step": step}
-        self.samples = sample_records(res.trajs, res.rewards, res.turn_adv, res.outcomes, step,
-                                      self.cfg.trainer.log_samples, a.answer_norm)
+        self.samples = sample_records(
+            res.trajs, res.rewards, res.turn_adv, res.outcomes, step, self.cfg.trainer.log_samples, a.answer_norm
+        )
         return self._metrics(step, res)
 
     def estimator_options(self, step: int) -> dict:
@@ -434,12 +486,14 @@ class Trainer:
             if (s := tool.stats()) is not None:
                 # this step's counts: rows stay the same across a resume, and sum to the totals
                 retrieval = self.retrieval_counts(s)
-        return metrics.step_metrics(step, res, self.cfg, self.scheduler.get_last_lr()[0], self.estimator.uses_ig,
-                                    self.ig_gate, retrieval)
+        return metrics.step_metrics(
+            step, res, self.cfg, self.scheduler.get_last_lr()[0], self.estimator.uses_ig, self.ig_gate, retrieval
+        )
 
     # ------------------------------------------------------------------ loop
-    def fit(self, progress: Callable[[dict], None] | None = None,
-            eval_progress: Callable[[int, int], None] | None = None) -> list[dict]:
+    def fit(
+        self, progress: Callable[[dict], None] | None = None, eval_progress: Callable[[int, int], None] | None = None
+    ) -> list[dict]:
         """Runs the remaining steps; returns the metric rows (on rank 0: the whole steps; elsewhere: steps only).
 
         On rank 0, `progress(row)` gets each step's metrics row and `eval_progress(done, total)` follows each
@@ -488,8 +542,10 @@ class Trainer:
         ckpt.truncate_rows(self.out / "eval.jsonl", self.step + 1)
         t = self.cfg.trainer
         wandb = (self.wandb_run_id, t.wandb, self.cfg.model_dump(mode="json")) if self.wandb_run_id else None
-        with (self.out / "metrics.jsonl").open("a") as f, \
-                RunLog(self.out, self.step, "tensorboard" in t.loggers, wandb) as run_log:
+        with (
+            (self.out / "metrics.jsonl").open("a") as f,
+            RunLog(self.out, self.step, "tensorboard" in t.loggers, wandb) as run_log,
+        ):
             yield f, run_log
 
     def evaluate_to_file(self, progress: Callable[[int, int], None] | None = None) -> dict | None:
@@ -499,8 +555,9 @@ class Trainer:
         `progress(done, total)` is called after each batch of questions.
         """
         if self.dist.is_main and self._eval_set is None:
-            self._eval_set = load_qa(self.cfg.data.eval,
-                                     skip_bad_rows=self.cfg.data.skip_bad_rows)[: self.cfg.trainer.eval_size]
+            self._eval_set = load_qa(self.cfg.data.eval, skip_bad_rows=self.cfg.data.skip_bad_rows)[
+                : self.cfg.trainer.eval_size
+            ]
         row = None
         res = self.evaluate(self._eval_set, progress)
         if res is not None:
@@ -510,8 +567,9 @@ class Trainer:
         self.dist.barrier()
         return row
 
-    def evaluate(self, examples: list[QAExample] | None,
-                 progress: Callable[[int, int], None] | None = None) -> dict | None:
+    def evaluate(
+        self, examples: list[QAExample] | None, progress: Callable[[int, int], None] | None = None
+    ) -> dict | None:
         """`igpo.eval.evaluate.evaluate` of the current weights on `examples`: a generator with its own copy of
         the weights gets them first. Rank 0 evaluates (every rank must call: FSDP gathers the weights); its
         result, or None on other ranks. `progress(done, total)` is called after each batch of questions."""
@@ -529,12 +587,24 @@ class Trainer:
         path = None
         if self.dist.is_main:
             q = self.cfg.rollout.questions_per_step
-            extra = {"data": {"questions_per_step": q, "examples_seen": self.step * q},
-                     "bad_steps_in_a_row": self.bad_steps.in_a_row,
-                     "ig_gate": self.ig_gate.state_dict(), "wandb_run_id": self.wandb_run_id,
-                     "retrieval": ckpt.retrieval_pointer(self._retriever())}
-            path = ckpt.save_checkpoint(self.out, self.step, self.model, self.tok, self.optimizer, self.scheduler,
-                                        self.cfg.trainer.keep_last, extra, model_state=model_state,
-                                        optimizer_state=optim_state)
+            extra = {
+                "data": {"questions_per_step": q, "examples_seen": self.step * q},
+                "bad_steps_in_a_row": self.bad_steps.in_a_row,
+                "ig_gate": self.ig_gate.state_dict(),
+                "wandb_run_id": self.wandb_run_id,
+                "retrieval": ckpt.retrieval_pointer(self._retriever()),
+            }
+            path = ckpt.save_checkpoint(
+                self.out,
+                self.step,
+                self.model,
+                self.tok,
+                self.optimizer,
+                self.scheduler,
+                self.cfg.trainer.keep_last,
+                extra,
+                model_state=model_state,
+                optimizer_state=optim_state,
+            )
         self.dist.barrier()
         return path
