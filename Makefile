@@ -17,7 +17,7 @@ CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 APT := $(if $(filter 0,$(shell id -u)),,sudo) env DEBIAN_FRONTEND=noninteractive apt-get
 
-.PHONY: install test test-fast demo bench lock docs clean
+.PHONY: install test test-fast lint format demo bench lock docs clean
 
 install: $(STAMP)
 
@@ -32,8 +32,17 @@ $(CHROMIUM_STAMP): $(STAMP)
 	test -x $(CHROMIUM) || $(APT) install -y chromium || ($(APT) update && $(APT) install -y chromium)
 	touch $(CHROMIUM_STAMP)
 
-test: $(STAMP) $(CHROMIUM_STAMP)
+test: $(STAMP) $(CHROMIUM_STAMP) lint
 	$(PY) -m pytest -q
+
+# ruff's lint rules and formatting (pyproject.toml); `make format` rewrites the files, `make lint` only checks.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration"

@@ -1,4 +1,5 @@
 """The KV-cache rollout engine generates what `model.generate` over the full context generates."""
+
 import copy
 
 import pytest
@@ -107,8 +108,16 @@ def model_with_generation_defaults(model):
     Qwen2.5-Instruct's repetition_penalty 1.05 does)."""
     m = copy.deepcopy(model)
     m.generation_config = GenerationConfig(
-        repetition_penalty=1.05, no_repeat_ngram_size=2, suppress_tokens=[5, 6], bad_words_ids=[[7]],
-        begin_suppress_tokens=[8], min_new_tokens=6, top_k=3, top_p=0.5, temperature=0.3, do_sample=True,
+        repetition_penalty=1.05,
+        no_repeat_ngram_size=2,
+        suppress_tokens=[5, 6],
+        bad_words_ids=[[7]],
+        begin_suppress_tokens=[8],
+        min_new_tokens=6,
+        top_k=3,
+        top_p=0.5,
+        temperature=0.3,
+        do_sample=True,
     )
     return m
 
@@ -119,9 +128,11 @@ def test_the_models_generation_config_changes_nothing(model, model_with_generati
     generation_config holds: the same ids as the same weights without it."""
     g = torch.Generator().manual_seed(4)
     ctx = contexts(g)
-    params = {"greedy": SamplingParams(12, temperature=0.0),
-              "seeded": SamplingParams(12, temperature=1.3, top_p=0.95, seeds=[5, 6, 7, 8]),
-              "unseeded": SamplingParams(12, temperature=1.3, top_p=0.95)}[mode]
+    params = {
+        "greedy": SamplingParams(12, temperature=0.0),
+        "seeded": SamplingParams(12, temperature=1.3, top_p=0.95, seeds=[5, 6, 7, 8]),
+        "unseeded": SamplingParams(12, temperature=1.3, top_p=0.95),
+    }[mode]
     rows = ctx[:1] if mode == "unseeded" else ctx  # one row: HF's sampler and ours draw the same random numbers
 
     def run(engine, m):
@@ -147,3 +158,44 @@ def test_rollout_releases_caches_and_engine_is_selectable(model, tokenizer):
     trajs = rollout([ex] * 2, [0, 0], engine, fmt, Toolbox([]), SamplingParams(6, temperature=0.0), 2, 4096)
     assert len(trajs) == 2 and trajs[0].ids == trajs[1].ids
     assert engine._stored == []  # no keys of these weights outlive the rollout
+
+
+def test_growing_cache_layer_holds_what_concatenation_holds():
+    """The engine's preallocated layer: appends (past its capacity too), crop, dropping rows and repeating them
+    give the keys/values `torch.cat` and indexing give, and the buffer is written in place until it is full."""
+    from igpo.agent.engine import _GrowingLayer
+
+    g = torch.Generator().manual_seed(0)
+    kv = lambda n, b=3: (torch.randn(b, 2, n, 4, generator=g), torch.randn(b, 2, n, 4, generator=g))  # noqa: E731
+    layer, ref_k, ref_v = _GrowingLayer(capacity=6), *kv(0)
+    for n in (4, 1, 1, 3, 1):  # a prefill, then steps; 10 columns > capacity 6: the buffer doubles once, then grows
+        k, v = kv(n)
+        ref_k, ref_v = torch.cat([ref_k, k], 2), torch.cat([ref_v, v], 2)
+        buf = layer._buf_k if layer.is_initialized else None
+        out_k, out_v = layer.update(k, v)
+        assert torch.equal(out_k, ref_k) and torch.equal(out_v, ref_v) and layer.get_seq_length() == ref_k.shape[2]
+        assert out_k.data_ptr() == layer._buf_k.data_ptr()  # a view of the buffer, not a copy
+        if buf is not None and ref_k.shape[2] <= 6:
+            assert layer._buf_k is buf  # written in place
+    assert layer.capacity == 12
+    layer.crop(-2)
+    layer.batch_select_indices(torch.tensor([2, 0]))
+    k, v = kv(1, b=2)
+    out_k, out_v = layer.update(k, v)
+    assert torch.equal(out_k, torch.cat([ref_k[[2, 0], :, :-2], k], 2))
+    assert torch.equal(out_v, torch.cat([ref_v[[2, 0], :, :-2], v], 2))
+    layer.batch_repeat_interleave(2)  # DynamicLayer's: new tensors, which the next update takes into a buffer
+    k, v = kv(1, b=4)
+    want = torch.cat([out_k.repeat_interleave(2, 0), k], 2)
+    assert torch.equal(layer.update(k, v)[0], want) and layer._buf_k.data_ptr() == layer.keys.data_ptr()
+
+
+def test_growing_cache_layer_holding_rows_right_aligned_with_zero_holes():
+    from igpo.agent.engine import _GrowingLayer
+
+    a, b = torch.randn(1, 2, 3, 4), torch.randn(1, 2, 5, 4)
+    layer = _GrowingLayer.holding(8, [(a, a + 1), None, (b, b + 1)], width=5)
+    assert layer.get_seq_length() == 5 and layer.capacity == 8
+    assert torch.equal(layer.keys[0, :, 2:], a[0]) and torch.equal(layer.values[0, :, 2:], a[0] + 1)
+    assert torch.equal(layer.keys[2], b[0]) and torch.equal(layer.values[2], b[0] + 1)
+    assert not layer.keys[0, :, :2].any() and not layer.keys[1].any() and not layer.values[1].any()

@@ -20,9 +20,15 @@ Pads (in the cache part and before the new ids) are masked holes; position ids c
 token (cumulative sum of the attention mask), so a token gets the same position, and the same keys, as in
 an unpadded forward over its context.
 
+The batch's keys and values live in one preallocated buffer per layer (`_GrowingLayer`), sized at the start of a
+call for its longest possible length (cache part, new ids, `max_new_tokens`): a decoding step writes its column in
+place, where `DynamicCache` would copy the whole cache (`torch.cat`) at every step. The model sees the same values
+through a view of the filled columns, so it computes what it computed over the concatenated cache.
+
 Caches hold the weights of the moment: they live for one rollout, and `release()` (called by `rollout` when it
 ends) drops them.
 """
+
 from __future__ import annotations
 
 import inspect
@@ -30,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from transformers import DynamicCache
+from transformers.cache_utils import Cache, DynamicLayer
 from transformers.generation.logits_process import (
     TemperatureLogitsWarper,
     TopPLogitsWarper,
@@ -51,6 +57,77 @@ def _returned_cache(out):
     """The KV cache a forward returned, under either name."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
+
+
+class _GrowingLayer(DynamicLayer):
+    """One layer's keys and values [B, kv_heads, n, head_dim] as a view of the first n columns of a buffer with
+    `capacity` columns: `update` writes the new columns in place, and a buffer that is full is replaced by one of
+    twice the capacity (so an append costs amortised O(1) a column, not a copy of the whole cache)."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity = capacity
+
+    @classmethod
+    def holding(cls, capacity: int, rows: list[tuple[torch.Tensor, torch.Tensor] | None], width: int) -> _GrowingLayer:
+        """A layer of len(rows) rows whose first `width` columns hold each row's keys and values [1, kv_heads, n,
+        head_dim] right-aligned (None: a row with none), zeros in the holes before them (masked, but attention
+        multiplies them: they must be finite)."""
+        k0, v0 = next(r for r in rows if r is not None)
+        layer = cls(capacity)
+        layer._allocate(len(rows), k0, v0)
+        layer._buf_k[:, :, :width].zero_()
+        layer._buf_v[:, :, :width].zero_()
+        for i, row in enumerate(rows):
+            if row is not None:
+                n = row[0].shape[2]
+                layer._buf_k[i, :, width - n : width] = row[0][0]
+                layer._buf_v[i, :, width - n : width] = row[1][0]
+        layer._set_length(width)
+        return layer
+
+    def _allocate(self, batch: int, keys: torch.Tensor, values: torch.Tensor) -> None:
+        """Buffers of `batch` rows and `capacity` columns, with the heads, head size, dtype and device of `keys` and
+        `values`; their content is undefined."""
+        self.device = keys.device
+        self._buf_k = keys.new_empty((batch, keys.shape[1], self.capacity, keys.shape[3]))
+        self._buf_v = values.new_empty((batch, values.shape[1], self.capacity, values.shape[3]))
+        self.is_initialized = True
+
+    def _set_length(self, n: int) -> None:
+        self.keys, self.values = self._buf_k[:, :, :n], self._buf_v[:, :, :n]
+        self._views = (self.keys, self.values)
+
+    def _in_buffer(self) -> bool:
+        """Whether `keys`/`values` are still the views `_set_length` made (DynamicLayer's crop,
+        batch_repeat_interleave and reorder_cache put other tensors there, which `update` copies into a buffer)."""
+        return self.keys is self._views[0] and self.values is self._views[1]
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        self._allocate(key_states.shape[0], key_states, value_states)
+        self._set_length(0)
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n, new = self.keys.shape[2], key_states.shape[2]
+        full = n + new > self.capacity
+        if full:
+            self.capacity = max(2 * self.capacity, n + new)
+        if full or not self._in_buffer():
+            keys, values = self.keys, self.values
+            self._allocate(keys.shape[0], keys, values)
+            self._buf_k[:, :, :n], self._buf_v[:, :, :n] = keys, values
+        self._buf_k[:, :, n : n + new] = key_states
+        self._buf_v[:, :, n : n + new] = value_states
+        self._set_length(n + new)
+        return self.keys, self.values
+
+    def batch_select_indices(self, indices: torch.Tensor) -> None:
+        if self.is_initialized:
+            n = self.keys.shape[2]
+            self._buf_k, self._buf_v = self._buf_k[indices], self._buf_v[indices]
+            self._set_length(n)
 
 
 @dataclass
@@ -136,28 +213,26 @@ class CachedGenerator(Generator):
         self.stats["reused_ids"] += sum(reuse)
         self.stats["computed_ids"] += sum(new)
 
-        # Cache part: row i's reused keys/values right-aligned in Wc columns.
+        # Cache part: row i's reused keys/values right-aligned in the first Wc columns of buffers that hold every
+        # column this call can feed (the last sampled token is not fed).
+        capacity = Wc + Wn + params.max_new_tokens - 1
         layers = []
-        template = next((s.kv for s in (m for m, _ in matches) if s is not None), None)
-        for li in range(len(template) if template is not None else 0):
-            k0, v0 = template[li]
-            keys = k0.new_zeros((B, k0.shape[1], Wc, k0.shape[3]))
-            values = v0.new_zeros((B, v0.shape[1], Wc, v0.shape[3]))
-            for i, (s, n) in enumerate(matches):
-                if n:
-                    keys[i, :, Wc - n:] = s.kv[li][0][0, :, :n]
-                    values[i, :, Wc - n:] = s.kv[li][1][0, :, :n]
-            layers.append((keys, values))
-        cache = DynamicCache(layers or None, config=self.model.config)
+        for li in range(self.model.config.get_text_config(decoder=True).num_hidden_layers):
+            if Wc == 0:
+                layers.append(_GrowingLayer(capacity))  # allocated by the first forward
+            else:
+                rows = [(s.kv[li][0][:, :, :n], s.kv[li][1][:, :, :n]) if n else None for s, n in matches]
+                layers.append(_GrowingLayer.holding(capacity, rows, Wc))
+        cache = Cache(layers=layers)
         mask = torch.zeros((B, Wc + Wn), dtype=torch.long)
         ids = torch.full((B, Wn), self.pad_id, dtype=torch.long)
         for i, (c, n) in enumerate(zip(contexts, reuse)):
-            mask[i, Wc - n:Wc] = 1
-            mask[i, Wc + Wn - new[i]:] = 1
-            ids[i, Wn - new[i]:] = torch.as_tensor(c[n:])
+            mask[i, Wc - n : Wc] = 1
+            mask[i, Wc + Wn - new[i] :] = 1
+            ids[i, Wn - new[i] :] = torch.as_tensor(c[n:])
         mask, ids = mask.to(dev), ids.to(dev)
         # The stored caches are copied into the batch: let them go before decoding.
-        del matches, layers, template, stored, shared
+        del matches, layers, stored, shared
         self._stored = []
 
         warpers, seeded = [], None
@@ -176,8 +251,18 @@ class CachedGenerator(Generator):
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, Wc:]
         cache_kw = _cache_kwarg(self.model)
         for step in range(params.max_new_tokens):
-            logits = self.model(input_ids=step_ids, attention_mask=mask, position_ids=positions,
-                                use_cache=True, logits_to_keep=1, **{cache_kw: cache}).logits[:, -1].float()
+            logits = (
+                self.model(
+                    input_ids=step_ids,
+                    attention_mask=mask,
+                    position_ids=positions,
+                    use_cache=True,
+                    logits_to_keep=1,
+                    **{cache_kw: cache},
+                )
+                .logits[:, -1]
+                .float()
+            )
             if seeded is not None:
                 tokens = seeded(None, logits).argmax(-1)
             elif warpers:
@@ -210,8 +295,11 @@ class CachedGenerator(Generator):
         return outputs
 
     @staticmethod
-    def _keep(cache: DynamicCache, mask: torch.Tensor, r: int, ctx: np.ndarray, out: list[int]) -> _Stored:
+    def _keep(cache: Cache, mask: torch.Tensor, r: int, ctx: np.ndarray, out: list[int]) -> _Stored:
         """Row r's keys/values without the padding holes: those of ctx + out[:-1] (the last token was not fed)."""
         cols = mask[r].nonzero()[:, 0]
-        kv = [(k[r:r + 1].index_select(2, cols), v[r:r + 1].index_select(2, cols)) for k, v, *_ in cache]
+        kv = [
+            (layer.keys[r : r + 1].index_select(2, cols), layer.values[r : r + 1].index_select(2, cols))
+            for layer in cache.layers
+        ]
         return _Stored(np.concatenate([ctx, np.asarray(out[:-1], dtype=np.int64)]), kv)
