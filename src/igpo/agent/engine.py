@@ -23,7 +23,8 @@ an unpadded forward over its context.
 The batch's keys and values live in one preallocated buffer per layer (`_GrowingLayer`), sized at the start of a
 call for its longest possible length (cache part, new ids, `max_new_tokens`): a decoding step writes its column in
 place, where `DynamicCache` would copy the whole cache (`torch.cat`) at every step. The model sees the same values
-through a view of the filled columns, so it computes what it computed over the concatenated cache.
+through a view of the filled columns, so it computes what it computed over the concatenated cache. Every layer
+is full attention: keys are kept and reused column by column, which a sliding-window layer does not hold.
 
 Caches hold the weights of the moment: they live for one rollout, and `release()` (called by `rollout` when it
 ends) drops them.
