@@ -408,10 +408,17 @@ class AlgorithmConfig(_Strict):
     ig_gate_ema: float = Field(
         0.1, gt=0, le=1, description=("weight of the newest step in the gate's EMA (the first step's F1 starts it)")
     )
-    belief_impl: Literal["packed", "reference"] = Field(
-        "packed",
+    belief_impl: Literal["cache", "packed", "reference"] = Field(
+        "cache",
         json_schema_extra=NOT_RESULT,
-        description=("`packed` (one forward per trajectory batch) or `reference` (one forward per prefix and alias)"),
+        description=(
+            "how beliefs are scored (all three agree to 1e-4): `cache` feeds only the probes and aliases against the "
+            "keys and values the KV-cache engine (`rollout.engine: cached`) still holds from the step's rollout, no "
+            "pass over the trajectories; a trajectory whose cache the generator does not hold (`hf`, `vllm`) is "
+            "scored by `packed`, and `beliefs_from_cache_share` in `metrics.jsonl` says how many were not. "
+            "`packed`: one forward per batch of trajectories, the probes and aliases packed after them; `reference`: "
+            "one forward per prefix and alias"
+        ),
     )
     clip_eps: float = Field(0.2, gt=0, description="PPO clip")
     dual_clip: float | None = Field(

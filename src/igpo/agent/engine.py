@@ -26,8 +26,12 @@ place, where `DynamicCache` would copy the whole cache (`torch.cat`) at every st
 through a view of the filled columns, so it computes what it computed over the concatenated cache. Every layer
 is full attention: keys are kept and reused column by column, which a sliding-window layer does not hold.
 
-Caches hold the weights of the moment: they live for one rollout, and `release()` (called by `rollout` when it
-ends) drops them.
+Caches hold the weights of the moment: they live for one rollout, and `release()` drops them (`rollout` calls it
+when it starts, and when it ends unless its caller reads them first: the trainer scores beliefs against them,
+`held_kv`). A stored cache is dropped as soon as a context of a later call extends its whole context (the cache
+kept for that context covers the same ids); the caches of episodes that ended stay held until `release()`, so after
+a rollout every episode's last context has its keys and values here. Stored caches have no holes: column j holds
+the keys of id j, at position j.
 """
 
 from __future__ import annotations
@@ -48,7 +52,7 @@ from igpo.agent.generators import Generator, SamplingParams, SeededSampler
 MIN_SHARED_PREFIX = 16  # shorter common prefixes of fresh contexts are not worth a separate forward
 
 
-def _cache_kwarg(model) -> str:
+def cache_kwarg(model) -> str:
     """The forward argument that takes a KV cache: `cache` from transformers 5.24 on (`past_key_values`,
     its older name, is deprecated there), `past_key_values` before."""
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -137,6 +141,7 @@ class _Stored:
 
     ids: np.ndarray  # [n]
     kv: list[tuple[torch.Tensor, torch.Tensor]]  # per layer: keys, values [1, heads, n, head_dim]
+    context_len: int  # ids[:context_len] is the context a call generated for (then the ids it sampled)
 
 
 def _common_prefix(a: np.ndarray, b: np.ndarray) -> int:
@@ -157,6 +162,17 @@ class CachedGenerator(Generator):
     def release(self) -> None:
         """Drop every stored cache (they hold the current weights' keys; the rollout is over)."""
         self._stored = []
+
+    def held_kv(self, ids, length: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """A stored cache's first `length` columns (views: read them, never write) if it was computed for
+        ids[:length] (the same token ids), else None."""
+        want = np.asarray(ids[:length], dtype=np.int64)
+        if len(want) < length:
+            return None
+        for s in self._stored:
+            if len(s.ids) >= length and np.array_equal(s.ids[:length], want):
+                return [(k[:, :, :length], v[:, :, :length]) for k, v in s.kv]
+        return None
 
     @torch.no_grad()
     def generate(self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[list[int]]:
@@ -193,7 +209,7 @@ class CachedGenerator(Generator):
         out = self.model(input_ids=torch.as_tensor(ids[None], device=self._device), use_cache=True, logits_to_keep=1)
         self.stats["computed_ids"] += n
         kv = [(k, v) for k, v, *_ in _returned_cache(out)]
-        return _Stored(ids, kv)
+        return _Stored(ids, kv, n)
 
     # ------------------------------------------------------------------ one call
     @property
@@ -232,9 +248,10 @@ class CachedGenerator(Generator):
             mask[i, Wc + Wn - new[i] :] = 1
             ids[i, Wn - new[i] :] = torch.as_tensor(c[n:])
         mask, ids = mask.to(dev), ids.to(dev)
-        # The stored caches are copied into the batch: let them go before decoding.
+        # The stored caches are copied into the batch: let them go before decoding, but those of contexts no
+        # context of this call extends (episodes that ended): `held_kv` reads them after the rollout.
+        self._stored = [s for s in stored if all(_common_prefix(c, s.ids) < s.context_len for c in contexts)]
         del matches, layers, stored, shared
-        self._stored = []
 
         warpers, seeded = [], None
         if params.temperature > 0 and params.seeds is not None:
@@ -250,7 +267,7 @@ class CachedGenerator(Generator):
         kept: list[_Stored | None] = [None] * B
         step_ids = ids
         positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, Wc:]
-        cache_kw = _cache_kwarg(self.model)
+        cache_kw = cache_kwarg(self.model)
         for step in range(params.max_new_tokens):
             logits = (
                 self.model(
@@ -292,7 +309,7 @@ class CachedGenerator(Generator):
             mask = torch.cat([mask, mask.new_ones((len(rows), 1))], dim=1)
             positions = positions[:, -1:] + 1
             step_ids = tokens[:, None]
-        self._stored = [s for s in kept if s is not None]
+        self._stored += [s for s in kept if s is not None]
         return outputs
 
     @staticmethod
@@ -303,4 +320,4 @@ class CachedGenerator(Generator):
             (layer.keys[r : r + 1].index_select(2, cols), layer.values[r : r + 1].index_select(2, cols))
             for layer in cache.layers
         ]
-        return _Stored(np.concatenate([ctx, np.asarray(out[:-1], dtype=np.int64)]), kv)
+        return _Stored(np.concatenate([ctx, np.asarray(out[:-1], dtype=np.int64)]), kv, len(ctx))

@@ -47,8 +47,10 @@ class Generator(ABC):
     """Samples continuations of token-id contexts. What a generator can do beyond that is declared here, by
     its class, never probed for:
 
-    - `release()` drops whatever it kept between calls (KV caches); `rollout` calls it when the rollout ends.
-      The default keeps nothing.
+    - `release()` drops whatever it kept between calls (KV caches); `rollout` calls it when the rollout starts
+      and ends. The default keeps nothing.
+    - `held_kv(ids, length)`: the keys and values of a context it holds until `release()` (the KV-cache engine),
+      which the beliefs are scored against; the default holds none.
     - `records_logprobs`: its `generate` returns `Generation`s, which carry the log-prob it sampled each id
       with; `rollout` keeps them per turn (the TIS correction reads them).
     - `OwnWeightsGenerator`: it samples from its own copy of the weights, which the trainer pushes to it.
@@ -62,6 +64,13 @@ class Generator(ABC):
 
     def release(self) -> None:  # noqa: B027 - a default, not abstract: most generators keep nothing between calls
         """Drop what was kept between calls of one rollout (nothing, unless a backend keeps state)."""
+
+    def held_kv(self, ids: Sequence[int], length: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Per layer, the keys and values [1, kv_heads, length, head_dim] of ids[:length] (keys after the rotary
+        embedding, position j in column j), as the model it samples from computed them since the last
+        `release()`; None when it holds none for those ids (the default: it keeps none). Views of what it
+        holds: the caller reads them and never writes into them."""
+        return None
 
 
 class OwnWeightsGenerator(Generator):

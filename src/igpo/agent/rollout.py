@@ -32,15 +32,21 @@ def rollout(
     max_turns: int,
     max_context: int,
     seeds: Sequence[int] | None = None,
+    release: bool = True,
 ) -> list[Trajectory]:
     """One episode per example (repeat an example G times for a group). Never raises on model output.
 
     `seeds`: one per episode; turn t of episode i samples with seed `turn_seed(seeds[i], t)`.
+    The generator's caches are released when the rollout starts (they may hold older weights) and when it ends;
+    `release=False` keeps this rollout's until the caller calls `generator.release()` (the trainer scores the
+    beliefs against them first).
     """
+    generator.release()
     try:
         return _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context, seeds)
     finally:
-        generator.release()
+        if release:
+            generator.release()
 
 
 def _rollout(examples, groups, generator, fmt, toolbox, params, max_turns, max_context, seeds) -> list[Trajectory]:

@@ -4,12 +4,16 @@ Belief of the gold answer after a context prefix (IGPO §2): teacher-force `prob
 (`probe`: the belief probe, `algorithm.belief_probe`) and take the mean log-prob of the answer tokens. Tokens after
 the answer (closing tag, end of turn) cannot change those log-probs under a causal model, so they are not fed.
 
-Two implementations that must agree (tests assert 1e-4):
+Three implementations that must agree (tests assert 1e-4):
 - `belief_logprobs_reference`: one plain forward per (prefix, alias). Easy to read, T·K forwards.
 - `belief_logprobs_packed`: the trajectory once, then per prefix the probe once and every alias after it; a
   probe attends to its prefix and itself, an alias to its prefix, its probe and itself (4-D additive mask,
   explicit position ids), and logits are computed only at the positions that predict answer ids.
   Cost ≈ one forward over the trajectory.
+- `belief_logprobs_cached`: as packed, but the trajectory's keys and values are those the rollout engine kept
+  (`Generator.held_kv`): only the probes and aliases are fed, tens of tokens per prefix, no pass over the
+  trajectory. In a causal model the keys at position i depend on ids[:i+1] only, so the cache of a trajectory's
+  last context holds every shorter prefix's keys as its first columns.
 """
 
 from __future__ import annotations
@@ -18,6 +22,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+from transformers.cache_utils import DynamicCache
+
+from igpo.agent.engine import cache_kwarg
 
 
 @dataclass
@@ -59,40 +66,115 @@ def belief_logprobs_reference(model, probe: list[int], queries: Sequence[BeliefQ
 
 @dataclass
 class _Packed:
-    """One packed row: the trajectory, then per prefix the probe, then per alias its answer.
+    """One packed row: per prefix a head (the probe), then per alias its answer; in a packed row (not cached)
+    the trajectory comes first.
 
-    A segment [start, end) attends causally to itself and to the column spans in `sees`; `scores` holds, per
-    (prefix, alias) in row-major order, the columns whose logits predict the answer ids, and those ids.
+    Columns a row attends to: C context columns (the trajectory's cached keys, C = 0 when the trajectory is fed),
+    then its own tokens. A segment (start, end, ctx, also) attends causally to itself, to context columns
+    [0, ctx) (in a packed row: the trajectory's own tokens) and to its own tokens in the span `also`. `scores`
+    holds, per (prefix, alias) in row-major order, the token indices whose logits predict the answer ids, and
+    those ids.
     """
 
     tokens: list[int]
     positions: list[int]
-    segments: list[tuple[int, int, list[tuple[int, int]]]]
+    segments: list[tuple[int, int, int, tuple[int, int] | None]]
     scores: list[tuple[list[int], list[int]]]
 
 
-def _pack(q: BeliefQuery, probe: list[int]) -> _Packed:
-    base_len = max(q.prefixes)
-    row = _Packed(list(q.ids[:base_len]), list(range(base_len)), [(0, base_len, [])], [])
+def _pack(q: BeliefQuery, probe: list[int], cached: bool = False) -> _Packed:
+    """`cached`: the keys of ids[:p - 1] come from a cache; each prefix's head is its last id ids[p - 1], fed again
+    at its own position, then the probe. That id's logits are the ones that predict the first answer id with an
+    empty probe, and a cache holds keys, not logits."""
+    row = _Packed([], [], [], [])
 
-    def append(ids: list[int], first_pos: int, sees: list[tuple[int, int]]) -> int:
+    def append(ids: list[int], first_pos: int, ctx: int, also: tuple[int, int] | None = None) -> int:
         start = len(row.tokens)
         row.tokens += ids
         row.positions += range(first_pos, first_pos + len(ids))
-        row.segments.append((start, len(row.tokens), sees))
+        row.segments.append((start, len(row.tokens), ctx, also))
         return start
 
+    if not cached:
+        append(list(q.ids[: max(q.prefixes)]), 0, 0)
     for p in q.prefixes:
         # The probe is the same for every alias: it is fed once per prefix and the aliases attend to it.
-        s0 = append(probe, p, [(0, p)])
-        s1 = s0 + len(probe)
-        # The column that predicts the first answer id: the probe's last, or with an empty probe
-        # (`algorithm.belief_probe: ''`) the prefix's last.
-        first = s1 - 1 if probe else p - 1
+        head = [q.ids[p - 1]] + probe if cached else probe
+        ctx = p - 1 if cached else p
+        s0 = append(head, ctx, ctx)
+        s1 = s0 + len(head)
+        # The column that predicts the first answer id: the head's last, or with an empty probe
+        # (`algorithm.belief_probe: ''`) in a packed row the prefix's last.
+        first = s1 - 1 if head else p - 1
         for ans in q.answers:
-            a0 = append(ans, p + len(probe), [(0, p), (s0, s1)])
+            a0 = append(ans, ctx + len(head), ctx, (s0, s1))
             row.scores.append(([first] + list(range(a0, a0 + len(ans) - 1)), list(ans)))
     return row
+
+
+def _score_packed(model, packed: list[_Packed], held: list[list[tuple[torch.Tensor, torch.Tensor]]] | None):
+    """One forward over packed rows; per row, [P·K] mean answer log-probs in `scores` order.
+
+    held: None (packed rows), or per row the per-layer keys and values [1, kv_heads, n_r, head_dim] of its
+    context columns (cached rows). They are copied, left-aligned, into a scratch cache [R, kv_heads, C, head_dim]
+    (zeros after a row's n_r columns: masked, but finite), so the forward appends to the copy, never to them.
+    """
+    dev = _device(model)
+    dtype = next(model.parameters()).dtype
+    neg = torch.finfo(dtype).min
+    R = len(packed)
+    width = max(len(r.tokens) for r in packed)
+    C = max(kv[0][0].shape[2] for kv in held) if held else 0
+    ids = torch.zeros((R, width), dtype=torch.long)
+    pos = torch.zeros((R, width), dtype=torch.long)
+    allowed = torch.zeros((R, width, C + width), dtype=torch.bool)
+    causal = torch.ones((width, width), dtype=torch.bool).tril()
+    keep: set[int] = set()
+    for r, row in enumerate(packed):
+        n = len(row.tokens)
+        ids[r, :n] = torch.tensor(row.tokens)
+        pos[r, :n] = torch.tensor(row.positions)
+        pos[r, n:] = torch.arange(width - n)
+        for start, end, ctx, also in row.segments:
+            allowed[r, start:end, C + start : C + end] = causal[: end - start, : end - start]
+            allowed[r, start:end, :ctx] = True
+            if also is not None:
+                allowed[r, start:end, C + also[0] : C + also[1]] = True
+        for cols, _ in row.scores:
+            keep.update(cols)
+        # Padding rows attend to themselves only: no fully masked row, no NaN.
+        allowed[r, n:, C + n :] = torch.eye(width - n, dtype=torch.bool)
+    keep_idx = torch.tensor(sorted(keep), dtype=torch.long)
+    col = {c: j for j, c in enumerate(keep_idx.tolist())}
+    mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, neg)[:, None]
+    extra = {}
+    if C:
+        layers = []
+        for li in range(len(held[0])):
+            k0, v0 = held[0][li]
+            k = k0.new_zeros((R, k0.shape[1], C, k0.shape[3]))
+            v = v0.new_zeros((R, v0.shape[1], C, v0.shape[3]))
+            for r, kv in enumerate(held):
+                n = kv[li][0].shape[2]
+                k[r, :, :n], v[r, :, :n] = kv[li][0][0], kv[li][1][0]
+            layers.append((k, v))
+        extra[cache_kwarg(model)] = DynamicCache(ddp_cache_data=layers)
+    logits = model(
+        input_ids=ids.to(dev),
+        attention_mask=mask.to(dev),
+        position_ids=pos.to(dev),
+        logits_to_keep=keep_idx.to(dev),
+        use_cache=bool(C),
+        **extra,
+    ).logits
+    out = []
+    for r, row in enumerate(packed):
+        res = torch.empty(len(row.scores))
+        for b, (cols, targets) in enumerate(row.scores):
+            lp = _answer_logprobs(logits[r, [col[c] for c in cols]], torch.tensor(targets, device=dev))
+            res[b] = lp.mean().cpu()
+        out.append(res)
+    return out
 
 
 @torch.no_grad()
@@ -100,47 +182,42 @@ def belief_logprobs_packed(
     model, probe: list[int], queries: Sequence[BeliefQuery], max_rows: int = 4
 ) -> list[torch.Tensor]:
     """Same result as the reference, one forward per `max_rows` trajectories."""
-    dev = _device(model)
-    dtype = next(model.parameters()).dtype
-    neg = torch.finfo(dtype).min
     out: list[torch.Tensor] = []
     for lo in range(0, len(queries), max_rows):
         chunk = queries[lo : lo + max_rows]
-        packed = [_pack(q, probe) for q in chunk]
-        width = max(len(r.tokens) for r in packed)
-        ids = torch.zeros((len(chunk), width), dtype=torch.long)
-        pos = torch.zeros((len(chunk), width), dtype=torch.long)
-        allowed = torch.zeros((len(chunk), width, width), dtype=torch.bool)
-        causal = torch.ones((width, width), dtype=torch.bool).tril()
-        keep: set[int] = set()
-        for r, row in enumerate(packed):
-            n = len(row.tokens)
-            ids[r, :n] = torch.tensor(row.tokens)
-            pos[r, :n] = torch.tensor(row.positions)
-            pos[r, n:] = torch.arange(width - n)
-            for start, end, sees in row.segments:
-                allowed[r, start:end, start:end] = causal[: end - start, : end - start]
-                for a, b in sees:
-                    allowed[r, start:end, a:b] = True
-            for cols, _ in row.scores:
-                keep.update(cols)
-            # Padding rows attend to themselves only: no fully masked row, no NaN.
-            allowed[r, n:, n:] = torch.eye(width - n, dtype=torch.bool)
-        keep_idx = torch.tensor(sorted(keep), dtype=torch.long)
-        col = {c: j for j, c in enumerate(keep_idx.tolist())}
-        mask = torch.zeros(allowed.shape, dtype=dtype).masked_fill_(~allowed, neg)[:, None]
-        logits = model(
-            input_ids=ids.to(dev),
-            attention_mask=mask.to(dev),
-            position_ids=pos.to(dev),
-            logits_to_keep=keep_idx.to(dev),
-        ).logits
-        for r, (q, row) in enumerate(zip(chunk, packed)):
-            res = torch.empty(len(row.scores))
-            for b, (cols, targets) in enumerate(row.scores):
-                lp = _answer_logprobs(logits[r, [col[c] for c in cols]], torch.tensor(targets, device=dev))
-                res[b] = lp.mean().cpu()
-            out.append(res.view(len(q.prefixes), len(q.answers)))
+        scores = _score_packed(model, [_pack(q, probe) for q in chunk], None)
+        out += [res.view(len(q.prefixes), len(q.answers)) for q, res in zip(chunk, scores)]
+    return out
+
+
+@torch.no_grad()
+def belief_logprobs_cached(
+    model,
+    probe: list[int],
+    queries: Sequence[BeliefQuery],
+    held: Sequence[list[tuple[torch.Tensor, torch.Tensor]] | None],
+    max_rows: int = 4,
+) -> list[torch.Tensor]:
+    """Same result as the reference, from the keys and values the rollout engine holds.
+
+    held[i]: query i's per-layer keys and values [1, kv_heads, n, head_dim] of ids[:n], n >= max(prefixes) - 1,
+    computed by `model`'s current weights (`Generator.held_kv`); they are read, never written. None: no cache is
+    held for that trajectory, which is scored by `belief_logprobs_packed`.
+    """
+    out: list[torch.Tensor | None] = [None] * len(queries)
+    cached = [i for i, kv in enumerate(held) if kv is not None]
+    for lo in range(0, len(cached), max_rows):
+        chunk = cached[lo : lo + max_rows]
+        rows = []
+        for i in chunk:
+            n = max(queries[i].prefixes) - 1  # each prefix's last id is fed again (`_pack`), not read from the cache
+            rows.append([(k[:, :, :n], v[:, :, :n]) for k, v in held[i]])
+        scores = _score_packed(model, [_pack(queries[i], probe, cached=True) for i in chunk], rows)
+        for i, res in zip(chunk, scores):
+            out[i] = res.view(len(queries[i].prefixes), len(queries[i].answers))
+    rest = [i for i, kv in enumerate(held) if kv is None]
+    for i, res in zip(rest, belief_logprobs_packed(model, probe, [queries[i] for i in rest], max_rows)):
+        out[i] = res
     return out
 
 

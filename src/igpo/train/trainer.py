@@ -33,7 +33,13 @@ from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
 from igpo.files import atomic_write_text
 from igpo.policy.loading import is_lora, load_policy
-from igpo.policy.scoring import BeliefQuery, belief_logprobs_packed, belief_logprobs_reference, token_logprobs
+from igpo.policy.scoring import (
+    BeliefQuery,
+    belief_logprobs_cached,
+    belief_logprobs_packed,
+    belief_logprobs_reference,
+    token_logprobs,
+)
 from igpo.report.records import sample_records
 from igpo.report.runlog import RunLog
 from igpo.retrieval.base import Retriever
@@ -204,6 +210,8 @@ class Trainer:
 
     # ------------------------------------------------------------------ phases
     def collect(self, step: int, timer: Timer) -> list[Trajectory]:
+        """This rank's episodes of step `step`. The generator keeps the rollout's KV caches (the beliefs are scored
+        against them) until `self.generator.release()`, which `train_step` calls after the beliefs."""
         g = self.cfg.rollout.group_size
         questions = self.batch_examples(step)
         mine = self.dist.shard(len(questions))  # this rank's questions, each with all its G rollouts
@@ -226,6 +234,7 @@ class Trainer:
                 r.max_turns,
                 r.max_context,
                 seeds=seeds,
+                release=False,
             )
 
     def answer_ids(self, ex: QAExample) -> list[list[int]]:
@@ -233,20 +242,34 @@ class Trainer:
         answers = ex.answers[:1] if a.aliases == "first" else ex.answers[: a.max_aliases]
         return [self.fmt.answer_ids(x) for x in answers]
 
-    def score_beliefs(self, trajs: list[Trajectory], timer: Timer) -> None:
-        """Sets `traj.beliefs` to the mean answer log-probs after the prompt and after each non-final turn."""
+    def score_beliefs(self, trajs: list[Trajectory], timer: Timer) -> dict[str, float]:
+        """Sets `traj.beliefs` to the mean answer log-probs after the prompt and after each non-final turn.
+
+        `algorithm.belief_impl: cache` scores them against the KV caches the generator still holds from this
+        step's rollout (same weights: no update in between); a trajectory whose cache it does not hold is scored
+        by `packed`. Returns `beliefs_from_cache_share` (the share of scored trajectories that used a cache) under
+        `cache`, else nothing.
+        """
         todo = [tr for tr in trajs if tr.num_turns >= 2]
         if not todo:
-            return
+            return {}
         queries = [BeliefQuery(tr.ids, tr.belief_prefixes(), self.answer_ids(tr.example)) for tr in todo]
-        impl = belief_logprobs_packed if self.cfg.algorithm.belief_impl == "packed" else belief_logprobs_reference
+        impl, probe, stats = self.cfg.algorithm.belief_impl, self.fmt.belief_probe_ids, {}
         was_training = self.model.training
         self.model.eval()
         with timer("beliefs"), self.dist.gathered(self.model):
-            per_alias = impl(self.model, self.fmt.belief_probe_ids, queries)
+            if impl == "cache":
+                # Each prefix's last id is fed again, so the cache must cover ids[:max(prefixes) - 1].
+                held = [self.generator.held_kv(q.ids, max(q.prefixes) - 1) for q in queries]
+                per_alias = belief_logprobs_cached(self.model, probe, queries, held)
+                stats["beliefs_from_cache_share"] = sum(kv is not None for kv in held) / len(held)
+            else:
+                fn = belief_logprobs_packed if impl == "packed" else belief_logprobs_reference
+                per_alias = fn(self.model, probe, queries)
         self.model.train(was_training)
         for tr, lp in zip(todo, per_alias):
             tr.beliefs = reduce_aliases(lp, self.cfg.algorithm.aliases).tolist()
+        return stats
 
     def turn_rewards(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         """turn rewards [B, T], turn mask [B, T], outcome per rollout."""
@@ -406,11 +429,16 @@ class Trainer:
         a = self.cfg.algorithm
         step = self.step
         timer = Timer()
-        trajs = self.collect(step, timer)
         # Beliefs only where IG is used and the warm-up gate (decided by the steps before this one) is open.
         ig_on = self.estimator.uses_ig and self.ig_gate.on()
+        belief_stats = {}
+        try:
+            trajs = self.collect(step, timer)
+            if ig_on:
+                belief_stats = self.score_beliefs(trajs, timer)
+        finally:
+            self.generator.release()  # the rollout's caches: the beliefs were their last reader
         if ig_on:
-            self.score_beliefs(trajs, timer)
             # Without beliefs no probe is ever built: there is nothing that could leak.
             if self.cfg.trainer.check_invariants:
                 for b, tr in enumerate(trajs):
@@ -452,7 +480,7 @@ class Trainer:
         batch["adv"] = turn_to_token_advantages(turn_adv, batch["turns"], batch["loss_mask"])
         if self.cfg.trainer.check_invariants:
             check_batch_tokens(trajs, batch["ids"], batch["loss_mask"])
-        losses = {**self.update(batch, timer), **inputs.stats}
+        losses = {**self.update(batch, timer), **inputs.stats, **belief_stats}
         self.step += 1
         res = metrics.StepResult(trajs, rewards, turn_mask, outcomes, turn_adv, losses, dict(timer.seconds))
         if self.dist.enabled:  # rank 0 reports the whole step
