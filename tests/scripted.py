@@ -6,6 +6,7 @@ import random
 
 import torch
 
+from igpo.agent.engine import CachedGenerator
 from igpo.agent.generators import Generator
 
 
@@ -40,3 +41,16 @@ class ScriptedGenerator(Generator):
             ids = self.fmt.encode_text(options[pick]) + [self.fmt.eot_ids[0]]
             out.append(ids[: params.max_new_tokens])
         return out
+
+
+class ScriptedOverEngine(CachedGenerator):
+    """The KV-cache engine run over every context, so that it holds real caches of the episodes' contexts (as
+    after a real rollout), returning the script's generations instead of its own: a random model that searches."""
+
+    def __init__(self, model, pad_id: int, script: ScriptedGenerator):
+        super().__init__(model, pad_id)
+        self.script = script
+
+    def generate(self, contexts, params, stop_ids):
+        super().generate(contexts, params, stop_ids)
+        return self.script.generate(contexts, params, stop_ids)

@@ -8,9 +8,10 @@ from transformers import AutoModelForCausalLM
 
 from igpo.agent.build import make_chat_format, make_toolbox
 from igpo.config import load_config
+from igpo.policy.loading import load_policy
 from igpo.train.trainer import Timer, Trainer
 from tests.conftest import QUESTIONS
-from tests.scripted import ScriptedGenerator
+from tests.scripted import ScriptedGenerator, ScriptedOverEngine
 
 pytestmark = pytest.mark.integration
 
@@ -176,6 +177,48 @@ def test_empty_belief_probe_packed_beliefs_equal_reference(tmp_path, tiny_model_
         beliefs[impl] = torch.tensor([b for tr in trajs for b in tr.beliefs or []])
     assert len(beliefs["packed"]) > 0
     torch.testing.assert_close(beliefs["packed"], beliefs["reference"], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("probe", [[], ["algorithm.belief_probe=''"]], ids=["probe", "empty_probe"])
+def test_beliefs_from_the_engine_cache_equal_packed_in_a_step(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, probe
+):
+    """Episodes played through the KV-cache engine: the beliefs scored against its caches are the packed pass's,
+    and so is the whole step (rewards, advantages, losses); scoring leaves the engine's caches as they were, and
+    the step releases them."""
+    beliefs, rows = {}, {}
+    for impl in ("cache", "packed"):
+        cfg = make_cfg(
+            tmp_path,
+            tiny_model_dir,
+            corpus_file,
+            qa_file,
+            "trainer.steps=1",
+            f"trainer.out_dir={tmp_path / impl}",
+            f"algorithm.belief_impl={impl}",
+            *probe,
+        )
+        toolbox = make_toolbox(cfg)
+        model, _ = load_policy(cfg.model)
+        script = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
+        engine = ScriptedOverEngine(model, tokenizer.pad_token_id, script)
+        trainer = Trainer(cfg, model=model, tokenizer=tokenizer, toolbox=toolbox, generator=engine)
+        trajs = trainer.collect(0, Timer())
+        held = [[t.clone() for kv in s.kv for t in kv] for s in engine._stored]
+        stats = trainer.score_beliefs(trajs, Timer())
+        assert stats == ({"beliefs_from_cache_share": 1.0} if impl == "cache" else {})
+        assert all(
+            torch.equal(a, b) for s, h in zip(engine._stored, held) for a, b in zip([t for kv in s.kv for t in kv], h)
+        )
+        beliefs[impl] = torch.tensor([b for tr in trajs for b in tr.beliefs or []])
+        (rows[impl],) = trainer.fit()
+        assert engine._stored == []
+    assert len(beliefs["cache"]) > 4 and rows["cache"]["beliefs_from_cache_share"] == 1.0
+    torch.testing.assert_close(beliefs["cache"], beliefs["packed"], atol=1e-4, rtol=0)
+    assert {"pg_loss", "kl", "p0_mean", "ig_raw_mean", "ig_turn1_mean"} <= set(rows["packed"])
+    for key, want in rows["packed"].items():  # every figure of the step but its timings
+        if key not in ("seconds", "tokens_per_s"):
+            assert rows["cache"][key] == (pytest.approx(want, abs=1e-4) if isinstance(want, float) else want), key
 
 
 def prompt_lengths(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer) -> list[int]:
