@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig
 
 from igpo.agent.build import make_generator
-from igpo.agent.engine import CachedGenerator
+from igpo.agent.engine import CachedGenerator, _returned_cache
 from igpo.agent.generators import HFGenerator, SamplingParams
 from igpo.agent.rollout import rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
@@ -155,9 +155,25 @@ def test_rollout_releases_caches_and_engine_is_selectable(model, tokenizer):
     hf = make_generator(Config.model_validate({"rollout": {"engine": "hf"}}), model, 0)
     assert isinstance(hf, HFGenerator) and isinstance(engine, CachedGenerator)
     ex = QAExample("q", "What is the capital of Italy?", ["Rome"])
-    trajs = rollout([ex] * 2, [0, 0], engine, fmt, Toolbox([]), SamplingParams(6, temperature=0.0), 2, 4096)
+    play = lambda **kw: rollout(  # noqa: E731
+        [ex] * 2, [0, 0], engine, fmt, Toolbox([]), SamplingParams(6, temperature=0.0), 2, 4096, **kw
+    )
+    trajs = play()
     assert len(trajs) == 2 and trajs[0].ids == trajs[1].ids
     assert engine._stored == []  # no keys of these weights outlive the rollout
+
+    class Watched(CachedGenerator):
+        def generate(self, contexts, params, stop_ids):
+            found.append(len(self._stored))  # caches held when a call starts
+            return super().generate(contexts, params, stop_ids)
+
+    # release=False: the caller reads the caches (the beliefs) and releases them; a new rollout drops them first.
+    engine, found = Watched(model, 0), []  # `play` plays the new engine
+    trajs = play(release=False)
+    assert engine.held_kv(trajs[0].ids, trajs[0].prompt_len) is not None and engine._stored
+    found.clear()
+    play()
+    assert found[0] == 0 and engine._stored == []
 
 
 def test_growing_cache_layer_holds_what_concatenation_holds():
@@ -199,3 +215,27 @@ def test_growing_cache_layer_holding_rows_right_aligned_with_zero_holes():
     assert torch.equal(layer.keys[0, :, 2:], a[0]) and torch.equal(layer.values[0, :, 2:], a[0] + 1)
     assert torch.equal(layer.keys[2], b[0]) and torch.equal(layer.values[2], b[0] + 1)
     assert not layer.keys[0, :, :2].any() and not layer.keys[1].any() and not layer.values[1].any()
+
+
+def test_an_ended_episodes_cache_is_held_until_release(model):
+    """After a call, the cache of a context that no context of a later call extends (an episode that ended) stays
+    held, so that every episode's last context can be read back (`held_kv`); an extended one is dropped."""
+    g = torch.Generator().manual_seed(6)
+    ctx = contexts(g)[:3]
+    engine = CachedGenerator(model, 0)
+    params = SamplingParams(5, temperature=0.0)
+    out = engine.generate(ctx, params, [])
+    nxt = [ctx[i] + out[i] + random_ids(g, 4) for i in (0, 1)]  # episode 2 ended after one turn
+    engine.generate(nxt, params, [])
+    assert sorted(s.context_len for s in engine._stored) == sorted([len(ctx[2])] + [len(c) for c in nxt])
+    for c in [ctx[2]] + nxt:
+        kv = engine.held_kv(c + [1, 2], len(c))
+        assert kv is not None and kv[0][0].shape[2] == len(c)
+        # The keys a forward over the context alone computes.
+        want = model(input_ids=torch.tensor([c]), use_cache=True)
+        want_k = _returned_cache(want).layers[0].keys
+        torch.testing.assert_close(kv[0][0], want_k, atol=1e-4, rtol=0)
+    assert engine.held_kv(ctx[0], len(ctx[0])) is not None  # covered by the cache of its continuation
+    assert engine.held_kv(ctx[0][:-1] + [ctx[0][-1] + 1], len(ctx[0])) is None  # other ids: nothing held
+    engine.release()
+    assert engine.held_kv(nxt[0], len(nxt[0])) is None
