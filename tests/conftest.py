@@ -113,6 +113,17 @@ def make_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int
     return model
 
 
+def make_varied_llama(vocab_size: int, seed: int = 3):
+    """A tiny random Llama with large weights, in eval mode, so that greedy outputs vary instead of repeating one
+    token (rows of a batch stop at different steps)."""
+    m = make_tiny_llama(vocab_size, seed=seed)
+    with torch.no_grad():
+        for p in m.parameters():
+            if p.dim() == 2:
+                p.mul_(20.0)
+    return m.eval()
+
+
 @pytest.fixture
 def tiny_model(tokenizer):
     return make_tiny_llama(len(tokenizer))

@@ -15,20 +15,14 @@ from igpo.agent.tools import Toolbox
 from igpo.config import Config
 from igpo.data.loaders import QAExample
 from igpo.seeding import turn_seed
-from tests.conftest import make_tiny_llama
+from tests.conftest import make_varied_llama
 
 VOCAB = 600
 
 
 @pytest.fixture(scope="module")
 def model():
-    """A tiny random Llama with large weights, so that greedy outputs vary instead of repeating one token."""
-    m = make_tiny_llama(VOCAB, seed=3)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.mul_(20.0)
-    return m.eval()
+    return make_varied_llama(VOCAB)
 
 
 def random_ids(g, n):

@@ -11,7 +11,7 @@ from igpo.policy.scoring import (
     belief_logprobs_packed,
     belief_logprobs_reference,
 )
-from tests.conftest import make_tiny_llama
+from tests.conftest import make_tiny_llama, make_varied_llama
 
 
 @pytest.mark.parametrize(
@@ -52,13 +52,7 @@ VOCAB = 600
 
 @pytest.fixture(scope="module")
 def varied_model():
-    """A tiny random Llama with large weights, so that its generations vary (rows stop at different steps)."""
-    m = make_tiny_llama(VOCAB, seed=3)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.dim() == 2:
-                p.mul_(20.0)
-    return m.eval()
+    return make_varied_llama(VOCAB)
 
 
 def engine_episodes(model, turns=(1, 2, 3, 3)):
