@@ -426,18 +426,31 @@ class Trainer:
 
     # ------------------------------------------------------------------ one step
     def train_step(self) -> dict:
+        """One step: the rollout (`collect`), then `learn` on its trajectories; the step's metrics row."""
+        timer = Timer()
+        try:
+            trajs = self.collect(self.step, timer)
+        except BaseException:
+            self.generator.release()  # the caches of a rollout cut short
+            raise
+        return self.learn(trajs, timer)
+
+    def learn(self, trajs: list[Trajectory], timer: Timer, release: bool = True) -> dict:
+        """The step after the rollout, on `trajs` (this step's, from `collect`): beliefs, turn rewards, advantages,
+        the update; advances `self.step` and returns the step's metrics row. Sets each trajectory's `beliefs`.
+        `release`: the generator drops the rollout's KV caches once the beliefs are scored (`benchmarks/step.py`
+        keeps them, to run `learn` on the same trajectories under each configuration it compares)."""
         a = self.cfg.algorithm
         step = self.step
-        timer = Timer()
         # Beliefs only where IG is used and the warm-up gate (decided by the steps before this one) is open.
         ig_on = self.estimator.uses_ig and self.ig_gate.on()
         belief_stats = {}
         try:
-            trajs = self.collect(step, timer)
             if ig_on:
                 belief_stats = self.score_beliefs(trajs, timer)
         finally:
-            self.generator.release()  # the rollout's caches: the beliefs were their last reader
+            if release:
+                self.generator.release()  # the rollout's caches: the beliefs were their last reader
         if ig_on:
             # Without beliefs no probe is ever built: there is nothing that could leak.
             if self.cfg.trainer.check_invariants:
