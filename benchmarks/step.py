@@ -304,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
             "temperature": r.temperature,
             "micro_batch_size": trainer.cfg.trainer.micro_batch_size,
             "estimator": trainer.cfg.algorithm.estimator,
+            "kl_coef": trainer.cfg.algorithm.kl_coef,
         },
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         **measured,

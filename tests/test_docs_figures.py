@@ -1,7 +1,9 @@
 """The figures quoted in README.md and benchmarks/README.md are the ones in benchmarks/results/*.json.
 
 Each test reads a table of a doc section and formats the JSON values the way the doc prints them: a changed JSON
-value or a changed figure in the doc fails here. The last test checks that the docs' links resolve.
+value or a changed figure in the doc fails here. Beyond those, every number in a speed benchmark's section must be a
+value of its JSON at the printed precision, or a figure the test computes from it (`DERIVED`). The last test checks
+that the docs' links resolve.
 """
 
 import json
@@ -204,15 +206,29 @@ def test_rollout_figures():
         assert (r["seconds"], r["tokens/s"]) == (f"{res['median_s'][name]:.1f}", f"{res['tokens_per_s'][name]:.1f}")
     assert f"**{res['speedup_vs_plain_loop']:.2f} ×** the plain loop" in text
     assert f"{res['generated_tokens']:,} tokens generated" in text
-    # the decoding steps: per turn, as many as the longest generation; the docs quote their total
-    steps = sum(max(ep[t] for ep in res["generated_per_turn"]) for t in range(4))
-    assert f"take {steps} batched steps" in text
+    # the decoding steps: per turn, as many as the longest generation; the docs quote their total, and how many
+    # decode only the episodes that ran to the token limit
+    rows = decoding_rows(res)
+    assert f"take {len(rows)} batched steps" in text
+    at_limit = sum(any(g == res["settings"]["max_new_tokens"] for g in ep) for ep in res["generated_per_turn"])
+    assert f"{rows.count(at_limit)} of the {len(rows)} steps decode {at_limit} rows" in text
+    assert f"{res['engine_ids_computed']:,} ids and reused {res['engine_ids_reused']:,}" in text
+    assert f"{res['speedup_vs_batched_generate']:.2f} × batched `generate`" in text
+
+
+def decoding_rows(res: dict) -> list[int]:
+    """The rows (active episodes) of each batched decoding step of `rollout.json`'s engine, turn after turn."""
+    per_turn = list(zip(*res["generated_per_turn"]))
+    return [sum(g >= s for g in turn) for turn in per_turn for s in range(1, max(turn) + 1)]
 
 
 def test_train_step_and_update_scoring_figures():
     step = result("train_step.json")
     rows = table(section(BENCH, "Training step vs TRL (`train_step.py`)"), "TRL")
     assert row(rows, "median step")["ours"] == f"{step['ours']['median_step_s']:.1f} s"
+    for phase, label in (("rollout", "rollout"), ("ref_logprobs", "reference log-probs"), ("update", "update")):
+        for impl, col in (("ours", "ours"), ("trl", "TRL")):
+            assert row(rows, label)[col] == f"{step[impl]['median_phase_s'][phase]:.1f} s", (phase, impl)
     assert row(rows, "peak RSS")["ours"] == f"{step['ours']['peak_rss_mb']:,.0f} MiB"
     assert row(rows, "peak RSS")["TRL"] == f"{step['trl']['peak_rss_mb']:,.0f} MiB"
     assert f"**{step['step_ratio_ours_over_trl']:.2f} ×**" in section(BENCH, "Training step vs TRL (`train_step.py`)")
@@ -234,6 +250,13 @@ def test_seeded_sampling_and_retrieval_figures():
         f"{seeded['tokens_per_s']['hf_batch_sampler']:.1f}",
     )
     assert f"{seeded['ratio_seeded_over_hf']:.2f} × HF's time" in text
+    rows = table(text, "seeded (ours)")
+    best, alone = seeded["best_seconds_per_step"], seeded["sampler_only_ms_per_step"]
+    r = row(rows, "seconds a decoding step")
+    assert (r["seeded (ours)"], r["HF batch sampler"]) == (f"{best['seeded']:.2f}", f"{best['hf_batch_sampler']:.2f}")
+    r = row(rows, "sampling step alone")
+    assert r["seeded (ours)"] == f"{alone['seeded']:.1f} ms"
+    assert r["HF batch sampler"].startswith(f"{alone['softmax_multinomial']:.1f} ms")
 
     load = result("retrieval_load.json")
     paced = row(table(section(BENCH, "Retrieval server load (`retrieval_load.py`)"), "req/s"), "paced, 200 req/s")
@@ -255,6 +278,101 @@ def test_speed_summary_table_quotes_each_json(benchmark, figure):
     rows = table(section(BENCH, "Speed benchmarks"), "latest")
     r = next(r for r in rows if r["benchmark"].startswith(f"[{benchmark}]"))
     assert figure() in r["latest"]
+
+
+# Every number in a speed section: a value of its JSON at the printed precision, or a figure computed from it.
+SPEED_SECTIONS = {
+    "Belief scoring (`beliefs.py`)": "beliefs.json",
+    "Rollout engine (`rollout.py`)": "rollout.json",
+    "Training step vs TRL (`train_step.py`)": "train_step.json",
+    "Update scoring (`update_scoring.py`)": "update_scoring.json",
+    "Seeded sampling (`seeded_sampling.py`)": "seeded_sampling.json",
+    "Retrieval server load (`retrieval_load.py`)": "retrieval_load.json",
+}
+# Figures a section computes from its JSON rather than quotes: {heading: {figure as printed: its computation}}.
+DERIVED = {
+    "Rollout engine (`rollout.py`)": {
+        "5,358": lambda r: f"{r['engine_ids_computed'] - r['generated_tokens']:,}",  # the ids prefilled
+        "313": lambda r: str(len(decoding_rows(r))),
+        "219": lambda r: str(decoding_rows(r).count(2)),
+    },
+    "Seeded sampling (`seeded_sampling.py`)": {
+        "10": lambda r: (
+            f"{r['sampler_only_ms_per_step']['seeded'] - r['sampler_only_ms_per_step']['softmax_multinomial']:.0f}"
+        )
+    },
+}
+# Not figures: code (commands, names, versions), dates, the model's name, each target (a goal, not a result)
+# and the tolerances the scripts assert.
+NOT_FIGURES = [
+    r"```.*?```",
+    r"`[^`]*`",
+    r"\d{4}-\d{2}-\d{2}",
+    r"SmolLM2-135M",
+    r"\*\*Target\*\*.*?\*\*Verdict",
+    r"(?<![\d.])1e-\d(?!\d)",  # a tolerance (1e-4); a measured difference is printed as 1.3e-05
+]
+# a version (2.13.0+cpu) or a number: 4,302 or 27.7 or 1.3e-05
+NUMBER = re.compile(
+    r"(?<![\w.])(?:(?P<version>\d+(?:\.\d+){2,}(?:\+\w+)?)|(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.(?P<places>\d+))?(?:e-\d+)?)"
+)
+
+
+def json_leaves(x) -> list:
+    if isinstance(x, dict):
+        return [v for y in x.values() for v in json_leaves(y)]
+    if isinstance(x, list):
+        return [v for y in x for v in json_leaves(y)]
+    return [x]
+
+
+def unsourced_numbers(text: str, res: dict, derived: dict) -> list[str]:
+    """The numbers of `text` that are neither a value of `res` at their printed precision nor in `derived`
+    ({figure: computation of it from `res`}, each checked)."""
+    for pattern in NOT_FIGURES:
+        text = re.sub(pattern, " ", text, flags=re.S)
+    leaves = json_leaves(res)
+    values = [v for v in leaves if isinstance(v, (int, float)) and not isinstance(v, bool)]
+    out = []
+    for m in NUMBER.finditer(text):
+        fig, places = m.group(0), len(m.group("places") or "")
+        if m.group("version"):  # a version is quoted from a string: torch's, Python's, the platform's
+            sourced = any(isinstance(v, str) and fig in v for v in leaves)
+        elif "e-" in fig:
+            sourced = any(f"{v:.{places}e}" == fig for v in values)
+        else:
+            sourced = any(f"{v:,.{places}f}" == fig or f"{v:.{places}f}" == fig for v in values)
+        if fig in derived:
+            assert derived[fig](res) == fig, f"{fig} is not what it is computed from"
+        elif not sourced:
+            out.append(fig)
+    return out
+
+
+@pytest.mark.parametrize("heading", SPEED_SECTIONS)
+def test_every_number_of_a_speed_section_comes_from_its_json(heading):
+    res, derived = result(SPEED_SECTIONS[heading]), DERIVED.get(heading, {})
+    text = section(BENCH, heading)
+    assert not unsourced_numbers(text, res, derived), heading
+    assert all(fig in text for fig in derived), "a derived figure is no longer in the docs: drop it from DERIVED"
+
+
+def test_step_section_waits_for_its_json_or_quotes_it():
+    text = section(BENCH, "One step, each optimisation off and on (`step.py`)")
+    if (RESULTS / "step.json").is_file():
+        assert not unsourced_numbers(text, result("step.json"), {})
+    else:
+        assert "figures: pending a quiet-machine run" in text
+
+
+def test_a_number_in_no_json_is_caught():
+    res = {"peak_rss_mb": 4301.5, "rows": [2, 2], "ms": 45.08, "diff": 1.3e-5, "torch": "2.13.0+cpu"}
+    text = "peak RSS 4,302 MiB, 2 rows, 45.1 ms, 1.3e-05 (`v1.16`, 2026-11-25; torch 2.13.0+cpu)"
+    assert unsourced_numbers(text, res, {}) == []
+    text = "peak RSS 4.3 GB, 3 rows, 45.2 ms, 1.4e-05, torch 2.12.0"
+    assert unsourced_numbers(text, res, {}) == ["4.3", "3", "45.2", "1.4e-05", "2.12.0"]
+    with pytest.raises(AssertionError, match="computed"):
+        unsourced_numbers("4 rows in all", res, {"4": lambda r: str(sum(r["rows"]) + 1)})
 
 
 # --- links ----------------------------------------------------------------------------------------------------
