@@ -186,6 +186,7 @@ def measure(trainer: Trainer, configurations: dict[str, dict[str, Any]], repeats
                 print(f"repeat {r} {name}: {runs[name][-1]['total']:.2f} s", flush=True)
     finally:
         trainer.cfg = base
+        trainer.generator.release()  # the rollout's KV caches, held for the runs (`algorithm.belief_impl: cache`)
     rollout_s = timer.seconds["rollout"]
     med = {name: summarize([x["total"] for x in rs])["median"] for name, rs in runs.items()}
     out = {}
