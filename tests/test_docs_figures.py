@@ -2,11 +2,13 @@
 
 Each test reads a table of a doc section and formats the JSON values the way the doc prints them: a changed JSON
 value or a changed figure in the doc fails here. Beyond those, every number in a speed benchmark's section must be a
-value of its JSON at the printed precision, or a figure the test computes from it (`DERIVED`). The last test checks
+value of its JSON at the printed precision, or a figure the test computes from it (`DERIVED`); every other number
+of both docs a value of some result or config it ran with, or computed (`LEARNING_DERIVED`). The last test checks
 that the docs' links resolve.
 """
 
 import json
+import math
 import re
 from pathlib import Path
 
@@ -297,9 +299,10 @@ DERIVED = {
         "219": lambda r: str(decoding_rows(r).count(2)),
     },
     "Seeded sampling (`seeded_sampling.py`)": {
-        "10": lambda r: (
-            f"{r['sampler_only_ms_per_step']['seeded'] - r['sampler_only_ms_per_step']['softmax_multinomial']:.0f}"
-        )
+        "10": lambda r: f"{sampler_extra_ms(r):.0f}",  # the sampling step's extra cost, ms
+        "1": lambda r: (
+            f"{math.ceil(100 * sampler_extra_ms(r) / 1000 / r['best_seconds_per_step']['seeded'])}"
+        ),  # "under 1%"
     },
 }
 # Not figures: code (commands, names, versions), dates, the model's name, each target (a goal, not a result)
@@ -308,7 +311,8 @@ NOT_FIGURES = [
     r"```.*?```",
     r"`[^`]*`",
     r"\d{4}-\d{2}-\d{2}",
-    r"SmolLM2-135M",
+    r"135M",  # the model's size, in its name
+    r"arXiv \d+\.\d+|ICLR \d{4}",  # the paper
     r"\*\*Target\*\*.*?\*\*Verdict",
     r"(?<![\d.])1e-\d(?!\d)",  # a tolerance (1e-4); a measured difference is printed as 1.3e-05
 ]
@@ -316,6 +320,11 @@ NOT_FIGURES = [
 NUMBER = re.compile(
     r"(?<![\w.])(?:(?P<version>\d+(?:\.\d+){2,}(?:\+\w+)?)|(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.(?P<places>\d+))?(?:e-\d+)?)"
 )
+
+
+def sampler_extra_ms(r: dict) -> float:
+    """What seeded sampling's step costs beyond softmax + multinomial, ms (`seeded_sampling.json`)."""
+    return r["sampler_only_ms_per_step"]["seeded"] - r["sampler_only_ms_per_step"]["softmax_multinomial"]
 
 
 def json_leaves(x) -> list:
@@ -338,10 +347,11 @@ def unsourced_numbers(text: str, res: dict, derived: dict) -> list[str]:
         fig, places = m.group(0), len(m.group("places") or "")
         if m.group("version"):  # a version is quoted from a string: torch's, Python's, the platform's
             sourced = any(isinstance(v, str) and fig in v for v in leaves)
-        elif "e-" in fig:
-            sourced = any(f"{v:.{places}e}" == fig for v in values)
-        else:
-            sourced = any(f"{v:,.{places}f}" == fig or f"{v:.{places}f}" == fig for v in values)
+        elif "e-" in fig:  # 1.3e-05 as Python prints it, or a setting written short: 2e-6
+            sourced = any(re.sub(r"e-0*", "e-", f"{v:.{places}e}") == re.sub(r"e-0*", "e-", fig) for v in values)
+        else:  # the sign is the table's to check; a percentage is a share times 100
+            scale = 100 if re.match(r"(?:–[\d.]+)?%", text[m.end() :]) else 1
+            sourced = any(f"{abs(v) * scale:,.{places}f}".replace(",", "") == fig.replace(",", "") for v in values)
         if fig in derived:
             assert derived[fig](res) == fig, f"{fig} is not what it is computed from"
         elif not sourced:
@@ -357,8 +367,72 @@ def test_every_number_of_a_speed_section_comes_from_its_json(heading):
     assert all(fig in text for fig in derived), "a derived figure is no longer in the docs: drop it from DERIVED"
 
 
+def demo_dev_f1(est: str) -> list[float]:
+    """The final dev F1 of each seed of `est` in `learning_demo_lr6e-6.json`, by seed."""
+    res = result("learning_demo_lr6e-6.json")
+    runs = {seed: run for k, part in res.items() if k != "what" for seed, run in part["runs"].get(est, {}).items()}
+    return [runs[seed]["dev_f1"][-1] for seed in sorted(runs)]
+
+
+def sft_dev_f1() -> float:
+    return result("learning_demo_lr6e-6.json")["igpo_ig_only_seeds_0_1"]["start"]["dev"]["f1"]
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+# The other sections' figures (the learning benchmark's, the diagnostic's) and README's: from any of the results
+# or the configs they ran with, or computed from them (by section; README's under "README.md").
+LEARNING_DERIVED = {
+    "Does IGPO beat GRPO?": {
+        "0.40": lambda: f"{mean(result('learning_default.json')['runs']['igpo']['1']['zero_variance_groups']):.2f}",
+    },
+    "The demo's settings, and why": {
+        "0.019": lambda: f"{min(demo_dev_f1('igpo_ig_only')) - sft_dev_f1():.3f}",  # the smallest gain over SFT
+        "0.322": lambda: f"{mean(demo_dev_f1('igpo_ig_only')):.3f}",
+    },
+    "Where does the demo's gain go?": {
+        "0.539": lambda: f"{other_first_tokens_p_before():.3f}",
+    },
+    "README.md": {"0.322": lambda: f"{mean(demo_dev_f1('igpo_ig_only')):.3f}"},
+}
+
+
+def other_first_tokens_p_before() -> float:
+    """The answer-weighted mean probability, before training, of the first answer tokens other than `>.`."""
+    other = [t for tok, t in result("answer_start.json")["by_first_token"].items() if tok != ">."]
+    return sum(t["p_before"] * t["answers"] for t in other) / sum(t["answers"] for t in other)
+
+
+def all_sources() -> dict:
+    import yaml
+
+    files = {p.name: json.loads(p.read_text()) for p in sorted(RESULTS.glob("*.json"))}
+    for path in (ROOT / "configs" / "demo.yaml", ROOT / "benchmarks" / "learning.yaml"):
+        files[path.name] = yaml.safe_load(path.read_text())
+    return files
+
+
+STEP_SECTION = "One step, each optimisation off and on (`step.py`)"
+
+
+def other_sections() -> list[str]:
+    """The sections of benchmarks/README.md that are not a speed benchmark's with its own JSON."""
+    headings = [line.lstrip("#").strip() for line in BENCH.splitlines() if line.startswith("### ")]
+    return [h for h in headings if h not in SPEED_SECTIONS and h != STEP_SECTION]
+
+
+@pytest.mark.parametrize("heading", [*other_sections(), "README.md"])
+def test_every_other_number_of_the_readmes_comes_from_a_result(heading):
+    text = README if heading == "README.md" else section(BENCH, heading)
+    derived = {fig: (lambda _, f=f: f()) for fig, f in LEARNING_DERIVED.get(heading, {}).items()}
+    assert not unsourced_numbers(text, all_sources(), derived), heading
+    assert all(fig in text for fig in derived), "a derived figure is no longer in the docs: drop it"
+
+
 def test_step_section_waits_for_its_json_or_quotes_it():
-    text = section(BENCH, "One step, each optimisation off and on (`step.py`)")
+    text = section(BENCH, STEP_SECTION)
     if (RESULTS / "step.json").is_file():
         assert not unsourced_numbers(text, result("step.json"), {})
     else:
