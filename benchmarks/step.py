@@ -22,8 +22,9 @@ the rollout and at each run.
     python benchmarks/step.py --out benchmarks/results/step.json
 
 The model is the demo's SFT warm start (`sft.out_dir` of the config, made by `igpo demo` or `igpo sft --config
-configs/demo.yaml`), or `--model`. `--small`: a tiny random Llama with that model's tokenizer, 2 questions x 2
-rollouts of at most 2 turns of 16 tokens (a check that the script runs, not a measurement).
+configs/demo.yaml`), or `--model`. `--small`: a tiny random Llama with that model's tokenizer (SmolLM2's without
+`--model`), 2 questions x 2 rollouts of at most 2 turns of 16 tokens (a check that the script runs, not a
+measurement).
 """
 
 from __future__ import annotations
@@ -258,11 +259,13 @@ def build_trainer(args: argparse.Namespace, out_dir: Path) -> Trainer:
     overrides = ["algorithm.estimator=igpo", "trainer.save_every=0", "trainer.eval_every=0"]
     overrides += [f"trainer.out_dir={out_dir}", *(SMALL if args.small else []), *args.set]
     cfg = load_config(args.config, overrides)
+    if args.model is None and args.small:
+        args.model = "smollm2"  # its tokenizer, for the tiny model
     if args.model is None:
         if not sft_done(cfg.sft.out_dir):
             sys.exit(
                 f"no SFT warm start in {cfg.sft.out_dir}: make it with `igpo sft --config {args.config}` (or "
-                "`igpo demo`), or pass --model (the base smollm2 rarely reaches a second turn: few beliefs to score)"
+                "`igpo demo`), or pass --model (the base smollm2 writes no tool call zero-shot: no beliefs to score)"
             )
         args.model = str(Path(cfg.sft.out_dir) / "model")
     cfg.model.path = args.model
