@@ -22,6 +22,7 @@ def step(monkeypatch):
     return importlib.import_module("step")
 
 
+@pytest.mark.integration
 def test_small_run_writes_every_configuration(step, tmp_path, tiny_model_dir, corpus_file, qa_file):
     out = tmp_path / "step.json"
     argv = ["--small", "--model", str(tiny_model_dir), "--config", str(ROOT / "configs" / "demo.yaml")]
@@ -55,6 +56,7 @@ def test_small_run_writes_every_configuration(step, tmp_path, tiny_model_dir, co
     assert res["order"] == [n for _ in range(2) for n, c in configs.items() if c["available"]]
 
 
+@pytest.mark.integration
 def test_a_configuration_that_changes_the_step_is_not_exact(
     step, tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer
 ):
