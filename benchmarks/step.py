@@ -160,6 +160,8 @@ def run_once(trainer: Trainer, trajs: list, cfg: Config) -> dict:
         "phases": phases,
         "load_avg": load,
         "losses": {k: row[k] for k in LOSS_KEYS if k in row},
+        # under `algorithm.belief_impl: cache`, the share of scored trajectories whose caches the generator held
+        "beliefs_from_cache_share": row.get("beliefs_from_cache_share"),
         "beliefs": [tr.beliefs for tr in copies],
     }
 
@@ -212,7 +214,9 @@ def measure(trainer: Trainer, configurations: dict[str, dict[str, Any]], repeats
                 p: phase_s[p]["median"] / base_phase[p] if base_phase[p] > 0 else None for p in phases
             },
             "losses": rs[0]["losses"],
-            "runs": [{k: x[k] for k in ("total", "phases", "load_avg", "losses")} for x in rs],
+            "runs": [
+                {k: x[k] for k in ("total", "phases", "load_avg", "losses", "beliefs_from_cache_share")} for x in rs
+            ],
         }
     multi = [tr for tr in trajs if tr.num_turns >= 2]
     return {

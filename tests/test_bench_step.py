@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from igpo.agent.build import make_chat_format, make_toolbox
+from igpo.policy.loading import load_policy
 from igpo.train.trainer import Trainer
-from tests.scripted import ScriptedGenerator
+from tests.scripted import ScriptedGenerator, ScriptedOverEngine
 from tests.train.test_trainer import SCRIPTS, make_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,12 +64,16 @@ def test_a_configuration_that_changes_the_step_is_not_exact(
     """Scripted multi-turn episodes, so that beliefs are scored; each inexact configuration is caught."""
     cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file)
     toolbox = make_toolbox(cfg)
-    fmt = make_chat_format(cfg, tokenizer, toolbox)
-    trainer = Trainer(cfg, toolbox=toolbox, generator=ScriptedGenerator(tokenizer, fmt, SCRIPTS))
+    model, _ = load_policy(cfg.model)
+    # the engine holds the episodes' real KV caches, so that `cache` scores the beliefs against them
+    script = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
+    engine = ScriptedOverEngine(model, tokenizer.pad_token_id, script)
+    trainer = Trainer(cfg, model=model, tokenizer=tokenizer, toolbox=toolbox, generator=engine)
     before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
     configurations = {
         "baseline": {"algorithm.belief_impl": "packed"},
-        "reference_beliefs": {"algorithm.belief_impl": "reference"},  # another path to the same numbers
+        "reference_beliefs": {"algorithm.belief_impl": "reference"},  # other paths to the same numbers
+        "cached_beliefs": {"algorithm.belief_impl": "cache"},
         "hotter": {"rollout.temperature": 1.5},  # scores the same tokens at another temperature
         "missing": {"trainer.no_such_key": True},
     }
@@ -76,8 +81,11 @@ def test_a_configuration_that_changes_the_step_is_not_exact(
     c = res["configurations"]
 
     assert res["episodes_with_beliefs"] > 0 and res["belief_prefixes"] > res["episodes_with_beliefs"]
-    assert c["baseline"]["exact"] and c["reference_beliefs"]["exact"]
+    assert c["baseline"]["exact"] and c["reference_beliefs"]["exact"] and c["cached_beliefs"]["exact"]
     assert c["reference_beliefs"]["max_belief_diff"] <= step.BELIEF_TOL
+    # every run of `cache` found the rollout's caches: none was released before the last run
+    assert [r["beliefs_from_cache_share"] for r in c["cached_beliefs"]["runs"]] == [1.0, 1.0]
+    assert c["baseline"]["runs"][0]["beliefs_from_cache_share"] is None
     assert not c["hotter"]["exact"] and c["hotter"]["max_loss_diff"] > step.LOSS_TOL
     assert c["hotter"]["max_belief_diff"] <= step.BELIEF_TOL  # beliefs are scored at temperature 1
     assert c["missing"] == {
@@ -85,11 +93,11 @@ def test_a_configuration_that_changes_the_step_is_not_exact(
         "settings": {"trainer.no_such_key": True},
         "why": "invalid config: trainer.no_such_key: unknown key",
     }
-    assert res["order"] == ["baseline", "reference_beliefs", "hotter"] * 2
+    assert res["order"] == ["baseline", "reference_beliefs", "cached_beliefs", "hotter"] * 2
     # every run started from the same weights, and the trainer is left with them
     after = trainer.model.state_dict()
     assert all((after[k] == v).all() for k, v in before.items())
-    assert trainer.step == 0 and trainer.cfg is cfg
+    assert trainer.step == 0 and trainer.cfg is cfg and engine._stored == []  # the caches released at the end
 
 
 def test_beliefs_or_loss_terms_that_differ_are_not_exact(step):
