@@ -162,6 +162,7 @@ NOT_REGIME_BEFORE_FLAGS = {
     "rollout.vllm.gpu_memory_utilization",
     "rollout.vllm.enforce_eager",
     "rollout.vllm.check_weights",
+    "rollout.vllm.sync_tolerance",
 }
 
 

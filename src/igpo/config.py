@@ -216,8 +216,17 @@ class VLLMConfig(_Strict):
         True,
         json_schema_extra=NOT_RESULT,
         description=(
-            "after every push, compare a fingerprint of the engine's weights (a fixed sample of elements of every tensor "
-            "it stores unfused) with the trainer's; a mismatch stops the run"
+            "after every weight push, compare the engine's log-probs of a fixed probe sequence (32 token ids) with the "
+            "trainer's; a difference past `rollout.vllm.sync_tolerance` stops the run (`WeightSyncError`)"
+        ),
+    )
+    sync_tolerance: float | None = Field(
+        None,
+        gt=0,
+        json_schema_extra=NOT_RESULT,
+        description=(
+            "largest |engine − trainer| log-prob of a probe token accepted after a push; `null` = by the engine's "
+            "dtype: 1e-4 for `float32`, 1.0 for `bfloat16`, 0.25 for `float16` (their rounding alone moves log-probs)"
         ),
     )
 
@@ -268,8 +277,8 @@ class RolloutConfig(_Strict):
         "hf",
         description=(
             "`hf`: the trainer's own model generates, with the engine of `rollout.engine`; `vllm`: a vLLM engine per "
-            "process (GPU, `pip install 'igpo[vllm]'`; full fine-tuning only), weights pushed after every update and "
-            "checked, sampling log-probs recorded (see `docs/scaling.md`)"
+            "process (`pip install 'igpo[vllm]'` on GPU, `make install-vllm` on CPU; full fine-tuning only), weights "
+            "pushed after every update and checked, sampling log-probs recorded (see `docs/scaling.md`)"
         ),
     )
     vllm: VLLMConfig = VLLMConfig()

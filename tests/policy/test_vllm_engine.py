@@ -11,12 +11,7 @@ from igpo.config import Config, ConfigError
 from igpo.data.loaders import load_qa
 from igpo.policy.loading import ModelLoadError
 from igpo.policy.scoring import token_logprobs
-from igpo.policy.vllm_engine import (
-    VLLMEngine,
-    VLLMGenerator,
-    WeightSyncError,
-    weight_fingerprint,
-)
+from igpo.policy.vllm_engine import DEFAULT_SYNC_TOLERANCE, VLLMEngine, VLLMGenerator, WeightSyncError
 from igpo.train.trainer import Trainer
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS, make_cfg, prompt_lengths
@@ -24,12 +19,14 @@ from tests.train.test_trainer import SCRIPTS, make_cfg, prompt_lengths
 
 class FakeEngine:
     """Holds its own model copy, stored rounded to `dtype` like an engine's; plays scripted generations and
-    scores them with its own weights (plus `offset`, to simulate a sampler that disagrees with the trainer)."""
+    scores them with its own weights (plus `offset`, to simulate a sampler that disagrees with the trainer).
+    `drop`: names whose pushed tensors it ignores; `stale`: it ignores every push."""
 
-    def __init__(self, model, scripted=None, dtype=torch.bfloat16, offset=0.0, drop=(), stale=False):
+    def __init__(self, model, scripted=None, dtype=torch.float32, offset=0.0, drop=(), stale=False):
         self.model = AutoModelForCausalLM.from_config(model.config)
         self.model.load_state_dict(model.state_dict())
         self.scripted, self.dtype, self.offset, self.drop, self.stale = scripted, dtype, offset, set(drop), stale
+        self.vocab_size = model.config.vocab_size
 
     def generate(self, contexts, params, stop_ids):
         out = []
@@ -49,35 +46,50 @@ class FakeEngine:
             if name not in self.drop and not self.stale:
                 params[name].data.copy_(t.to(self.dtype))
 
-    def fingerprints(self, shapes, n):
-        params = dict(self.model.named_parameters())
-        return {k: weight_fingerprint(params[k], self.dtype, n) for k in shapes if k in params}
+    def prompt_logprobs(self, ids):
+        seq = torch.tensor([ids])
+        with torch.no_grad():
+            lp, _ = token_logprobs(self.model, seq, torch.ones_like(seq))
+        return lp[0, 1:].tolist()
+
+
+def _update(model, scale):
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(scale * torch.randn_like(p))
 
 
 @pytest.mark.parametrize(
-    "failure, named", [("drop", "model.layers.0.self_attn.o_proj.weight"), ("stale", "model.embed_tokens.weight")]
+    "failure", [{"drop": ["model.layers.0.self_attn.o_proj.weight"]}, {"drop": ["model.norm.weight"]}, {"stale": True}]
 )
-def test_a_push_that_did_not_land_is_an_error(tiny_model, failure, named):
-    engine = FakeEngine(tiny_model, drop=[named] if failure == "drop" else (), stale=failure == "stale")
-    gen = VLLMGenerator(engine)
-    with torch.no_grad():  # an lr-1e-6-sized update: most bf16 values do not move, some move by one ulp
-        for p in tiny_model.parameters():
-            p.add_(1e-6 * torch.randn_like(p).sign())
-    with pytest.raises(WeightSyncError, match=named):
-        gen.push_weights(tiny_model.named_parameters())
+def test_a_push_that_did_not_land_is_an_error(tiny_model, failure):
+    gen = VLLMGenerator(FakeEngine(tiny_model, **failure))
+    _update(tiny_model, 0.05)
+    with pytest.raises(WeightSyncError, match=r"weight push 1 \(after trainer step 3\).*differ.*by up to"):
+        gen.push_weights(tiny_model.named_parameters(), tiny_model, step=3)
 
 
 def test_a_push_that_landed_passes(tiny_model):
     gen = VLLMGenerator(FakeEngine(tiny_model))
-    with torch.no_grad():
-        next(tiny_model.parameters()).add_(1e-3)
-    gen.push_weights(tiny_model.named_parameters())
-    assert gen.pushes == 1
+    _update(tiny_model, 0.05)
+    gen.push_weights(tiny_model.named_parameters(), tiny_model)
+    assert gen.pushes == 1 and gen.last_sync_diff < 1e-5
+
+
+def test_a_16_bit_engine_is_checked_within_its_dtypes_tolerance(tiny_model):
+    # Weights rounded to bf16 by the engine: not the trainer's log-probs to 1e-4, but within the bf16 bound.
+    gen = VLLMGenerator(FakeEngine(tiny_model, dtype=torch.bfloat16))
+    _update(tiny_model, 0.05)
+    gen.push_weights(tiny_model.named_parameters(), tiny_model)
+    assert 1e-6 < gen.last_sync_diff < gen.tolerance == DEFAULT_SYNC_TOLERANCE[torch.bfloat16]
+    strict = VLLMGenerator(FakeEngine(tiny_model, dtype=torch.bfloat16), sync_tolerance=1e-7)
+    with pytest.raises(WeightSyncError, match="sync_tolerance 1e-07"):
+        strict.push_weights(tiny_model.named_parameters(), tiny_model)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("vllm") is not None, reason="vLLM is installed")
 def test_missing_vllm_is_a_clear_error():
-    with pytest.raises(ModelLoadError, match=r"pip install 'igpo\[vllm\]'"):
+    with pytest.raises(ModelLoadError, match=r"pip install 'igpo\[vllm\]'.*make install-vllm"):
         VLLMEngine("smollm2", "bfloat16", 2048, 0.3, False, 0, False)
 
 
@@ -105,7 +117,7 @@ def test_trainer_pushes_every_update_and_applies_tis(tmp_path, tiny_model_dir, c
     plain = _trainer(tmp_path / "plain", tiny_model_dir, corpus_file, qa_file, tokenizer)
     m_tis, m_plain = tis.fit(), plain.fit()
     assert tis.generator.pushes == 2 and "weight_push" in m_tis[0]["seconds"]  # before each step's rollout
-    tis._push_weights()  # the final weights land too (checked against the fingerprint)
+    tis._push_weights()  # the final weights land too (checked on the probe sequence)
     assert tis.generator.pushes == 3
     for m in m_tis:
         assert m["tis_weight"] == pytest.approx(1.5)

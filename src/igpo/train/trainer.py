@@ -150,7 +150,7 @@ class Trainer:
         """Hands the current weights to a generator that holds its own copy (vLLM), once per update."""
         if isinstance(self.generator, OwnWeightsGenerator) and self._pushed_step != self.step:
             with (timer or Timer())("weight_push"):
-                self.generator.push_weights(self.dist.full_parameters(self.model))
+                self.generator.push_weights(self.dist.full_parameters(self.model), self.model, self.step)
             self._pushed_step = self.step
 
     def _generation_weights(self):

