@@ -98,10 +98,10 @@ def hf_greedy(model, ctx: list[int], n: int) -> list[int]:
     return ids[len(ctx) :]
 
 
-def trainer_logprobs(model, ctx: list[int], ids: list[int]) -> torch.Tensor:
+def trainer_logprobs(model, ctx: list[int], ids: list[int], temperature: float = 1.0) -> torch.Tensor:
     seq = torch.tensor([ctx + ids])
     with torch.no_grad():
-        lp, _ = token_logprobs(model, seq, torch.ones_like(seq), start=len(ctx))
+        lp, _ = token_logprobs(model, seq, torch.ones_like(seq), start=len(ctx), temperature=temperature)
     return lp[0, len(ctx) :]
 
 
@@ -123,6 +123,20 @@ def test_the_next_rollout_samples_from_the_pushed_weights(gen, model_a, model_b,
 
     gen.push_weights(pairs(model_a), model_a, step=2)  # and back: exactly A's again
     assert list(map(list, gen.generate(contexts, GREEDY, [EOS]))) == want_a
+
+
+def test_seeded_sampling_is_reproducible_and_records_the_trainers_logprobs(gen, model_a, contexts):
+    params = SamplingParams(max_new_tokens=12, temperature=0.7, seeds=[11, 12, 13])
+    first = gen.generate(contexts, params, [EOS])
+    again = gen.generate(contexts, params, [EOS])
+    assert [(list(g), g.logprobs) for g in first] == [(list(g), g.logprobs) for g in again]
+    alone = gen.generate(contexts[1:2], SamplingParams(12, 0.7, seeds=[12]), [EOS])  # whatever else is in the batch
+    assert list(alone[0]) == list(first[1])
+    other = gen.generate(contexts, SamplingParams(12, 0.7, seeds=[21, 22, 23]), [EOS])
+    assert [list(g) for g in other] != [list(g) for g in first]
+    for c, g in zip(contexts, first):  # log π_rollout under the sampling temperature: the trainer's π_old
+        want = trainer_logprobs(model_a, c, list(g), temperature=0.7)
+        assert torch.allclose(torch.tensor(g.logprobs), want, atol=1e-4)
 
 
 @pytest.mark.parametrize("dropped", ["model.layers.0.self_attn.o_proj.weight", "model.embed_tokens.weight"])
@@ -166,3 +180,25 @@ def test_three_igpo_steps_sample_from_the_engine_and_push_checked_weights(
         assert r["rollout_lp_abs_diff"] < 1e-4 and r["tis_weight"] == pytest.approx(1.0, abs=1e-3)
     trainer._push_weights()  # the trained weights land too: the engine's probe log-probs are the trainer's
     assert gen.pushes == 4 and gen.last_sync_diff < 1e-4
+
+
+def test_an_agent_built_for_a_lora_model_samples_from_its_merged_weights(
+    gen, model_a, contexts, tokenizer, corpus_file, monkeypatch
+):
+    # `igpo eval --checkpoint` of a LoRA adapter: the engine gets base + adapter, merged, under the base's names.
+    from peft import LoraConfig, get_peft_model
+
+    from igpo.agent.build import build_agent
+    from igpo.config import Config
+
+    base = tiny(tokenizer, seed=0)
+    lora = get_peft_model(
+        base, LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    ).eval()
+    want = [hf_greedy(lora, c, 12) for c in contexts]
+    assert want != [hf_greedy(model_a, c, 12) for c in contexts]  # the adapter visibly changes the model
+    monkeypatch.setattr(VLLMGenerator, "from_config", classmethod(lambda cls, cfg, distributed: gen))
+    cfg = Config.model_validate({"retrieval": {"corpus": str(corpus_file)}, "rollout": {"backend": "vllm"}})
+    agent = build_agent(cfg, lora, tokenizer)
+    assert agent.generator is gen and gen.pushes == 1 and gen.last_sync_diff < 1e-4
+    assert list(map(list, gen.generate(contexts, GREEDY, [EOS]))) == want

@@ -10,6 +10,7 @@ from igpo.agent.generators import Generator, HFGenerator, OwnWeightsGenerator
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, WEB_SEARCH_SYSTEM_PROMPT, ChatFormat
 from igpo.agent.tools import SearchTool, Toolbox, WebSearchTool
 from igpo.config import Config
+from igpo.policy.loading import whole_weights
 
 # `rollout.engine`: the backends that sample from the trainer's own model.
 ENGINES = {"cached": CachedGenerator, "hf": HFGenerator}
@@ -58,11 +59,12 @@ def make_generator(cfg: Config, model, pad_id: int, distributed: bool = False) -
 def build_agent(cfg: Config, model, tokenizer, toolbox: Toolbox | None = None) -> Agent:
     """The agent that plays `model` as `cfg` says (`toolbox`: one already built, to share its retriever).
 
-    A generator with its own copy of the weights (vLLM) gets `model`'s: the agent plays `model`, whatever
-    `model.path` holds. (The trainer builds the same parts itself, and pushes its weights after each update.)
+    A generator with its own copy of the weights (vLLM) gets `model`'s (a LoRA adapter merged into its base): the
+    agent plays `model`, whatever `model.path` holds. (The trainer builds the same parts itself, and pushes its
+    weights after each update.)
     """
     toolbox = toolbox or make_toolbox(cfg)
     generator = make_generator(cfg, model, tokenizer.pad_token_id)
     if isinstance(generator, OwnWeightsGenerator):
-        generator.push_weights(((name, p.detach()) for name, p in model.named_parameters()), model)
+        generator.push_weights(whole_weights(model), model)
     return Agent(generator, make_chat_format(cfg, tokenizer, toolbox), toolbox)

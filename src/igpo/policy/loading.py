@@ -8,12 +8,14 @@ and saved as safetensors in a cache directory, so later loads take well under a 
 from __future__ import annotations
 
 import contextlib
+import copy
 import importlib.util
 import logging
 import os
 import shutil
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -135,6 +137,16 @@ def is_lora(model) -> bool:
     # Only a loaded peft can have made one: a run without LoRA does not pay peft's import (seconds).
     peft = sys.modules.get("peft")
     return peft is not None and isinstance(model, peft.PeftModel)
+
+
+def whole_weights(model) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) of the weights `model` computes with, named as in its base model: a LoRA adapter is merged
+    into a copy of its base (one more copy of the model in memory while it is read), for a generator that holds
+    its own weights (vLLM) and knows nothing of adapters."""
+    if is_lora(model):
+        model = copy.deepcopy(model).merge_and_unload()
+    for name, p in model.named_parameters():
+        yield name, p.detach()
 
 
 def apply_lora(model, cfg: ModelConfig):
