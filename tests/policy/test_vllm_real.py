@@ -155,7 +155,7 @@ def test_the_probe_check_compares_with_the_model_it_is_given(gen, model_a, model
 
 
 def test_three_igpo_steps_sample_from_the_engine_and_push_checked_weights(
-    gen, engine_dir, corpus_file, qa_file, tokenizer, tmp_path
+    gen, engine_dir, corpus_file, qa_file, tmp_path
 ):
     from igpo.agent.build import make_toolbox
     from igpo.train.trainer import Trainer
@@ -208,7 +208,8 @@ def test_igpo_train_builds_its_engine_from_the_config_and_evaluates_with_it(
     engine, engine_dir, corpus_file, qa_file, tmp_path
 ):
     # The command line's path (its own process, so its own engine): `rollout.backend=vllm` builds the engine from
-    # `rollout.vllm.*`, trains from pushed weights, and the periodic evaluation samples from it too.
+    # `rollout.vllm.*`, trains from pushed weights, and the periodic evaluation samples from it too. (`engine`: a
+    # missing vLLM fails here with the command that installs it.)
     import json
     import subprocess
     import sys
