@@ -17,7 +17,7 @@ import torch
 from igpo.agent.generators import SamplingParams
 from igpo.policy.scoring import token_logprobs
 from igpo.policy.vllm_engine import VLLMEngine, VLLMGenerator, WeightSyncError
-from tests.conftest import QUESTIONS, make_tiny_llama
+from tests.conftest import FACTS, QUESTIONS, make_tiny_llama
 
 pytestmark = pytest.mark.vllm
 
@@ -123,6 +123,19 @@ def test_the_next_rollout_samples_from_the_pushed_weights(gen, model_a, model_b,
 
     gen.push_weights(pairs(model_a), model_a, step=2)  # and back: exactly A's again
     assert list(map(list, gen.generate(contexts, GREEDY, [EOS]))) == want_a
+
+
+def test_a_prefix_cached_before_a_push_is_not_reused_after_it(gen, model_a, model_b, tokenizer):
+    # A long shared prefix (the system prompt and tool schemas of every episode): its keys and values, cached
+    # while the engine held A, must not be reused once it holds B.
+    prefix = tokenizer.encode(" ".join(text for _, _, text in FACTS) * 3)
+    assert len(prefix) > 256  # several KV blocks: prefix caching keeps whole blocks
+    ctx = prefix + tokenizer.encode(QUESTIONS[0][1])
+    assert list(gen.generate([ctx], GREEDY, [EOS])[0]) == hf_greedy(model_a, ctx, 12)
+    gen.push_weights(pairs(model_b), model_b)
+    out = gen.generate([ctx], GREEDY, [EOS])[0]
+    assert list(out) == hf_greedy(model_b, ctx, 12)
+    assert torch.allclose(torch.tensor(out.logprobs), trainer_logprobs(model_b, ctx, list(out)), atol=1e-4)
 
 
 def test_seeded_sampling_is_reproducible_and_records_the_trainers_logprobs(gen, model_a, contexts):
