@@ -217,28 +217,22 @@ def test_an_agent_built_for_a_lora_model_samples_from_its_merged_weights(
     assert list(map(list, gen.generate(contexts, GREEDY, [EOS]))) == want
 
 
-def test_igpo_train_builds_its_engine_from_the_config_and_evaluates_with_it(
+def test_igpo_train_and_igpo_eval_build_their_engines_from_the_config(
     engine, engine_dir, corpus_file, qa_file, tmp_path
 ):
-    # The command line's path (its own process, so its own engine): `rollout.backend=vllm` builds the engine from
-    # `rollout.vllm.*`, trains from pushed weights, and the periodic evaluation samples from it too. (`engine`: a
-    # missing vLLM fails here with the command that installs it.)
+    # The command line's paths (their own processes, so their own engines): `rollout.backend=vllm` builds the
+    # engine from `rollout.vllm.*`; `igpo train` trains from pushed weights and its periodic evaluation samples
+    # from it too; `igpo eval` of the checkpoint plays the checkpoint's weights, pushed over `model.path`'s.
+    # (`engine`: a missing vLLM fails here with the command that installs it.)
     import json
     import subprocess
     import sys
 
     out = tmp_path / "run"
-    overrides = [
+    common = [
         f"model.path={engine_dir}",
         f"retrieval.corpus={corpus_file}",
-        f"data.train={qa_file}",
         f"data.eval={qa_file}",
-        f"trainer.out_dir={out}",
-        "trainer.steps=2",
-        "trainer.eval_every=2",
-        "trainer.eval_size=2",
-        "rollout.group_size=2",
-        "rollout.questions_per_step=2",
         "rollout.max_turns=2",
         "rollout.max_new_tokens=16",
         f"rollout.max_context={MAX_LEN}",
@@ -246,11 +240,28 @@ def test_igpo_train_builds_its_engine_from_the_config_and_evaluates_with_it(
         "rollout.vllm.dtype=float32",
         "rollout.vllm.enforce_eager=true",
     ]
+    train = [
+        f"data.train={qa_file}",
+        f"trainer.out_dir={out}",
+        "trainer.steps=2",
+        "trainer.eval_every=2",
+        "trainer.eval_size=2",
+        "rollout.group_size=2",
+        "rollout.questions_per_step=2",
+    ]
     env = {**os.environ, **ENGINE_ENV, "OMP_NUM_THREADS": "1"}
-    run = subprocess.run(
-        [sys.executable, "-m", "igpo", "train", *overrides], env=env, capture_output=True, text=True, timeout=600
-    )
-    assert run.returncode == 0, run.stderr[-3000:]
+
+    def igpo(*args):
+        run = subprocess.run(
+            [sys.executable, "-m", "igpo", *args], env=env, capture_output=True, text=True, timeout=600
+        )
+        assert run.returncode == 0, run.stderr[-3000:]
+
+    igpo("train", *common, *train)
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [0, 1] and all(r["rollout_lp_abs_diff"] < 1e-4 for r in rows)
     assert json.loads((out / "eval.jsonl").read_text().splitlines()[-1])["overall"]["n"] == 2
+
+    checkpoint = out / "checkpoints" / "step_000002"
+    igpo("eval", *common, "--checkpoint", str(checkpoint), "--limit", "3", "--out", str(tmp_path / "eval.json"))
+    assert json.loads((tmp_path / "eval.json").read_text())["overall"]["n"] == 3
