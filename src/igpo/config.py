@@ -558,6 +558,17 @@ class TrainerConfig(_Strict):
             "`false` scores every position after the prompt (the reference path, same result)"
         ),
     )
+    shared_prefix: bool = Field(
+        True,
+        json_schema_extra=NOT_RESULT,
+        description=(
+            "the reference, old-policy and update forwards run the ids common to a micro-batch's rows (the system "
+            "prompt and tool schemas, at least 16 ids, before the first scored token) once and share their keys and "
+            "values across the rows; same log-probs and gradients as `false`, the plain forward of every row "
+            "(`tests/policy/test_shared_prefix.py`). Single-process only: with several processes the update runs the "
+            "plain forward, and under FSDP the scoring passes too"
+        ),
+    )
     parallel: Literal["ddp", "fsdp"] = Field(
         "ddp",
         description=(
@@ -643,6 +654,15 @@ class SftConfig(_Strict):
     )
     batch_size: int = Field(8, ge=1, description="demonstrations per optimizer step")
     micro_batch_size: int = Field(4, ge=1, description="demonstrations per forward/backward")
+    shared_prefix: bool = Field(
+        True,
+        json_schema_extra=NOT_RESULT,
+        description=(
+            "the ids common to a micro-batch's demonstrations (the system prompt and tool schemas) run once, their keys "
+            "and values shared across the rows, as `trainer.shared_prefix` does for RL; same loss and gradients as "
+            "`false`, the plain forward of every row"
+        ),
+    )
     wasted_search_rate: float = Field(
         0.15,
         ge=0,

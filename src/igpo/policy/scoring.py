@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
-from igpo.agent.engine import cache_kwarg
+from igpo.agent.engine import MIN_SHARED_PREFIX, _returned_cache, cache_kwarg
 
 
 @dataclass
@@ -230,6 +230,7 @@ def token_logprobs(
     entropy_grad: bool = False,
     temperature: float = 1.0,
     score_mask: torch.Tensor | None = None,
+    shared_prefix: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Log-prob of each token given the ones before it, under `model` at `temperature` (the rollout's sampling
     temperature for the PPO ratio and KL, so they are taken under the distribution that sampled; 1 for beliefs).
@@ -241,15 +242,26 @@ def token_logprobs(
     reference, and a test asserts they agree where the mask is set). Returns logprobs [B, L] (0 where not scored and on padding)
     and, if asked, the entropy of the predictive distribution of each scored token [B, L] (carrying gradient
     only when `entropy_grad`).
+
+    `shared_prefix`: the leading ids common to every row (the system prompt and tool schemas) are run once, at
+    batch 1, and every row's remaining ids attend to their keys and values (`_shared_prefix_len` says when);
+    values and gradients are those of the plain forward (tests: 1e-5, fp32). `model` must be the module itself,
+    whose forward takes a KV cache, and its caller the only one to decide how many forwards run (not a DDP
+    wrapper, not an FSDP-sharded model: see `Trainer`).
     """
     if score_mask is not None:
-        return _masked_token_logprobs(model, ids, attention_mask, score_mask, with_entropy, entropy_grad, temperature)
+        return _masked_token_logprobs(
+            model, ids, attention_mask, score_mask, with_entropy, entropy_grad, temperature, shared_prefix
+        )
     L = ids.shape[1]
     start = max(1, min(start, L - 1))
+    P = _shared_prefix_len(ids, attention_mask, start - 1) if shared_prefix else 0
     # Positions start-1 .. L-2 predict tokens start .. L-1. An index tensor (not a count) keeps the gathered hidden
     # states contiguous, so the LM head is one matrix product, and skips the last position's useless logits.
     keep = torch.arange(start - 1, L - 1, device=ids.device)
-    logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=keep).logits  # [B, L - start, V]
+    logits = model(
+        input_ids=ids[:, P:], attention_mask=attention_mask, logits_to_keep=keep - P, **_prefix_kwargs(model, ids, P)
+    ).logits  # [B, L - start, V]
     logp = _log_softmax(logits, temperature)
     lp = logp.gather(-1, ids[:, start:, None]).squeeze(-1)
     lp = torch.nn.functional.pad(lp, (start, 0)) * attention_mask
@@ -259,6 +271,32 @@ def token_logprobs(
             ent = -(logp.exp() * logp).sum(-1)
             ent = torch.nn.functional.pad(ent, (start, 0)) * attention_mask
     return lp, ent
+
+
+def _shared_prefix_len(ids: torch.Tensor, attention_mask: torch.Tensor, limit: int) -> int:
+    """How many leading ids of ids [B, L] to run once for all rows: their longest common prefix among real
+    (attention-mask) ids, at most `limit` (the first position whose logits are wanted: the prefix's own logits are
+    never computed) and at most each row's length - 1 (every row keeps an id in its suffix). 0 (no sharing) for
+    a single row or a prefix shorter than MIN_SHARED_PREFIX, which does not pay for a separate forward."""
+    if ids.shape[0] < 2:
+        return 0
+    common = ((ids == ids[:1]) & attention_mask.bool()).all(0)
+    n = int(common.int().cumprod(0).sum())
+    n = min(n, limit, int(attention_mask.sum(1).min()) - 1)
+    return n if n >= MIN_SHARED_PREFIX else 0
+
+
+def _prefix_kwargs(model, ids: torch.Tensor, P: int) -> dict:
+    """Forward arguments under which a forward over ids[:, P:] sees ids[:, :P] before it: the prefix is run once
+    (batch 1, with gradient when enabled) and its keys/values repeated to the B rows, so the gradients of all rows
+    add up in the one prefix forward; position ids continue from P. {} when P = 0 (the plain forward)."""
+    if P == 0:
+        return {}
+    B, L = ids.shape
+    cache = _returned_cache(model(input_ids=ids[:1, :P], use_cache=True, logits_to_keep=1))
+    cache.batch_repeat_interleave(B)
+    positions = torch.arange(P, L, device=ids.device).expand(B, -1)
+    return {cache_kwarg(model): cache, "position_ids": positions, "use_cache": True}
 
 
 def _log_softmax(logits: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -273,25 +311,32 @@ def _output_embeddings(model):
     return inner.get_output_embeddings()
 
 
-def _masked_token_logprobs(model, ids, attention_mask, score_mask, with_entropy, entropy_grad, temperature):
+def _masked_token_logprobs(
+    model, ids, attention_mask, score_mask, with_entropy, entropy_grad, temperature, shared_prefix
+):
     """`token_logprobs` on the positions of `score_mask` [B, L] only.
 
     The model runs its own forward (so any logit post-processing it does still applies), but a pre-hook on
     its output embedding hands the LM head only the N hidden states that predict a marked token: logits
     [1, N, V] instead of [B, L, V]. In a rollout most scored positions are tool results, so this is most of
-    the LM head, log-softmax and entropy work, and most of the memory they take.
+    the LM head, log-softmax and entropy work, and most of the memory they take. With a shared prefix of P ids
+    the hooked forward covers columns P..L-1 only (P is at most the first predicting column).
     """
     B, L = ids.shape
     want = score_mask.bool() & attention_mask.bool()
     want[:, 0] = False  # nothing predicts the first token
     rows, cols = want.nonzero(as_tuple=True)  # [N] each: token (row, col) is predicted at (row, col - 1)
+    first = int(cols.min()) if len(cols) else L
+    P = _shared_prefix_len(ids, attention_mask, first - 1) if shared_prefix else 0
+    prefix = _prefix_kwargs(model, ids, P)  # before the hook: the prefix forward's LM head is not ours
 
     def gather(module, args):
-        return (args[0][rows, cols - 1][None],) + tuple(args[1:])
+        return (args[0][rows, cols - 1 - P][None],) + tuple(args[1:])
 
     handle = _output_embeddings(model).register_forward_pre_hook(gather)
     try:
-        logits = model(input_ids=ids, attention_mask=attention_mask, logits_to_keep=0).logits[0]  # [N, V]
+        # [N, V]
+        logits = model(input_ids=ids[:, P:], attention_mask=attention_mask, logits_to_keep=0, **prefix).logits[0]
     finally:
         handle.remove()
     logp = _log_softmax(logits, temperature)

@@ -224,14 +224,14 @@ def play_demos(
     return trajs, masks, counts
 
 
-def sft_loss(model, batch: dict[str, torch.Tensor], num_tokens: float) -> torch.Tensor:
+def sft_loss(model, batch: dict[str, torch.Tensor], num_tokens: float, shared_prefix: bool = False) -> torch.Tensor:
     """Summed NLL of the batch's trained tokens divided by `num_tokens` (the optimizer step's count, so
-    micro-batch gradients add up to the step's token mean)."""
+    micro-batch gradients add up to the step's token mean); `shared_prefix`: see `token_logprobs`."""
     dev = next(model.parameters()).device
     length = int(batch["attn"].sum(1).max())
     ids, attn = batch["ids"][:, :length].to(dev), batch["attn"][:, :length].to(dev)
     mask = batch["loss_mask"][:, :length].to(dev)
-    lp, _ = token_logprobs(model, ids, attn, score_mask=mask)
+    lp, _ = token_logprobs(model, ids, attn, score_mask=mask, shared_prefix=shared_prefix)
     return -(lp * mask).sum() / num_tokens
 
 
@@ -266,9 +266,8 @@ def train_sft(
             loss_sum = 0.0
             for mlo in range(0, len(rows), cfg.micro_batch_size):
                 sub = rows[mlo : mlo + cfg.micro_batch_size]
-                loss = sft_loss(
-                    model, collate([trajs[i] for i in sub], pad_id, [masks[i] for i in sub]), max(n_tok, 1.0)
-                )
+                batch = collate([trajs[i] for i in sub], pad_id, [masks[i] for i in sub])
+                loss = sft_loss(model, batch, max(n_tok, 1.0), cfg.shared_prefix)
                 loss.backward()
                 loss_sum += float(loss.detach())
             grad_norm = torch.nn.utils.clip_grad_norm_(params, 1.0)

@@ -302,7 +302,7 @@ class Trainer:
     def batch_tensors(self, trajs: list[Trajectory]) -> dict[str, torch.Tensor]:
         return collate(trajs, self.tok.pad_token_id)
 
-    def _forward_logprobs(self, model, batch, rows, with_entropy=False, entropy_grad=False):
+    def _forward_logprobs(self, model, batch, rows, shared_prefix: bool, with_entropy=False, entropy_grad=False):
         dev = next(self.model.parameters()).device
         length = int(batch["attn"][rows].sum(1).max())
         ids = batch["ids"][rows, :length].to(dev)
@@ -321,6 +321,7 @@ class Trainer:
             entropy_grad=entropy_grad,
             temperature=temperature,
             score_mask=score,
+            shared_prefix=shared_prefix,
         )
 
     def _micro_batches(self, batch, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -333,8 +334,12 @@ class Trainer:
     def _logprobs_all(self, model, batch) -> torch.Tensor:
         B, L = batch["ids"].shape
         out = torch.zeros(B, L)
+        # Under FSDP every forward is a collective, and whether a micro-batch's rows share a prefix long enough to
+        # run it apart differs between ranks: they would run different numbers of forwards. DDP's scoring passes
+        # run on the bare model, each rank on its own.
+        shared = self.cfg.trainer.shared_prefix and not self.dist.fsdp
         for rows in self._micro_batches(batch, torch.arange(B)):
-            lp, _ = self._forward_logprobs(model, batch, rows)
+            lp, _ = self._forward_logprobs(model, batch, rows, shared)
             out[rows, : lp.shape[1]] = lp.float().cpu()
         return out
 
@@ -342,8 +347,11 @@ class Trainer:
         """The loss of a micro-batch's rows, aggregated against the whole (global) mini-batch (`agg`)."""
         a = self.cfg.algorithm
         dev = next(self.model.parameters()).device
+        # Not with several processes: DDP's wrapper expects one forward per backward (and its forward does not
+        # name the cache argument), and FSDP's ranks must run the same forwards (see `_logprobs_all`).
+        shared = self.cfg.trainer.shared_prefix and not self.dist.enabled
         lp, ent = self._forward_logprobs(
-            self.train_model, batch, rows, with_entropy=True, entropy_grad=a.entropy_coef != 0
+            self.train_model, batch, rows, shared, with_entropy=True, entropy_grad=a.entropy_coef != 0
         )
         length = lp.shape[1]
         mask = batch["loss_mask"][rows, :length].to(dev)
