@@ -162,15 +162,19 @@ def update_on_and_off(trainer, batch, g):
     return results
 
 
+def assert_shared_path_ran(off, on):
+    """Off: no batch-1 forward. On: a batch-1 prefix forward before the micro-batch's, in scoring and update."""
+    assert all(b > 1 for b, _ in off[3] + off[4])
+    assert on[4][0][0] == 1 and on[4][0][1] >= MIN_SHARED_PREFIX and on[4][1][0] > 1
+    assert any(b == 1 for b, _ in on[3])
+
+
 def assert_update_same(off, on):
+    assert_shared_path_ran(off, on)
     torch.testing.assert_close(on[0], off[0], atol=ATOL, rtol=0)
     torch.testing.assert_close(on[1], off[1], atol=ATOL, rtol=0)
     for got, want in zip(on[2], off[2]):
         torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
-    # the shared path ran: a batch-1 prefix forward before the micro-batch's forward
-    assert all(b > 1 for b, _ in off[3] + off[4])
-    assert on[4][0][0] == 1 and on[4][0][1] >= MIN_SHARED_PREFIX and on[4][1][0] > 1
-    assert any(b == 1 for b, _ in on[3])
 
 
 @pytest.mark.parametrize("score_generated_only", [True, False])
@@ -216,6 +220,12 @@ def test_the_sft_loss_with_the_prefix_run_once_has_the_plain_loss_and_gradients(
         torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
 
 
+def assert_grads_close(got, want, rel: float):
+    """Each parameter's gradient within `rel` of its largest entry."""
+    for g, w in zip(got, want):
+        assert (g - w).abs().max() <= rel * w.abs().max(), (float((g - w).abs().max()), float(w.abs().max()))
+
+
 @pytest.mark.integration
 @pytest.mark.realmodel
 @pytest.mark.skipif(
@@ -224,7 +234,13 @@ def test_the_sft_loss_with_the_prefix_run_once_has_the_plain_loss_and_gradients(
 )
 def test_smollm2_update_and_sft_with_the_prefix_run_once_match_the_plain_forward(tmp_path, corpus_file, qa_file):
     """Real rendered trajectories (SmolLM2's template and tool schema), fp32: reference log-probs, one update
-    micro-batch's loss and gradients, and the SFT loss and gradients on the same rows."""
+    micro-batch's loss and gradients, and the SFT loss and gradients on the same rows.
+
+    Losses agree to 1e-5. Single log-probs and gradient entries of a 30-layer fp32 model move by more than 1e-5
+    under any change of the matrix shapes: the plain forward itself, given the same rows with 8 more padding
+    columns, moves log-probs by ~3e-5 and gradient entries by ~1.5e-5 of their tensor's largest, as much as the
+    shared prefix does. So those are compared at 1e-4 (a wrong position or mask moves them by 1e-2 and more).
+    """
     torch.set_num_threads(1)
     cfg = load_config(
         None,
@@ -242,11 +258,13 @@ def test_smollm2_update_and_sft_with_the_prefix_run_once_match_the_plain_forward
     )
     trainer, batch, g = trainer_with_trajectories(cfg)
     off, on = update_on_and_off(trainer, batch, g)
-    assert_update_same(off, on)
+    assert_shared_path_ran(off, on)
+    torch.testing.assert_close(on[0], off[0], atol=1e-4, rtol=0)
+    torch.testing.assert_close(on[1], off[1], atol=ATOL, rtol=0)
+    assert_grads_close(on[2], off[2], 1e-4)
     length = int(batch["attn"].sum(1).max())
     small = {k: batch[k][:, :length] for k in ("ids", "attn", "loss_mask")}
     off, on = sft_on_and_off(trainer.model, small)
     assert on[2][0][0] == 1
     torch.testing.assert_close(on[0], off[0], atol=ATOL, rtol=0)
-    for got, want in zip(on[1], off[1]):
-        torch.testing.assert_close(got, want, atol=ATOL, rtol=1e-4)
+    assert_grads_close(on[1], off[1], 1e-4)
