@@ -163,6 +163,8 @@ NOT_REGIME_BEFORE_FLAGS = {
     "rollout.vllm.enforce_eager",
     "rollout.vllm.check_weights",
     "rollout.vllm.sync_tolerance",
+    "trainer.shared_prefix",
+    "sft.shared_prefix",
 }
 
 
