@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig
 
 from igpo.agent.build import make_generator
-from igpo.agent.engine import CachedGenerator, _returned_cache
+from igpo.agent.engine import CachedGenerator, returned_cache
 from igpo.agent.generators import HFGenerator, SamplingParams
 from igpo.agent.rollout import rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
@@ -227,7 +227,7 @@ def test_an_ended_episodes_cache_is_held_until_release(model):
         assert kv is not None and kv[0][0].shape[2] == len(c)
         # The keys a forward over the context alone computes.
         want = model(input_ids=torch.tensor([c]), use_cache=True)
-        want_k = _returned_cache(want).layers[0].keys
+        want_k = returned_cache(want).layers[0].keys
         torch.testing.assert_close(kv[0][0], want_k, atol=1e-4, rtol=0)
     assert engine.held_kv(ctx[0], len(ctx[0])) is not None  # covered by the cache of its continuation
     assert engine.held_kv(ctx[0][:-1] + [ctx[0][-1] + 1], len(ctx[0])) is None  # other ids: nothing held

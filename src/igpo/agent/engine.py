@@ -58,7 +58,7 @@ def cache_kwarg(model) -> str:
     return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
-def _returned_cache(out):
+def returned_cache(out):
     """The KV cache a forward returned, under either name."""
     cache = getattr(out, "cache", None)
     return cache if cache is not None else out.past_key_values
@@ -208,7 +208,7 @@ class CachedGenerator(Generator):
         ids = contexts[0][:n]
         out = self.model(input_ids=torch.as_tensor(ids[None], device=self._device), use_cache=True, logits_to_keep=1)
         self.stats["computed_ids"] += n
-        kv = [(k, v) for k, v, *_ in _returned_cache(out)]
+        kv = [(k, v) for k, v, *_ in returned_cache(out)]
         return _Stored(ids, kv, n)
 
     # ------------------------------------------------------------------ one call

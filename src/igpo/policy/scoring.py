@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import DynamicCache
 
-from igpo.agent.engine import MIN_SHARED_PREFIX, _returned_cache, cache_kwarg
+from igpo.agent.engine import MIN_SHARED_PREFIX, cache_kwarg, returned_cache
 
 
 @dataclass
@@ -293,7 +293,7 @@ def _prefix_kwargs(model, ids: torch.Tensor, P: int) -> dict:
     if P == 0:
         return {}
     B, L = ids.shape
-    cache = _returned_cache(model(input_ids=ids[:1, :P], use_cache=True, logits_to_keep=1))
+    cache = returned_cache(model(input_ids=ids[:1, :P], use_cache=True, logits_to_keep=1))
     cache.batch_repeat_interleave(B)
     positions = torch.arange(P, L, device=ids.device).expand(B, -1)
     return {cache_kwarg(model): cache, "position_ids": positions, "use_cache": True}
