@@ -7,7 +7,7 @@ import torch
 from transformers import GenerationConfig
 
 from igpo.agent.build import make_generator
-from igpo.agent.engine import CachedGenerator, returned_cache
+from igpo.agent.engine import CachedGenerator, cache_kwarg, returned_cache
 from igpo.agent.generators import HFGenerator, SamplingParams
 from igpo.agent.rollout import rollout
 from igpo.agent.template import DEFAULT_SYSTEM_PROMPT, ChatFormat
@@ -233,3 +233,13 @@ def test_an_ended_episodes_cache_is_held_until_release(model):
     assert engine.held_kv(ctx[0][:-1] + [ctx[0][-1] + 1], len(ctx[0])) is None  # other ids: nothing held
     engine.release()
     assert engine.held_kv(nxt[0], len(nxt[0])) is None
+
+
+def test_cache_kwarg_of_a_lora_model_is_its_base_models():
+    """A LoRA adapter's forward takes **kwargs: the cache argument's name comes from the model under it (else a
+    LoRA rollout passes the deprecated `past_key_values` and transformers warns at every forward)."""
+    from peft import LoraConfig, get_peft_model
+
+    base = make_varied_llama(VOCAB)
+    lora = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj"]))
+    assert cache_kwarg(lora) == cache_kwarg(base)

@@ -48,14 +48,17 @@ from transformers.generation.logits_process import (
 )
 
 from igpo.agent.generators import Generator, SamplingParams, SeededSampler
+from igpo.policy.loading import is_lora
 
 MIN_SHARED_PREFIX = 16  # shorter common prefixes of fresh contexts are not worth a separate forward
 
 
 def cache_kwarg(model) -> str:
     """The forward argument that takes a KV cache: `cache` from transformers 5.24 on (`past_key_values`,
-    its older name, is deprecated there), `past_key_values` before."""
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    its older name, is deprecated there), `past_key_values` before. A LoRA adapter's forward passes **kwargs
+    through, so its base model's signature decides."""
+    forward = model.get_base_model().forward if is_lora(model) else model.forward
+    return "cache" if "cache" in inspect.signature(forward).parameters else "past_key_values"
 
 
 def returned_cache(out):
