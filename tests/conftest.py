@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
@@ -37,6 +38,33 @@ PLANS = [
         ["Eiffel Tower", "Colosseum"],
     ),  # the second search does not find the answer: not grounded
 ]
+
+
+# The device of the tests that take the `device` fixture (they carry the marker `device`): `pytest -m device` with
+# IGPO_TEST_DEVICE=cuda runs them on a GPU (benchmarks/gpu_check.py does); default cpu.
+DEVICE_ENV = "IGPO_TEST_DEVICE"
+
+
+def pytest_configure(config):
+    name = os.environ.get(DEVICE_ENV, "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise pytest.UsageError(f"{DEVICE_ENV}={name!r} is not a torch device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"{DEVICE_ENV}={name}: this torch sees no CUDA device")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """`$IGPO_TEST_DEVICE` (default cpu): where a test that takes it puts its models and tensors."""
+    return torch.device(os.environ.get(DEVICE_ENV, "cpu"))
 
 
 @pytest.fixture(scope="session")
