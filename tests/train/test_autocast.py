@@ -6,13 +6,12 @@ from collections import defaultdict
 import pytest
 import torch
 
-from igpo.agent.build import make_chat_format
-from igpo.agent.tools import SearchTool, Toolbox
+from igpo.agent.build import make_chat_format, make_toolbox
 from igpo.config import ConfigError, load_config
-from igpo.data.loaders import QAExample
-from igpo.testing import FACTS, QUESTIONS, SCRIPTS, ScriptedGenerator, ScriptedOverEngine, WordRetriever
+from igpo.policy.loading import load_policy
+from igpo.testing import SCRIPTS, ScriptedGenerator, ScriptedOverEngine
 from igpo.train.trainer import Timer, Trainer
-from tests.conftest import make_tiny_llama
+from tests.train.test_trainer import make_cfg
 
 # Measured on the tiny model (CPU, bf16 autocast against fp32, the same batches, advantages and old log-probs, three
 # steps' batches): the policy's tokens' log-probs within 2e-3 of fp32's (bf16 keeps 8 bits of mantissa), the
@@ -32,34 +31,27 @@ def test_autocast_needs_fp32_master_weights_and_is_not_fsdps_setting():
         load_config(None, ["trainer.autocast=float16"])
 
 
-def make_trainer(tmp_path, tokenizer, device, *extra):
-    cfg = load_config(
-        None,
-        [
-            f"model.device={device}",
-            f"trainer.out_dir={tmp_path / 'run'}",
-            "trainer.loggers=[jsonl]",
-            "trainer.lr=1e-3",
-            "trainer.micro_batch_size=3",
-            "rollout.group_size=3",
-            "rollout.questions_per_step=2",
-            "rollout.max_turns=3",
-            "rollout.max_new_tokens=40",
-            "algorithm.kl_coef=0.01",
-            "algorithm.entropy_coef=0.01",
-            *extra,
-        ],
+def make_trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, device, *extra):
+    """`make_cfg`'s trainer on `device`, and the list of the dtypes of every output of a linear layer (the
+    reference's too: a copy of the model with its hook)."""
+    cfg = make_cfg(
+        tmp_path,
+        tiny_model_dir,
+        corpus_file,
+        qa_file,
+        f"model.device={device}",
+        "trainer.loggers=[jsonl]",
+        "algorithm.entropy_coef=0.01",
+        *extra,
     )
-    model = make_tiny_llama(len(tokenizer)).to(device)
-    outputs: list[torch.dtype] = []  # the dtype of every output of a linear layer, the reference's too (a copy)
+    model, _ = load_policy(cfg.model)
+    outputs: list[torch.dtype] = []
     model.model.layers[0].mlp.down_proj.register_forward_hook(lambda m, args, out: outputs.append(out.dtype))
-    toolbox = Toolbox([SearchTool(WordRetriever(FACTS), topk=2)])
+    toolbox = make_toolbox(cfg)
     # the KV-cache engine runs over every context: the rollout's forwards are the model's own
     script = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
     engine = ScriptedOverEngine(model, tokenizer.pad_token_id, script)
-    train_set = [QAExample(i, q, a) for i, q, a in QUESTIONS]
-    trainer = Trainer(cfg, model=model, tokenizer=tokenizer, toolbox=toolbox, train_set=train_set, generator=engine)
-    return trainer, outputs
+    return Trainer(cfg, model=model, tokenizer=tokenizer, toolbox=toolbox, generator=engine), outputs
 
 
 def scoring_and_update(trainer, batch):
@@ -78,8 +70,10 @@ def scoring_and_update(trainer, batch):
     return ref_lp, loss.detach(), torch.cat([p.grad.flatten() for p in trainer.model.parameters()])
 
 
-def test_bf16_autocast_scores_and_updates_close_to_fp32_from_fp32_weights(tmp_path, tokenizer, device):
-    trainer, outputs = make_trainer(tmp_path, tokenizer, device)
+def test_bf16_autocast_scores_and_updates_close_to_fp32_from_fp32_weights(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, device
+):
+    trainer, outputs = make_trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, device)
     trajs = trainer.collect(0, Timer())
     batch = trainer.batch_tensors(trajs)
     mask = batch["loss_mask"].bool()
@@ -104,8 +98,19 @@ def test_bf16_autocast_scores_and_updates_close_to_fp32_from_fp32_weights(tmp_pa
     assert float((grad16 - grad32).norm()) <= GRAD_RTOL * float(grad32.norm())
 
 
-def test_a_bf16_autocast_step_runs_every_forward_in_bf16_and_keeps_fp32_master_weights(tmp_path, tokenizer, device):
-    trainer, outputs = make_trainer(tmp_path, tokenizer, device, "trainer.autocast=bfloat16", "trainer.steps=1")
+def test_a_bf16_autocast_step_runs_every_forward_in_bf16_and_keeps_fp32_master_weights(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, device
+):
+    trainer, outputs = make_trainer(
+        tmp_path,
+        tiny_model_dir,
+        corpus_file,
+        qa_file,
+        tokenizer,
+        device,
+        "trainer.autocast=bfloat16",
+        "trainer.steps=1",
+    )
     before = [p.detach().clone() for p in trainer.model.parameters()]
     (row,) = trainer.fit()
     # rollout (the engine), beliefs, reference log-probs and the update: every forward in bf16
