@@ -104,7 +104,7 @@ def build_model(args, tok):
 def run_tests(args, timeout_s: float) -> dict:
     """`pytest -m device` on `args.tests` with IGPO_TEST_DEVICE=args.device, in a subprocess."""
     if miss := missing({"pytest": "pytest"}):
-        raise RuntimeError(f"not installed: {', '.join(miss)}")
+        raise PartFailed(f"not installed: {', '.join(miss)}", {"missing": miss})
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "junit.xml"
         # A test module that cannot be imported (an extra of the dev install missing) is listed, and the others run.
@@ -113,9 +113,14 @@ def run_tests(args, timeout_s: float) -> dict:
         cmd += args.tests
         path = os.pathsep.join(p for p in (str(ROOT / "src"), os.environ.get("PYTHONPATH")) if p)
         env = os.environ | {"IGPO_TEST_DEVICE": args.device, "PYTHONPATH": path}
-        t = time.perf_counter()
-        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
         out = {"command": f"IGPO_TEST_DEVICE={args.device} {shlex.join(['python', *cmd[1:]])}"}
+        t = time.perf_counter()
+        try:
+            proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s)
+        except subprocess.TimeoutExpired as e:
+            text = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
+            out["output_tail"] = text[-3000:]
+            raise PartFailed(f"pytest ran past the {timeout_s:.0f} s left to it", out) from None
         out["seconds"] = time.perf_counter() - t
         out["returncode"] = proc.returncode
         out["output_tail"] = (proc.stdout + proc.stderr)[-3000:]
