@@ -1,25 +1,18 @@
-"""Shared fixtures: a tokenizer trained in the test session and tiny random Llama models (no downloads)."""
+"""Shared fixtures: a tokenizer trained in the test session and tiny random Llama models (no downloads), built by
+`igpo.testing`."""
 
 from __future__ import annotations
 
 import json
+import os
 
 import pytest
 import torch
 
-CHATML = (
-    "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}"
-    "{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
-)
+from igpo.testing import FACTS, QUESTIONS, make_tiny_llama, make_tokenizer
 
-FACTS = [
-    ("p1", "Eiffel Tower", "The Eiffel Tower is a wrought-iron lattice tower in Paris, France."),
-    ("p2", "France", "France - Government - Capital: Paris. The anthem of France is La Marseillaise."),
-    ("p3", "Colosseum", "The Colosseum is an ancient amphitheatre in Rome, Italy."),
-    ("p4", "Italy", "Italy - Government - Capital: Rome. The anthem of Italy is Il Canto degli Italiani."),
-    ("p5", "Big Ben", "Big Ben is the nickname of the Great Bell of the clock at Westminster, London."),
-    ("p6", "United Kingdom", "United Kingdom - Government - Capital: London. Anthem: God Save the King."),
-]
+__all__ = ["FACTS", "QUESTIONS", "make_tiny_llama"]  # tests import these from here too
+
 # question id, text, answers, bridge entity, oracle queries (the plan SFT demonstrations follow)
 PLANS = [
     (
@@ -45,72 +38,39 @@ PLANS = [
         ["Eiffel Tower", "Colosseum"],
     ),  # the second search does not find the answer: not grounded
 ]
-QUESTIONS = [
-    ("q1", "What is the capital of the country where the Eiffel Tower is?", ["Paris"]),
-    ("q2", "What is the anthem of the country where the Colosseum is?", ["Il Canto degli Italiani", "Inno di Mameli"]),
-    ("q3", "In which city is Big Ben?", ["London", "London, England"]),
-    ("q4", "What is the capital of Italy?", ["Rome", "Roma"]),
-]
 
 
-def _training_text() -> list[str]:
-    text = [t for _, title, t in FACTS] + [q for _, q, _ in QUESTIONS]
-    text += [
-        '<tool_call>{"name": "search", "arguments": {"query": "capital of France"}}</tool_call>',
-        "<answer>Paris</answer> <tool_response> Now there's enough information to answer </think>",
-        "search results passages question answer the of in is a tool call",
-    ]
-    return text * 3
+# The device of the tests that take the `device` fixture (they carry the marker `device`): `pytest -m device` with
+# IGPO_TEST_DEVICE=cuda runs them on a GPU (benchmarks/gpu_check.py does); default cpu.
+DEVICE_ENV = "IGPO_TEST_DEVICE"
+
+
+def pytest_configure(config):
+    name = os.environ.get(DEVICE_ENV, "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError as e:
+        raise pytest.UsageError(f"{DEVICE_ENV}={name!r} is not a torch device: {e}") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise pytest.UsageError(f"{DEVICE_ENV}={name}: this torch sees no CUDA device")
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if "device" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.device)
+
+
+@pytest.fixture(scope="session")
+def device() -> torch.device:
+    """`$IGPO_TEST_DEVICE` (default cpu): where a test that takes it puts its models and tensors."""
+    return torch.device(os.environ.get(DEVICE_ENV, "cpu"))
 
 
 @pytest.fixture(scope="session")
 def tokenizer():
     """A byte-level BPE tokenizer (~600 tokens) with ChatML control tokens and a tool-less chat template."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
-
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-    tk = Tokenizer(models.BPE())
-    tk.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tk.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=600,
-        special_tokens=specials,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tk.train_from_iterator(_training_text(), trainer)
-    tok = PreTrainedTokenizerFast(
-        tokenizer_object=tk,
-        eos_token="<|im_end|>",
-        pad_token="<|endoftext|>",
-        bos_token="<|endoftext|>",
-        additional_special_tokens=["<|im_start|>"],
-    )
-    tok.chat_template = CHATML
-    return tok
-
-
-def make_tiny_llama(vocab_size: int, seed: int = 0, layers: int = 2, hidden: int = 64):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(seed)
-    cfg = LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=hidden,
-        intermediate_size=2 * hidden,
-        num_hidden_layers=layers,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-        pad_token_id=0,
-        bos_token_id=0,
-        eos_token_id=2,
-    )
-    model = LlamaForCausalLM(cfg)
-    model.config._attn_implementation = "sdpa"
-    return model
+    return make_tokenizer()
 
 
 def make_varied_llama(vocab_size: int, seed: int = 3):

@@ -583,6 +583,16 @@ class TrainerConfig(_Strict):
             "optimizer states and gradient reduction stay fp32 when `model.dtype` is `float32`"
         ),
     )
+    autocast: Literal["bfloat16"] | None = Field(
+        None,
+        description=(
+            "single process only: `bfloat16` runs the trainer's forwards (the rollout with `rollout.backend: hf`, "
+            "beliefs, old-policy and reference log-probs, the update, periodic evaluation) under `torch.autocast` in "
+            "bf16, while parameters, gradients and optimizer states stay fp32 (master weights: `model.dtype` must be "
+            "`float32`); log-softmax, log-probs and losses are fp32. `null`: no autocast, everything in `model.dtype`. "
+            "With several processes FSDP's `trainer.fsdp_param_dtype` is the mixed-precision setting"
+        ),
+    )
     log_samples: int = Field(
         8,
         ge=0,
@@ -743,6 +753,16 @@ class Config(_Strict):
         if self.model.lora.enabled and self.rollout.backend == "vllm":
             raise ValueError(
                 "rollout.backend=vllm pushes whole weights to the engine: not available with model.lora.enabled"
+            )
+        if self.trainer.autocast is not None and self.model.dtype != "float32":
+            raise ValueError(
+                f"trainer.autocast={self.trainer.autocast} computes in {self.trainer.autocast} from fp32 master "
+                f"weights: model.dtype must be float32, not {self.model.dtype} (or set trainer.autocast=null)"
+            )
+        if self.trainer.autocast is not None and self.trainer.fsdp_param_dtype is not None:
+            raise ValueError(
+                "trainer.autocast and trainer.fsdp_param_dtype are two mixed-precision settings: set one "
+                "(trainer.autocast for a single process, trainer.fsdp_param_dtype under FSDP)"
             )
         if self.model.lora.enabled and self.trainer.parallel == "fsdp":
             raise ValueError("trainer.parallel=fsdp is not available with model.lora.enabled (use ddp)")

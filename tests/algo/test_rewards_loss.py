@@ -38,33 +38,33 @@ def test_information_gain_prob_and_log_diff():
     torch.testing.assert_close(reduce_aliases(m, "first"), torch.tensor([-3.0, -2.0]))
 
 
-def test_ppo_clip_and_dual_clip():
-    old = torch.zeros(1, 4)
-    lp = torch.log(torch.tensor([[1.5, 0.5, 5.0, 1.0]]))
-    adv = torch.tensor([[1.0, 1.0, -1.0, -2.0]])
+def test_ppo_clip_and_dual_clip(device):
+    old = torch.zeros(1, 4, device=device)
+    lp = torch.log(torch.tensor([[1.5, 0.5, 5.0, 1.0]], device=device))
+    adv = torch.tensor([[1.0, 1.0, -1.0, -2.0]], device=device)
     loss, clipped = ppo_policy_loss(lp, old, adv, clip_eps=0.2, dual_clip=3.0)
     # ratio 1.5, A=1: min(1.5, 1.2) objective -> loss -1.2 (clipped)
     # ratio 0.5, A=1: min(0.5, 0.8) -> loss -0.5 (not clipped)
     # ratio 5, A=-1: max(5, 1.2)=5 -> loss 5, dual clip caps at -A*c = 3
     # ratio 1, A=-2: loss 2
-    torch.testing.assert_close(loss, torch.tensor([[-1.2, -0.5, 3.0, 2.0]]))
-    torch.testing.assert_close(clipped, torch.tensor([[1.0, 0.0, 0.0, 0.0]]))
+    torch.testing.assert_close(loss, torch.tensor([[-1.2, -0.5, 3.0, 2.0]], device=device))
+    torch.testing.assert_close(clipped, torch.tensor([[1.0, 0.0, 0.0, 0.0]], device=device))
     loss_nodual, _ = ppo_policy_loss(lp, old, adv, dual_clip=None)
     assert loss_nodual[0, 2] == pytest.approx(5.0)
 
 
-def test_low_var_kl_is_k3_and_zero_at_equality():
-    lp = torch.tensor([[-1.0, -2.0]])
+def test_low_var_kl_is_k3_and_zero_at_equality(device):
+    lp = torch.tensor([[-1.0, -2.0]], device=device)
     assert torch.all(kl_penalty(lp, lp) == 0)
-    ref = torch.tensor([[-1.5, -1.0]])
+    ref = torch.tensor([[-1.5, -1.0]], device=device)
     r = torch.exp(ref - lp)
     torch.testing.assert_close(kl_penalty(lp, ref), r - (ref - lp) - 1)
     assert torch.all(kl_penalty(lp, ref) >= 0)
 
 
-def test_aggregation_modes_and_microbatch_normalisers():
-    v = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]])
-    m = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool)
+def test_aggregation_modes_and_microbatch_normalisers(device):
+    v = torch.tensor([[1.0, 2.0, 3.0, 0.0], [4.0, 0.0, 0.0, 0.0]], device=device)
+    m = torch.tensor([[1, 1, 1, 0], [1, 0, 0, 0]], dtype=torch.bool, device=device)
     assert agg_loss(v, m, "token-mean") == pytest.approx(10 / 4)
     assert agg_loss(v, m, "seq-mean-token-mean") == pytest.approx((2 + 4) / 2)
     assert agg_loss(v, m, "seq-mean-token-sum") == pytest.approx((6 + 4) / 2)

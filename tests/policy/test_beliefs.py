@@ -19,9 +19,9 @@ from tests.conftest import make_tiny_llama, make_varied_llama
     [("sdpa", [7, 8, 9, 10]), ("eager", [7, 8, 9, 10]), ("sdpa", [])],
     ids=["sdpa", "eager", "empty_probe"],
 )
-def test_packed_beliefs_match_reference(attn, probe):
+def test_packed_beliefs_match_reference(attn, probe, device):
     """`algorithm.belief_probe: ''` is a probe too: the answer right after the prefix."""
-    model = make_tiny_llama(300, seed=1)
+    model = make_tiny_llama(300, seed=1).to(device)
     model.config._attn_implementation = attn
     model.eval()
     g = torch.Generator().manual_seed(0)
@@ -51,8 +51,8 @@ VOCAB = 600
 
 
 @pytest.fixture(scope="module")
-def varied_model():
-    return make_varied_llama(VOCAB)
+def varied_model(device):
+    return make_varied_llama(VOCAB).to(device)
 
 
 def engine_episodes(model, turns=(1, 2, 3, 3)):

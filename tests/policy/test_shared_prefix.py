@@ -53,7 +53,11 @@ def rows_with_a_common_prefix(P: int, seed: int = 0) -> tuple[torch.Tensor, torc
 
 
 def run_both(model, ids, attn, **kw):
-    """(plain, shared) results of token_logprobs with their parameter gradients, and the shared run's forwards."""
+    """(plain, shared) results of token_logprobs with their parameter gradients, and the shared run's forwards
+    (on the model's device)."""
+    dev = next(model.parameters()).device
+    ids, attn = ids.to(dev), attn.to(dev)
+    kw = {k: v.to(dev) if isinstance(v, torch.Tensor) else v for k, v in kw.items()}
     out = []
     for shared in (False, True):
         model.zero_grad()
@@ -72,8 +76,8 @@ def assert_same(plain, shared):
 
 
 @pytest.mark.parametrize("temperature", [1.0, 0.7])
-def test_scoring_from_start_with_the_prefix_run_once_equals_the_plain_forward(temperature):
-    model = make_tiny_llama(300, seed=7)
+def test_scoring_from_start_with_the_prefix_run_once_equals_the_plain_forward(temperature, device):
+    model = make_tiny_llama(300, seed=7).to(device)
     ids, attn = rows_with_a_common_prefix(22)
     plain, shared = run_both(model, ids, attn, start=25, temperature=temperature)
     assert plain[3] == [(4, 40)]
@@ -82,8 +86,8 @@ def test_scoring_from_start_with_the_prefix_run_once_equals_the_plain_forward(te
     assert_same(plain, shared)
 
 
-def test_scoring_masked_positions_with_the_prefix_run_once_equals_the_plain_forward():
-    model = make_tiny_llama(300, seed=8)
+def test_scoring_masked_positions_with_the_prefix_run_once_equals_the_plain_forward(device):
+    model = make_tiny_llama(300, seed=8).to(device)
     ids, attn = rows_with_a_common_prefix(30)
     score = torch.zeros_like(ids, dtype=torch.bool)
     score[0, [26, 27, 35, 39]] = True
@@ -96,8 +100,8 @@ def test_scoring_masked_positions_with_the_prefix_run_once_equals_the_plain_forw
     assert_same(plain, shared)
 
 
-def test_a_short_common_prefix_or_a_single_row_runs_the_plain_forward():
-    model = make_tiny_llama(300, seed=9)
+def test_a_short_common_prefix_or_a_single_row_runs_the_plain_forward(device):
+    model = make_tiny_llama(300, seed=9).to(device)
     ids, attn = rows_with_a_common_prefix(MIN_SHARED_PREFIX - 1)
     plain, shared = run_both(model, ids, attn, start=20)
     assert shared[3] == [(4, 40)]
@@ -111,8 +115,8 @@ def test_a_short_common_prefix_or_a_single_row_runs_the_plain_forward():
     assert shared[3] == [(1, 40)]
 
 
-def test_a_common_prefix_that_is_a_whole_row_leaves_that_row_one_id():
-    model = make_tiny_llama(300, seed=10)
+def test_a_common_prefix_that_is_a_whole_row_leaves_that_row_one_id(device):
+    model = make_tiny_llama(300, seed=10).to(device)
     ids, attn = rows_with_a_common_prefix(40)
     ids[0, 35:] += 1  # rows 1 (33 ids) and 2 (27 ids) are prefixes of the others
     score = torch.zeros_like(ids, dtype=torch.bool)
@@ -179,13 +183,14 @@ def assert_update_same(off, on):
 
 @pytest.mark.parametrize("score_generated_only", [True, False])
 def test_an_update_micro_batch_with_the_prefix_run_once_has_the_plain_loss_and_gradients(
-    tmp_path, tiny_model_dir, corpus_file, qa_file, score_generated_only
+    tmp_path, tiny_model_dir, corpus_file, qa_file, score_generated_only, device
 ):
     cfg = make_cfg(
         tmp_path,
         tiny_model_dir,
         corpus_file,
         qa_file,
+        f"model.device={device}",
         "algorithm.entropy_coef=0.01",
         "trainer.micro_batch_size=4",
         f"trainer.score_generated_only={str(score_generated_only).lower()}",

@@ -12,13 +12,14 @@ def naive(model, ids, mask):
     return lp, ent
 
 
-def test_token_logprobs_match_full_logits_in_value_and_gradient():
-    model = make_tiny_llama(300, seed=4)
+def test_token_logprobs_match_full_logits_in_value_and_gradient(device):
+    model = make_tiny_llama(300, seed=4).to(device)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, 300, (3, 12), generator=g)
     mask = torch.ones_like(ids)
     mask[1, 9:] = 0  # right padding
     mask[2, 6:] = 0
+    ids, mask = ids.to(device), mask.to(device)
     ref_lp, ref_ent = naive(model, ids, mask)
     start = 4
     lp, ent = token_logprobs(model, ids, mask, start=start, with_entropy=True, entropy_grad=True)
@@ -39,9 +40,9 @@ def test_token_logprobs_match_full_logits_in_value_and_gradient():
     assert not ent.requires_grad
 
 
-def test_token_logprobs_at_a_sampling_temperature_are_those_of_the_tempered_distribution():
-    model = make_tiny_llama(300, seed=5)
-    ids = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(1))
+def test_token_logprobs_at_a_sampling_temperature_are_those_of_the_tempered_distribution(device):
+    model = make_tiny_llama(300, seed=5).to(device)
+    ids = torch.randint(3, 300, (2, 10), generator=torch.Generator().manual_seed(1)).to(device)
     mask = torch.ones_like(ids)
     with torch.no_grad():
         logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
@@ -52,9 +53,9 @@ def test_token_logprobs_at_a_sampling_temperature_are_those_of_the_tempered_dist
     assert (lp - plain).abs().max() > 1e-3  # the temperature really changes what is scored
 
 
-def test_scoring_only_the_masked_positions_agrees_with_the_reference_in_value_and_gradient():
+def test_scoring_only_the_masked_positions_agrees_with_the_reference_in_value_and_gradient(device):
     """The fast path (LM head on the policy's tokens only) against the reference (every position from `start`)."""
-    model = make_tiny_llama(300, seed=6)
+    model = make_tiny_llama(300, seed=6).to(device)
     g = torch.Generator().manual_seed(2)
     ids = torch.randint(3, 300, (3, 14), generator=g)
     attn = torch.ones_like(ids)
@@ -65,6 +66,7 @@ def test_scoring_only_the_masked_positions_agrees_with_the_reference_in_value_an
     score[1, [3, 6, 7, 11]] = True  # position 11 is padding: never scored
     score[2, 0] = True  # nothing predicts the first token: never scored
     score[2, 5] = True
+    ids, attn, score = ids.to(device), attn.to(device), score.to(device)
     for temperature in (1.0, 0.7):
         model.zero_grad()
         ref_lp, ref_ent = token_logprobs(

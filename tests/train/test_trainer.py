@@ -9,27 +9,11 @@ from transformers import AutoModelForCausalLM
 from igpo.agent.build import make_chat_format, make_toolbox
 from igpo.config import load_config
 from igpo.policy.loading import load_policy
+from igpo.testing import QUESTIONS, SCRIPTS, SEARCH
 from igpo.train.trainer import Timer, Trainer
-from tests.conftest import QUESTIONS
 from tests.scripted import ScriptedGenerator, ScriptedOverEngine
 
 pytestmark = pytest.mark.integration
-
-SEARCH = '<tool_call>{{"name": "search", "arguments": {{"query": "{}"}}}}</tool_call>'
-SCRIPTS = {
-    QUESTIONS[0][1]: [
-        [SEARCH.format("Eiffel Tower"), SEARCH.format("capital"), "<answer>Rome</answer>"],
-        [SEARCH.format("France capital"), "<answer>Paris</answer>", '<tool_call>{"name": "search"'],
-        ["<answer>Paris</answer>", "I do not know"],
-    ],
-    QUESTIONS[1][1]: [
-        [SEARCH.format("Colosseum"), '<tool_call>{"name": "lookup", "arguments": {}}</tool_call>'],
-        ["<answer>Il Canto degli Italiani</answer>", SEARCH.format("Italy anthem")],
-        ["<answer>Inno di Mameli</answer>"],
-    ],
-    QUESTIONS[2][1]: [["<answer>London</answer>", SEARCH.format("Big Ben")], ["<answer>Paris</answer>"]],
-    QUESTIONS[3][1]: [[SEARCH.format("Italy capital"), "no idea"], ["<answer>Roma</answer>", "<answer>Milan</answer>"]],
-}
 
 
 def make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, *extra):
@@ -53,8 +37,8 @@ def make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, *extra):
     )
 
 
-def test_three_igpo_steps_train_and_checkpoint(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
-    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file)
+def test_three_igpo_steps_train_and_checkpoint(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, device):
+    cfg = make_cfg(tmp_path, tiny_model_dir, corpus_file, qa_file, f"model.device={device}")
     toolbox = make_toolbox(cfg)
     fmt = make_chat_format(cfg, tokenizer, toolbox)
     trainer = Trainer(cfg, toolbox=toolbox, generator=ScriptedGenerator(tokenizer, fmt, SCRIPTS))
@@ -86,7 +70,7 @@ def test_three_igpo_steps_train_and_checkpoint(tmp_path, tiny_model_dir, corpus_
     reloaded = AutoModelForCausalLM.from_pretrained(ckpts[0])
     after = trainer.model.state_dict()
     for k, v in reloaded.state_dict().items():
-        torch.testing.assert_close(v, after[k])
+        torch.testing.assert_close(v, after[k].cpu())
     assert any(not torch.equal(before[k], after[k]) for k in before)
 
 

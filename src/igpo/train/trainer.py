@@ -97,6 +97,11 @@ class Trainer:
                 f"rollout.max_context: {cfg.rollout.max_context} tokens cannot hold the prompt, whose "
                 f"system part and tool schemas alone take {fixed}"
             )
+        if cfg.trainer.autocast is not None and self.dist.enabled:
+            raise ConfigError(
+                "trainer.autocast: single process only (with several processes, FSDP's trainer.fsdp_param_dtype is "
+                "the mixed-precision setting)"
+            )
         self.generator = generator or make_generator(cfg, model, tokenizer.pad_token_id, self.dist.enabled)
         self._pushed_step = -1  # the step whose weights the generator holds, when it keeps its own copy
         self.train_set = train_set if train_set is not None else self._load_train()
@@ -188,6 +193,14 @@ class Trainer:
         ref.eval().requires_grad_(False)
         return ref
 
+    def _autocast(self):
+        """The block's forwards in `trainer.autocast`'s dtype (on the model's device type) from the fp32
+        parameters; without it, nothing changes."""
+        dtype = self.cfg.trainer.autocast
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(device_type=next(self.model.parameters()).device.type, dtype=getattr(torch, dtype))
+
     @contextmanager
     def _reference(self):
         if self.ref is not None:
@@ -223,7 +236,7 @@ class Trainer:
         random.seed(seed)
         r = self.cfg.rollout
         self._push_weights(timer)
-        with timer("rollout"), self._generation_weights():
+        with timer("rollout"), self._generation_weights(), self._autocast():
             return rollout(
                 examples,
                 groups,
@@ -257,7 +270,7 @@ class Trainer:
         impl, probe, stats = self.cfg.algorithm.belief_impl, self.fmt.belief_probe_ids, {}
         was_training = self.model.training
         self.model.eval()
-        with timer("beliefs"), self.dist.gathered(self.model):
+        with timer("beliefs"), self.dist.gathered(self.model), self._autocast():
             if impl == "cache":
                 # Each prefix's last id is fed again, so the cache must cover ids[:max(prefixes) - 1].
                 held = [self.generator.held_kv(q.ids, max(q.prefixes) - 1) for q in queries]
@@ -312,17 +325,19 @@ class Trainer:
         start = int(batch["prompt_len"][rows].min())
         # Greedy rollouts (temperature 0) have no tempered distribution: score them at temperature 1.
         temperature = self.cfg.rollout.temperature or 1.0
-        return token_logprobs(
-            model,
-            ids,
-            attn,
-            start=start,
-            with_entropy=with_entropy,
-            entropy_grad=entropy_grad,
-            temperature=temperature,
-            score_mask=score,
-            shared_prefix=shared_prefix,
-        )
+        # Log-softmax and log-probs come out fp32 under autocast too (`token_logprobs`); the losses after are fp32.
+        with self._autocast():
+            return token_logprobs(
+                model,
+                ids,
+                attn,
+                start=start,
+                with_entropy=with_entropy,
+                entropy_grad=entropy_grad,
+                temperature=temperature,
+                score_mask=score,
+                shared_prefix=shared_prefix,
+            )
 
     def _micro_batches(self, batch, rows: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """`rows` split into micro-batches of rows of similar length: less padding, and the sums over
@@ -625,7 +640,7 @@ class Trainer:
         from igpo.eval.evaluate import evaluate
 
         self._push_weights()
-        with self._generation_weights():
+        with self._generation_weights(), self._autocast():
             if not self.dist.is_main:
                 return None
             return evaluate(self.generator, self.fmt, self.toolbox, examples, self.cfg, progress)
