@@ -55,7 +55,7 @@ class Generator(ABC):
       with; `rollout` keeps them per turn (the TIS correction reads them).
     - `OwnWeightsGenerator`: it samples from its own copy of the weights, which the trainer pushes to it.
     - `close()` frees what it holds for its lifetime (a vLLM engine: its weights and KV cache), so that the next
-      one built in the same process fits beside nothing; it generates no more. The default holds nothing.
+      one built in the same process has the memory to itself; it generates no more. The default holds nothing.
     """
 
     records_logprobs: ClassVar[bool] = False
