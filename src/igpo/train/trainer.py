@@ -102,6 +102,7 @@ class Trainer:
                 "trainer.autocast: single process only (with several processes, FSDP's trainer.fsdp_param_dtype is "
                 "the mixed-precision setting)"
             )
+        self._own_generator = generator is None  # `close()` closes the one it built, not one it was given
         self.generator = generator or make_generator(cfg, model, tokenizer.pad_token_id, self.dist.enabled)
         self._pushed_step = -1  # the step whose weights the generator holds, when it keeps its own copy
         self.train_set = train_set if train_set is not None else self._load_train()
@@ -644,6 +645,13 @@ class Trainer:
             if not self.dist.is_main:
                 return None
             return evaluate(self.generator, self.fmt, self.toolbox, examples, self.cfg, progress)
+
+    def close(self) -> None:
+        """Closes the generator the trainer built (a vLLM engine's memory is freed), after its last rollout or
+        evaluation: a process that goes on (a learning benchmark's worker, which trains its next run) starts
+        the next engine beside nothing. Under torchrun the process group goes with a vLLM engine: close last."""
+        if self._own_generator:
+            self.generator.close()
 
     def save(self) -> Path | None:
         """Writes a checkpoint from rank 0 (every rank must call: FSDP gathers the state); its path on rank 0."""
