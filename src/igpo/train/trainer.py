@@ -33,7 +33,6 @@ from igpo.config import Config, ConfigError, dump_config
 from igpo.data.loaders import QAExample, load_qa
 from igpo.files import atomic_write_text
 from igpo.policy.loading import is_lora, load_policy
-from igpo.policy.vllm_engine import DEFAULT_BELIEF_TOLERANCE
 from igpo.policy.scoring import (
     BeliefQuery,
     belief_logprobs_cached,
@@ -43,6 +42,7 @@ from igpo.policy.scoring import (
     compare_beliefs,
     token_logprobs,
 )
+from igpo.policy.vllm_engine import DEFAULT_BELIEF_TOLERANCE
 from igpo.report.records import sample_records
 from igpo.report.runlog import RunLog
 from igpo.retrieval.base import Retriever
