@@ -21,7 +21,7 @@ from igpo.policy.scoring import (
     belief_logprobs_packed,
     token_logprobs,
 )
-from igpo.policy.vllm_engine import DEFAULT_BELIEF_TOLERANCE, VLLMEngine, VLLMGenerator
+from igpo.policy.vllm_engine import BELIEF_HEADROOM, DEFAULT_BELIEF_TOLERANCE, VLLMEngine, VLLMGenerator
 from igpo.train.trainer import Timer, Trainer
 from tests.policy.conftest import MAX_LEN, tiny
 from tests.scripted import ScriptedGenerator
@@ -52,8 +52,8 @@ def engine_dir(model_a, tokenizer, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(engine_env, engine_dir):
-    # The training test's prompts are ~400 ids; `from_config` adds BELIEF_HEADROOM to rollout.max_context likewise.
-    return VLLMEngine(str(engine_dir), "float32", MAX_LEN + 256, 0.3, True, 0, False)
+    # rollout.max_context plus room for the probe and an answer, as `VLLMGenerator.from_config` builds it
+    return VLLMEngine(str(engine_dir), "float32", MAX_LEN + BELIEF_HEADROOM, 0.3, True, 0, False)
 
 
 class ScriptedThroughEngine(VLLMGenerator):

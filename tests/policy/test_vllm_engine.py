@@ -1,6 +1,7 @@
 """The vLLM backend without vLLM: a fake engine with its own copy of the weights stands in for the real one."""
 
 import importlib.util
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -9,6 +10,7 @@ from transformers import AutoModelForCausalLM
 from igpo.agent.build import build_agent, make_chat_format, make_toolbox
 from igpo.config import Config, ConfigError, load_config
 from igpo.data.loaders import load_qa
+from igpo.policy import vllm_engine
 from igpo.policy.loading import ModelLoadError
 from igpo.policy.scoring import (
     BeliefCheckError,
@@ -18,7 +20,13 @@ from igpo.policy.scoring import (
     compare_beliefs,
     token_logprobs,
 )
-from igpo.policy.vllm_engine import DEFAULT_SYNC_TOLERANCE, VLLMEngine, VLLMGenerator, WeightSyncError
+from igpo.policy.vllm_engine import (
+    BELIEF_HEADROOM,
+    DEFAULT_SYNC_TOLERANCE,
+    VLLMEngine,
+    VLLMGenerator,
+    WeightSyncError,
+)
 from igpo.train.trainer import Trainer
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS, make_cfg, prompt_lengths
@@ -153,6 +161,28 @@ def test_engine_beliefs_need_the_vllm_backend(corpus_file):
         load_config(None, [f"retrieval.corpus={corpus_file}", "algorithm.belief_backend=engine"])
     cfg = load_config(None, ["rollout.backend=vllm", "algorithm.belief_backend=engine"])
     assert cfg.algorithm.belief_backend == "engine" and cfg.algorithm.belief_check_every == 10
+
+
+@pytest.mark.parametrize("backend, room", [("trainer", 0), ("engine", BELIEF_HEADROOM)])
+def test_an_engine_for_engine_beliefs_has_room_for_the_probe_and_answer(tiny_model_dir, monkeypatch, backend, room):
+    built = {}
+
+    def engine(path, dtype, max_model_len, *rest):
+        built["len"] = max_model_len
+        return SimpleNamespace(dtype=torch.float32)
+
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", engine)
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny_model_dir}",
+            "rollout.backend=vllm",
+            "rollout.max_context=700",
+            f"algorithm.belief_backend={backend}",
+        ],
+    )
+    VLLMGenerator.from_config(cfg, distributed=False)
+    assert built["len"] == 700 + room
 
 
 def _trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, *extra, offset=-1.0, belief_offset=0.0):

@@ -13,6 +13,10 @@ Each generation carries the engine's log-prob of every sampled token (under the 
 top-p, i.e. the quantity the trainer computes), kept per turn in the trajectory for the TIS correction
 (`algorithm.tis_cap`) and the `rollout_lp_abs_diff` metric.
 
+With `algorithm.belief_backend: engine` the engine also scores the beliefs (`continuation_logprobs`: prompt
+log-probs of prefix + probe + answer ids, the prefix's blocks read from its prefix cache), cross-checked against the
+trainer's every `algorithm.belief_check_every` steps (`igpo.policy.scoring.compare_beliefs`).
+
 vLLM is imported only when an engine is built: everything else here runs (and is tested) without it.
 """
 
