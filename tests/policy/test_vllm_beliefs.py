@@ -1,6 +1,6 @@
 """Beliefs from the real engine (`algorithm.belief_backend: engine`), on CPU (marker `vllm`).
 
-One fp32 engine for the module over a tiny random Llama A. A random model calls no tools, so the episodes' turns are
+One fp32 engine for the module over the tiny random Llama A (`tests/policy/conftest.py`). A random model calls no tools, so the episodes' turns are
 scripted, but played through the engine (it scores each turn's ids after their context, so its prefix cache holds
 the trajectories as a rollout leaves it). Measured on these models (fp32, CPU): the engine's mean answer log-probs
 are the trainer's packed ones to 5e-7 under A and B, and to 2.5e-5 under a sharp model (A's matrices times 20,
@@ -30,24 +30,6 @@ from tests.train.test_trainer import SCRIPTS, make_cfg
 pytestmark = pytest.mark.vllm
 
 DROPPED = "model.layers.1.mlp.down_proj.weight"
-
-
-@pytest.fixture(scope="module")
-def model_a(tokenizer):
-    return tiny(tokenizer, seed=0)
-
-
-@pytest.fixture(scope="module")
-def model_b(tokenizer):
-    return tiny(tokenizer, seed=1)
-
-
-@pytest.fixture(scope="module")
-def engine_dir(model_a, tokenizer, tmp_path_factory):
-    d = tmp_path_factory.mktemp("vllm-beliefs") / "tiny-llama"
-    model_a.save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
 
 
 @pytest.fixture(scope="module")
