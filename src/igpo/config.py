@@ -455,8 +455,9 @@ class AlgorithmConfig(_Strict):
         json_schema_extra=NOT_RESULT,
         description=(
             "largest |engine − trainer| mean answer log-prob the cross-check accepts (a belief p = exp of it moves by "
-            "at most as much); `null` = by the less precise dtype of the engine and `model.dtype`: 1e-3 for `float32` "
-            "(the tests' models agree to 1e-4), 1.0 for `bfloat16`, 0.25 for `float16` (as "
+            "at most as much); `null` = by the less precise dtype of the engine and the trainer's forwards "
+            "(`trainer.autocast`, else `model.dtype`): 1e-3 for `float32` (the tests' models agree to 1e-4), 1.0 for "
+            "`bfloat16`, 0.25 for `float16` (as "
             "`rollout.vllm.sync_tolerance`: rounding alone moves log-probs that much)"
         ),
     )

@@ -22,10 +22,11 @@ from igpo.policy.scoring import (
     token_logprobs,
 )
 from igpo.policy.vllm_engine import BELIEF_HEADROOM, DEFAULT_BELIEF_TOLERANCE, VLLMEngine, VLLMGenerator
+from igpo.testing import SCRIPTS
 from igpo.train.trainer import Timer, Trainer
 from tests.policy.conftest import MAX_LEN, tiny
 from tests.scripted import ScriptedGenerator
-from tests.train.test_trainer import SCRIPTS, make_cfg
+from tests.train.test_trainer import make_cfg
 
 pytestmark = pytest.mark.vllm
 

@@ -243,6 +243,20 @@ def test_engine_beliefs_off_by_more_than_the_tolerance_stop_the_run(
         trainer.fit()
 
 
+@pytest.mark.parametrize(
+    "extra, tolerance",
+    [((), 1e-3), (("trainer.autocast=bfloat16",), 1.0), (("algorithm.belief_check_tolerance=0.5",), 0.5)],
+)
+def test_the_cross_checks_tolerance_is_that_of_the_less_precise_side(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, extra, tolerance
+):
+    # fp32 engine; the trainer's forwards in fp32, or in bf16 under autocast: the bf16 bound then
+    trainer = _trainer(
+        tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, "algorithm.belief_backend=engine", *extra
+    )
+    assert trainer._belief_tolerance() == tolerance
+
+
 @pytest.mark.integration
 def test_engine_beliefs_need_a_generator_that_scores(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
     cfg = make_cfg(

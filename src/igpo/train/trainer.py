@@ -312,11 +312,12 @@ class Trainer:
 
     def _belief_tolerance(self) -> float:
         """The cross-check's tolerance: `algorithm.belief_check_tolerance`, or by the less precise dtype of the
-        engine and the trainer (`DEFAULT_BELIEF_TOLERANCE`)."""
+        engine and the trainer's forwards (`trainer.autocast`, else the model's; `DEFAULT_BELIEF_TOLERANCE`)."""
         if (tol := self.cfg.algorithm.belief_check_tolerance) is not None:
             return tol
-        dtypes = (self.generator.score_dtype, next(self.model.parameters()).dtype)
-        return max(DEFAULT_BELIEF_TOLERANCE[d] for d in dtypes)
+        autocast = self.cfg.trainer.autocast
+        trainer = getattr(torch, autocast) if autocast is not None else next(self.model.parameters()).dtype
+        return max(DEFAULT_BELIEF_TOLERANCE[d] for d in (self.generator.score_dtype, trainer))
 
     def turn_rewards(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         """turn rewards [B, T], turn mask [B, T], outcome per rollout."""
