@@ -258,6 +258,8 @@ class VLLMEngine:
         res: list[list[float] | None] = [None] * len(prompts)
         todo = list(range(len(prompts)))
         for read_cache in (True, False):
+            if not todo:
+                break
             sp = self._sampling(
                 max_tokens=1,
                 temperature=0.0,
@@ -275,8 +277,6 @@ class VLLMEngine:
                 steps = out.prompt_logprobs[starts[i] :]
                 res[i] = [step[t].logprob for t, step in zip(prompts[i][starts[i] :], steps)]
             todo = again
-            if not todo:
-                break
         return res
 
 
