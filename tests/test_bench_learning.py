@@ -165,6 +165,8 @@ NOT_REGIME_BEFORE_FLAGS = {
     "rollout.vllm.sync_tolerance",
     "trainer.shared_prefix",
     "sft.shared_prefix",
+    "algorithm.belief_check_every",
+    "algorithm.belief_check_tolerance",
 }
 
 

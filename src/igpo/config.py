@@ -421,12 +421,44 @@ class AlgorithmConfig(_Strict):
         "cache",
         json_schema_extra=NOT_RESULT,
         description=(
-            "how beliefs are scored (all three agree to 1e-4): `cache` feeds only the probes and aliases against the "
+            "how the trainer scores beliefs (`algorithm.belief_backend: trainer`; all three agree to 1e-4): `cache` feeds only the probes and aliases against the "
             "keys and values the KV-cache engine (`rollout.engine: cached`) still holds from the step's rollout, no "
             "pass over the trajectories; a trajectory whose cache the generator does not hold (`hf`, `vllm`) is "
             "scored by `packed`, and `beliefs_from_cache_share` in `metrics.jsonl` says how many were not. "
             "`packed`: one forward per batch of trajectories, the probes and aliases packed after them; `reference`: "
             "one forward per prefix and alias"
+        ),
+    )
+    belief_backend: Literal["trainer", "engine"] = Field(
+        "trainer",
+        description=(
+            "what scores the beliefs. `trainer`: the trainer's model (`algorithm.belief_impl`); `engine`: the vLLM "
+            "rollout engine (needs `rollout.backend: vllm`), whose prompt log-probs of each prefix's ids, the probe "
+            "and the gold answer are read with the trajectory's blocks from its prefix cache: no belief pass on the "
+            "trainer, but checked against it every `algorithm.belief_check_every` steps"
+        ),
+    )
+    belief_check_every: int = Field(
+        10,
+        ge=0,
+        json_schema_extra=NOT_RESULT,
+        description=(
+            "`belief_backend: engine`: on steps 0, N, 2N, ... the trainer also scores the step's beliefs (`packed`) "
+            "and compares: `belief_engine_max_abs_diff` and `belief_engine_mean_abs_diff` (of the mean answer "
+            "log-probs, over every prefix and alias) in `metrics.jsonl`, and a `BeliefCheckError` past "
+            "`algorithm.belief_check_tolerance`; 0 = never"
+        ),
+    )
+    belief_check_tolerance: float | None = Field(
+        None,
+        gt=0,
+        json_schema_extra=NOT_RESULT,
+        description=(
+            "largest |engine − trainer| mean answer log-prob the cross-check accepts (a belief p = exp of it moves by "
+            "at most as much); `null` = by the less precise dtype of the engine and the trainer's forwards "
+            "(`trainer.autocast`, else `model.dtype`): 1e-3 for `float32` (the tests' models agree to 1e-4), 1.0 for "
+            "`bfloat16`, 0.25 for `float16` (as "
+            "`rollout.vllm.sync_tolerance`: rounding alone moves log-probs that much)"
         ),
     )
     clip_eps: float = Field(0.2, gt=0, description="PPO clip")
@@ -763,6 +795,11 @@ class Config(_Strict):
             raise ValueError(
                 "trainer.autocast and trainer.fsdp_param_dtype are two mixed-precision settings: set one "
                 "(trainer.autocast for a single process, trainer.fsdp_param_dtype under FSDP)"
+            )
+        if self.algorithm.belief_backend == "engine" and self.rollout.backend != "vllm":
+            raise ValueError(
+                "algorithm.belief_backend=engine scores beliefs with the rollout engine's prompt log-probs: it needs "
+                f"rollout.backend=vllm (got rollout.backend={self.rollout.backend})"
             )
         if self.model.lora.enabled and self.trainer.parallel == "fsdp":
             raise ValueError("trainer.parallel=fsdp is not available with model.lora.enabled (use ddp)")

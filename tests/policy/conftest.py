@@ -1,4 +1,5 @@
-"""What the real-engine tests (marker `vllm`) share: the CPU engine's environment and the tiny Llama it serves."""
+"""What the real-engine tests (marker `vllm`) share: the CPU engine's environment and the tiny Llamas it serves
+(A, whose directory each module's engine starts from, and B, another model to push)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,22 @@ def engine_env():
             os.environ.pop(k, None)
         else:
             os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def model_a(tokenizer):
+    return tiny(tokenizer, seed=0)
+
+
+@pytest.fixture(scope="module")
+def model_b(tokenizer):
+    return tiny(tokenizer, seed=1)
+
+
+@pytest.fixture(scope="module")
+def engine_dir(model_a, tokenizer, tmp_path_factory):
+    """Model A and the tokenizer written as the directory the module's engine starts from."""
+    d = tmp_path_factory.mktemp("vllm") / "tiny-llama"
+    model_a.save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d

@@ -1,17 +1,32 @@
 """The vLLM backend without vLLM: a fake engine with its own copy of the weights stands in for the real one."""
 
 import importlib.util
+from types import SimpleNamespace
 
 import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
 from igpo.agent.build import build_agent, make_chat_format, make_toolbox
-from igpo.config import Config, ConfigError
+from igpo.config import Config, ConfigError, load_config
 from igpo.data.loaders import load_qa
+from igpo.policy import vllm_engine
 from igpo.policy.loading import ModelLoadError
-from igpo.policy.scoring import token_logprobs
-from igpo.policy.vllm_engine import DEFAULT_SYNC_TOLERANCE, VLLMEngine, VLLMGenerator, WeightSyncError
+from igpo.policy.scoring import (
+    BeliefCheckError,
+    BeliefQuery,
+    belief_logprobs_engine,
+    belief_logprobs_packed,
+    compare_beliefs,
+    token_logprobs,
+)
+from igpo.policy.vllm_engine import (
+    BELIEF_HEADROOM,
+    DEFAULT_SYNC_TOLERANCE,
+    VLLMEngine,
+    VLLMGenerator,
+    WeightSyncError,
+)
 from igpo.train.trainer import Trainer
 from tests.scripted import ScriptedGenerator
 from tests.train.test_trainer import SCRIPTS, make_cfg, prompt_lengths
@@ -20,14 +35,16 @@ from tests.train.test_trainer import SCRIPTS, make_cfg, prompt_lengths
 class FakeEngine:
     """Holds its own model copy, stored rounded to `dtype` like an engine's; plays scripted generations and
     scores them with its own weights (plus `offset`, to simulate a sampler that disagrees with the trainer).
-    `drop`: names whose pushed tensors it ignores; `stale`: it ignores every push."""
+    `drop`: names whose pushed tensors it ignores; `stale`: it ignores every push; `belief_offset`: added to the
+    log-probs of the continuations it scores (an engine whose beliefs are off). `scored`: what it was asked to score."""
 
-    def __init__(self, model, scripted=None, dtype=torch.float32, offset=0.0, drop=(), stale=False):
+    def __init__(self, model, scripted=None, dtype=torch.float32, offset=0.0, drop=(), stale=False, belief_offset=0.0):
         self.model = AutoModelForCausalLM.from_config(model.config)
         self.model.load_state_dict(model.state_dict())
         self.scripted, self.dtype, self.offset, self.drop, self.stale = scripted, dtype, offset, set(drop), stale
         self.vocab_size = model.config.vocab_size
         self.closed = False
+        self.belief_offset, self.scored = belief_offset, []
 
     def generate(self, contexts, params, stop_ids):
         out = []
@@ -55,6 +72,16 @@ class FakeEngine:
         with torch.no_grad():
             lp, _ = token_logprobs(self.model, seq, torch.ones_like(seq))
         return lp[0, 1:].tolist()
+
+    def continuation_logprobs(self, contexts, continuations):
+        self.scored += list(zip(contexts, continuations))
+        out = []
+        for ctx, cont in zip(contexts, continuations):
+            seq = torch.tensor([ctx + cont])
+            with torch.no_grad():
+                lp, _ = token_logprobs(self.model, seq, torch.ones_like(seq), start=len(ctx))
+            out.append((lp[0, len(ctx) :] + self.belief_offset).tolist())
+        return out
 
 
 def _update(model, scale):
@@ -97,7 +124,72 @@ def test_missing_vllm_is_a_clear_error():
         VLLMEngine("smollm2", "bfloat16", 2048, 0.3, False, 0, False)
 
 
-def _trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, *extra, offset=-1.0):
+def test_engine_beliefs_are_the_trainers_from_the_same_ids(tiny_model):
+    # Prefix ids, probe ids, answer ids: the engine is asked for exactly these, and scores them as the trainer does.
+    g = torch.Generator().manual_seed(0)
+    V = tiny_model.config.vocab_size
+    queries = [
+        BeliefQuery(torch.randint(3, V, (n,), generator=g).tolist(), prefixes, [[5, 6, 7], [9]])
+        for n, prefixes in ((30, [4, 11, 29]), (18, [6, 18]))
+    ]
+    probe = [40, 41, 42]
+    engine = FakeEngine(tiny_model)
+    got = belief_logprobs_engine(VLLMGenerator(engine), probe, queries)
+    want = belief_logprobs_packed(tiny_model, probe, queries)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+    q = queries[0]
+    assert engine.scored[:2] == [(q.ids[:4] + probe, [5, 6, 7]), (q.ids[:4] + probe, [9])] and len(engine.scored) == 10
+    assert compare_beliefs(got, want, 1e-5, "here")["belief_engine_max_abs_diff"] < 1e-5
+
+
+@pytest.mark.parametrize("off", [1e-2, float("nan")])
+def test_the_cross_check_refuses_beliefs_past_its_tolerance(off):
+    want = [torch.zeros(2, 1), torch.full((1, 3), -2.0)]
+    got = [w.clone() for w in want]
+    got[1][0, 2] += off
+    with pytest.raises(
+        BeliefCheckError, match=r"step 4: .* differ from the trainer's by up to .*belief_check_tolerance 0.001"
+    ):
+        compare_beliefs(got, want, 1e-3, "step 4")
+    got[1][0, 2] = -2.0 + 5e-4
+    assert compare_beliefs(got, want, 1e-3, "step 4") == pytest.approx(
+        {"belief_engine_max_abs_diff": 5e-4, "belief_engine_mean_abs_diff": 1e-4}, rel=1e-3
+    )
+
+
+def test_engine_beliefs_need_the_vllm_backend(corpus_file):
+    with pytest.raises(
+        ConfigError, match=r"algorithm.belief_backend=engine .* needs rollout.backend=vllm \(got rollout.backend=hf\)"
+    ):
+        load_config(None, [f"retrieval.corpus={corpus_file}", "algorithm.belief_backend=engine"])
+    cfg = load_config(None, ["rollout.backend=vllm", "algorithm.belief_backend=engine"])
+    assert cfg.algorithm.belief_backend == "engine" and cfg.algorithm.belief_check_every == 10
+
+
+@pytest.mark.parametrize("backend, room", [("trainer", 0), ("engine", BELIEF_HEADROOM)])
+def test_an_engine_for_engine_beliefs_has_room_for_the_probe_and_answer(tiny_model_dir, monkeypatch, backend, room):
+    built = {}
+
+    def engine(path, dtype, max_model_len, *rest):
+        built["len"] = max_model_len
+        return SimpleNamespace(dtype=torch.float32)
+
+    monkeypatch.setattr(vllm_engine, "VLLMEngine", engine)
+    cfg = load_config(
+        None,
+        [
+            f"model.path={tiny_model_dir}",
+            "rollout.backend=vllm",
+            "rollout.max_context=700",
+            f"algorithm.belief_backend={backend}",
+        ],
+    )
+    VLLMGenerator.from_config(cfg, distributed=False)
+    assert built["len"] == 700 + room
+
+
+def _trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, *extra, offset=-1.0, belief_offset=0.0):
     cfg = make_cfg(
         tmp_path,
         tiny_model_dir,
@@ -110,8 +202,74 @@ def _trainer(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, *extra, 
     )
     toolbox = make_toolbox(cfg)
     scripted = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
-    engine = FakeEngine(AutoModelForCausalLM.from_pretrained(tiny_model_dir), scripted, torch.float32, offset)
+    engine = FakeEngine(
+        AutoModelForCausalLM.from_pretrained(tiny_model_dir),
+        scripted,
+        torch.float32,
+        offset,
+        belief_offset=belief_offset,
+    )
     return Trainer(cfg, toolbox=toolbox, generator=VLLMGenerator(engine))
+
+
+@pytest.mark.integration
+def test_a_trainer_with_engine_beliefs_checks_them_every_n_steps(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer
+):
+    trainer = _trainer(
+        tmp_path,
+        tiny_model_dir,
+        corpus_file,
+        qa_file,
+        tokenizer,
+        "algorithm.belief_backend=engine",
+        "algorithm.belief_check_every=2",
+        "trainer.steps=3",
+    )
+    rows = trainer.fit()
+    assert trainer.generator.engine.scored  # the engine scored the beliefs
+    checked = [r["step"] for r in rows if "belief_engine_max_abs_diff" in r]
+    assert checked == [0, 2] and all("belief_check" in rows[s]["seconds"] for s in checked)
+    for s in checked:
+        assert rows[s]["belief_engine_max_abs_diff"] < 1e-5 and rows[s]["belief_engine_mean_abs_diff"] < 1e-5
+    assert "beliefs_from_cache_share" not in rows[0] and "ig_raw_mean" in rows[1]
+
+
+@pytest.mark.integration
+def test_engine_beliefs_off_by_more_than_the_tolerance_stop_the_run(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer
+):
+    # 1e-3 is the fp32 bound (engine and trainer in fp32); an engine 2e-3 off on every answer id is past it.
+    trainer = _trainer(
+        tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, "algorithm.belief_backend=engine", belief_offset=2e-3
+    )
+    with pytest.raises(BeliefCheckError, match=r"step 0: .* by up to 0.002 .*belief_check_tolerance 0.001"):
+        trainer.fit()
+
+
+@pytest.mark.parametrize(
+    "extra, tolerance",
+    [((), 1e-3), (("trainer.autocast=bfloat16",), 1.0), (("algorithm.belief_check_tolerance=0.5",), 0.5)],
+)
+def test_the_cross_checks_tolerance_is_that_of_the_less_precise_side(
+    tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, extra, tolerance
+):
+    # fp32 engine; the trainer's forwards in fp32, or in bf16 under autocast: the bf16 bound then
+    trainer = _trainer(
+        tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer, "algorithm.belief_backend=engine", *extra
+    )
+    assert trainer._belief_tolerance() == tolerance
+
+
+@pytest.mark.integration
+def test_engine_beliefs_need_a_generator_that_scores(tmp_path, tiny_model_dir, corpus_file, qa_file, tokenizer):
+    cfg = make_cfg(
+        tmp_path, tiny_model_dir, corpus_file, qa_file, "rollout.backend=vllm", "algorithm.belief_backend=engine"
+    )
+    toolbox = make_toolbox(cfg)
+    gen = ScriptedGenerator(tokenizer, make_chat_format(cfg, tokenizer, toolbox), SCRIPTS)
+    with pytest.raises(ConfigError, match="algorithm.belief_backend: engine needs .*ScriptedGenerator does not"):
+        Trainer(cfg, toolbox=toolbox, generator=gen)
 
 
 @pytest.mark.integration

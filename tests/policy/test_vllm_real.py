@@ -23,24 +23,6 @@ pytestmark = pytest.mark.vllm
 
 
 @pytest.fixture(scope="module")
-def model_a(tokenizer):
-    return tiny(tokenizer, seed=0)
-
-
-@pytest.fixture(scope="module")
-def model_b(tokenizer):
-    return tiny(tokenizer, seed=1)
-
-
-@pytest.fixture(scope="module")
-def engine_dir(model_a, tokenizer, tmp_path_factory):
-    d = tmp_path_factory.mktemp("vllm") / "tiny-llama"
-    model_a.save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
-
-
-@pytest.fixture(scope="module")
 def engine(engine_env, engine_dir):
     e = VLLMEngine(str(engine_dir), "float32", MAX_LEN, 0.3, True, 0, False)
     yield e

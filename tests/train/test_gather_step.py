@@ -51,3 +51,10 @@ def test_a_rank_whose_episodes_had_no_turn_reports_no_rates(empty_rank):
         "rollout_lp_abs_diff": 1.0,
         "tis_weight": 1.5,
     }
+
+
+def test_the_engine_beliefs_largest_difference_is_the_largest_over_the_ranks():
+    diffs = [{"belief_engine_max_abs_diff": 2e-5, "belief_engine_mean_abs_diff": 1e-5}]
+    diffs.append({"belief_engine_max_abs_diff": 7e-5, "belief_engine_mean_abs_diff": 3e-5})
+    merged = gather_step(TwoRanks(step_results(2, diffs[1])), step_results(2, diffs[0]))
+    assert merged.losses == pytest.approx({"belief_engine_max_abs_diff": 7e-5, "belief_engine_mean_abs_diff": 2e-5})

@@ -56,6 +56,8 @@ class Generator(ABC):
     - `OwnWeightsGenerator`: it samples from its own copy of the weights, which the trainer pushes to it.
     - `close()` frees what it holds for its lifetime (a vLLM engine: its weights and KV cache), so that the next
       one built in the same process has the memory to itself; it generates no more. The default holds nothing.
+    - `ContinuationScorer`: it also scores given continuations of given contexts with the weights it samples
+      from (`algorithm.belief_backend: engine` takes the beliefs from it).
     """
 
     records_logprobs: ClassVar[bool] = False
@@ -86,6 +88,21 @@ class OwnWeightsGenerator(Generator):
     def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]], model, step: int | None = None) -> None:
         """Load (name, whole tensor) pairs, named as in the trainer's model `model` (which holds them, and which a
         generator may score with to check that the push landed; `step`: the trainer's, named in an error)."""
+
+
+class ContinuationScorer(ABC):
+    """A generator that scores given ids (teacher-forced) with the weights it samples from: vLLM's prompt
+    log-probs. `algorithm.belief_backend: engine` scores the beliefs through it."""
+
+    @property
+    @abstractmethod
+    def score_dtype(self) -> torch.dtype:
+        """The dtype it computes log-probs in (the cross-check's default tolerance depends on it)."""
+
+    @abstractmethod
+    def continuation_logprobs(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
+        """Per pair i, [len(continuations[i])]: log p(c[j] | contexts[i] + c[:j]) for each id c[j] of
+        continuations[i], at temperature 1, from its current weights. Contexts are non-empty."""
 
 
 class HFGenerator(Generator):

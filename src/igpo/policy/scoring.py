@@ -4,7 +4,7 @@ Belief of the gold answer after a context prefix (IGPO §2): teacher-force `prob
 (`probe`: the belief probe, `algorithm.belief_probe`) and take the mean log-prob of the answer tokens. Tokens after
 the answer (closing tag, end of turn) cannot change those log-probs under a causal model, so they are not fed.
 
-Three implementations that must agree (tests assert 1e-4):
+Three implementations on the trainer's model that must agree (tests assert 1e-4):
 - `belief_logprobs_reference`: one plain forward per (prefix, alias). Easy to read, T·K forwards.
 - `belief_logprobs_packed`: the trajectory once, then per prefix the probe once and every alias after it; a
   probe attends to its prefix and itself, an alias to its prefix, its probe and itself (4-D additive mask,
@@ -14,6 +14,11 @@ Three implementations that must agree (tests assert 1e-4):
   (`Generator.held_kv`): only the probes and aliases are fed, tens of tokens per prefix, no pass over the
   trajectory. In a causal model the keys at position i depend on ids[:i+1] only, so the cache of a trajectory's
   last context holds every shorter prefix's keys as its first columns.
+
+And one on the rollout engine's own copy of the weights (`algorithm.belief_backend: engine`):
+`belief_logprobs_engine` asks a `ContinuationScorer` (vLLM: prompt log-probs, the trajectory's blocks read from its
+prefix cache) for the answer ids after `ids[:prefix] + probe`, as token ids; `compare_beliefs` is the periodic
+cross-check of its result against `belief_logprobs_packed`.
 """
 
 from __future__ import annotations
@@ -25,6 +30,11 @@ import torch
 from transformers.cache_utils import DynamicCache
 
 from igpo.agent.engine import MIN_SHARED_PREFIX, cache_kwarg, returned_cache
+from igpo.agent.generators import ContinuationScorer
+
+
+class BeliefCheckError(RuntimeError):
+    """The rollout engine's beliefs differ from the trainer's past the cross-check's tolerance."""
 
 
 @dataclass
@@ -219,6 +229,41 @@ def belief_logprobs_cached(
     for i, res in zip(rest, belief_logprobs_packed(model, probe, [queries[i] for i in rest], max_rows)):
         out[i] = res
     return out
+
+
+def belief_logprobs_engine(
+    scorer: ContinuationScorer, probe: list[int], queries: Sequence[BeliefQuery]
+) -> list[torch.Tensor]:
+    """Same result as the reference, from the engine's weights: one request per (prefix, alias), the prefix's
+    ids, the probe, then the alias, all as token ids (never text). Per query, [P, K]."""
+    contexts, answers = [], []
+    for q in queries:
+        for p in q.prefixes:
+            ctx = list(q.ids[:p]) + probe
+            for ans in q.answers:
+                contexts.append(ctx)
+                answers.append(list(ans))
+    lps = iter(scorer.continuation_logprobs(contexts, answers))
+    out = []
+    for q in queries:
+        res = torch.tensor([sum(lp) / len(lp) for lp in (next(lps) for _ in range(len(q.prefixes) * len(q.answers)))])
+        out.append(res.view(len(q.prefixes), len(q.answers)))
+    return out
+
+
+def compare_beliefs(engine: Sequence[torch.Tensor], trainer: Sequence[torch.Tensor], tolerance: float, where: str):
+    """The cross-check of engine beliefs against the trainer's (per query, [P, K] mean answer log-probs each):
+    `belief_engine_max_abs_diff` and `belief_engine_mean_abs_diff` over every (query, prefix, alias), or a
+    `BeliefCheckError` (naming `where`) when the largest is past `tolerance` or not finite."""
+    diff = torch.cat([(e.double() - t.double()).abs().flatten() for e, t in zip(engine, trainer, strict=True)])
+    worst, mean = diff.max().item(), diff.mean().item()
+    if not worst <= tolerance:  # NaN fails too
+        raise BeliefCheckError(
+            f"{where}: the engine's beliefs (mean answer log-probs) differ from the trainer's by up to {worst:.3g} "
+            f"(mean {mean:.3g}; algorithm.belief_check_tolerance {tolerance:g}): the engine does not score with the "
+            "trainer's weights, or scores other ids"
+        )
+    return {"belief_engine_max_abs_diff": worst, "belief_engine_mean_abs_diff": mean}
 
 
 def token_logprobs(

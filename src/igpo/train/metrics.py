@@ -3,7 +3,7 @@
 Rows are computed on rank 0 from the whole step (`distributed.gather_step` merges the ranks' `StepResult`s). The
 loss terms of `Trainer.update` come in three kinds, which say how they combine over micro-batches and ranks:
 `SUMMED_LOSSES` are shares of a globally normalised sum, `SHARED_LOSSES` are identical on every rank, and the rest
-are per-token rates (means).
+are per-token rates (means); `MAX_STATS` (a largest difference) take the largest over the ranks.
 """
 
 from __future__ import annotations
@@ -22,6 +22,8 @@ from igpo.config import Config
 SUMMED_LOSSES = ("pg_loss", "kl", "entropy")
 # Identical on every rank (computed from all-reduced or sharded-then-reduced gradients).
 SHARED_LOSSES = ("grad_norm",)
+# Each rank's largest value of something: the step's is the largest over the ranks.
+MAX_STATS = ("belief_engine_max_abs_diff",)
 
 
 @dataclass
@@ -143,7 +145,7 @@ def update_losses(stats: dict[str, list[float]], n_mini: int) -> dict[str, float
 
 def merge_losses(per_rank: list[dict[str, float]]) -> dict[str, float]:
     """One step's loss terms from each rank's: `SUMMED_LOSSES` summed, `SHARED_LOSSES` taken from the first
-    rank, per-token rates averaged over the ranks that have them (equally sized shares)."""
+    rank, `MAX_STATS` the largest, per-token rates averaged over the ranks that have them (equally sized shares)."""
     merged = {}
     for key in dict.fromkeys(k for losses in per_rank for k in losses):
         # A rate is missing on a rank whose episodes generated no token (their prompts filled the context).
@@ -152,6 +154,8 @@ def merge_losses(per_rank: list[dict[str, float]]) -> dict[str, float]:
             merged[key] = sum(vals)
         elif key in SHARED_LOSSES:
             merged[key] = vals[0]
+        elif key in MAX_STATS:
+            merged[key] = max(vals)
         else:
             merged[key] = sum(vals) / len(vals)
     return merged

@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from igpo.agent.build import make_chat_format, make_generator, make_toolbox
-from igpo.agent.generators import Generator, OwnWeightsGenerator, SamplingParams
+from igpo.agent.generators import ContinuationScorer, Generator, OwnWeightsGenerator, SamplingParams
 from igpo.agent.rollout import rollout
 from igpo.agent.tools import MALFORMED_CALL_ERRORS, SearchTool, Toolbox
 from igpo.agent.trajectory import Trajectory
@@ -36,10 +36,13 @@ from igpo.policy.loading import is_lora, load_policy
 from igpo.policy.scoring import (
     BeliefQuery,
     belief_logprobs_cached,
+    belief_logprobs_engine,
     belief_logprobs_packed,
     belief_logprobs_reference,
+    compare_beliefs,
     token_logprobs,
 )
+from igpo.policy.vllm_engine import DEFAULT_BELIEF_TOLERANCE
 from igpo.report.records import sample_records
 from igpo.report.runlog import RunLog
 from igpo.retrieval.base import Retriever
@@ -105,6 +108,11 @@ class Trainer:
         self._own_generator = generator is None  # `close()` closes the one it built, not one it was given
         self.generator = generator or make_generator(cfg, model, tokenizer.pad_token_id, self.dist.enabled)
         self._pushed_step = -1  # the step whose weights the generator holds, when it keeps its own copy
+        if cfg.algorithm.belief_backend == "engine" and not isinstance(self.generator, ContinuationScorer):
+            raise ConfigError(
+                "algorithm.belief_backend: engine needs a rollout engine that scores continuations "
+                f"(rollout.backend: vllm); the generator {type(self.generator).__name__} does not"
+            )
         self.train_set = train_set if train_set is not None else self._load_train()
         # The reference is the initial policy: copied before any checkpoint weights are loaded.
         self.ref = self._make_reference() if cfg.algorithm.kl_coef > 0 else None
@@ -259,19 +267,39 @@ class Trainer:
     def score_beliefs(self, trajs: list[Trajectory], timer: Timer) -> dict[str, float]:
         """Sets `traj.beliefs` to the mean answer log-probs after the prompt and after each non-final turn.
 
+        `algorithm.belief_backend: engine`: the rollout engine scores them (the weights it sampled this step's
+        rollout with), and on every `algorithm.belief_check_every`-th step the trainer scores them too (`packed`,
+        phase `belief_check`): `compare_beliefs`' metrics, or its `BeliefCheckError`.
         `algorithm.belief_impl: cache` scores them against the KV caches the generator still holds from this
         step's rollout (same weights: no update in between); a trajectory whose cache it does not hold is scored
         by `packed`. Returns `beliefs_from_cache_share` (the share of scored trajectories that used a cache) under
-        `cache`, else nothing.
+        `cache`, the cross-check's metrics on a checked step, else nothing.
         """
         todo = [tr for tr in trajs if tr.num_turns >= 2]
         if not todo:
             return {}
         queries = [BeliefQuery(tr.ids, tr.belief_prefixes(), self.answer_ids(tr.example)) for tr in todo]
-        impl, probe, stats = self.cfg.algorithm.belief_impl, self.fmt.belief_probe_ids, {}
+        a, probe, stats = self.cfg.algorithm, self.fmt.belief_probe_ids, {}
+        if a.belief_backend == "engine":
+            with timer("beliefs"):
+                per_alias = belief_logprobs_engine(self.generator, probe, queries)
+            if a.belief_check_every and self.step % a.belief_check_every == 0:
+                with timer("belief_check"):
+                    want = self._trainer_beliefs("packed", probe, queries, stats)
+                    stats |= compare_beliefs(per_alias, want, self._belief_tolerance(), f"step {self.step}")
+        else:
+            with timer("beliefs"):
+                per_alias = self._trainer_beliefs(a.belief_impl, probe, queries, stats)
+        for tr, lp in zip(todo, per_alias):
+            tr.beliefs = reduce_aliases(lp, self.cfg.algorithm.aliases).tolist()
+        return stats
+
+    def _trainer_beliefs(self, impl: str, probe: list[int], queries: list[BeliefQuery], stats: dict) -> list:
+        """Per query, [P, K] mean answer log-probs from the trainer's model by `impl` (`algorithm.belief_impl`);
+        `cache` adds `beliefs_from_cache_share` to `stats`."""
         was_training = self.model.training
         self.model.eval()
-        with timer("beliefs"), self.dist.gathered(self.model), self._autocast():
+        with self.dist.gathered(self.model), self._autocast():
             if impl == "cache":
                 # Each prefix's last id is fed again, so the cache must cover ids[:max(prefixes) - 1].
                 held = [self.generator.held_kv(q.ids, max(q.prefixes) - 1) for q in queries]
@@ -281,9 +309,16 @@ class Trainer:
                 fn = belief_logprobs_packed if impl == "packed" else belief_logprobs_reference
                 per_alias = fn(self.model, probe, queries)
         self.model.train(was_training)
-        for tr, lp in zip(todo, per_alias):
-            tr.beliefs = reduce_aliases(lp, self.cfg.algorithm.aliases).tolist()
-        return stats
+        return per_alias
+
+    def _belief_tolerance(self) -> float:
+        """The cross-check's tolerance: `algorithm.belief_check_tolerance`, or by the less precise dtype of the
+        engine and the trainer's forwards (`trainer.autocast`, else the model's; `DEFAULT_BELIEF_TOLERANCE`)."""
+        if (tol := self.cfg.algorithm.belief_check_tolerance) is not None:
+            return tol
+        autocast = self.cfg.trainer.autocast
+        trainer = getattr(torch, autocast) if autocast is not None else next(self.model.parameters()).dtype
+        return max(DEFAULT_BELIEF_TOLERANCE[d] for d in (self.generator.score_dtype, trainer))
 
     def turn_rewards(self, trajs: list[Trajectory]) -> tuple[torch.Tensor, torch.Tensor, list[float]]:
         """turn rewards [B, T], turn mask [B, T], outcome per rollout."""
