@@ -303,14 +303,19 @@ def regime(cfg: Config) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def add_trainer_options(ap: argparse.ArgumentParser) -> None:
+    """The options `trainer_inputs` reads, but `--small`: --config, --model, --data-dir, --set."""
     ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
     ap.add_argument("--model", help="model path (default: the config's SFT warm start, sft.out_dir/model)")
     ap.add_argument(
         "--data-dir", type=Path, default=Path("data/vitalfactbook"), help="VitalFactbook (built if missing)"
     )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_trainer_options(ap)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each configuration, interleaved")
     ap.add_argument("--small", action="store_true", help="a tiny random model and a small step: a quick check")
     add_threads_option(ap)

@@ -34,7 +34,7 @@ from common import add_threads_option, apply_threads, load_average, machine_reco
 from igpo.agent.build import make_generator
 from igpo.config import Config
 from igpo.train.trainer import Trainer
-from step import SMALL, regime, trainer_inputs
+from step import SMALL, add_trainer_options, regime, trainer_inputs
 
 BACKENDS = ("hf", "vllm")
 
@@ -116,12 +116,7 @@ def backend_summary(runs: list[dict], base: list[dict], start_s: float, cfg: Con
 
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
-    ap.add_argument("--model", help="model path (default: the config's SFT warm start, sft.out_dir/model)")
-    ap.add_argument(
-        "--data-dir", type=Path, default=Path("data/vitalfactbook"), help="VitalFactbook (built if missing)"
-    )
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override (repeatable)")
+    add_trainer_options(ap)
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated; the first is the baseline")
     ap.add_argument("--warmup", type=int, default=1, help="steps of each backend before the counted ones")
     ap.add_argument("--repeats", type=int, default=3, help="counted steps of each backend, interleaved")

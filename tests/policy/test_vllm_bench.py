@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.policy.conftest import ENGINE_ENV, tiny
+from tests.policy.conftest import ENGINE_ENV
 
 pytestmark = pytest.mark.vllm
 
@@ -26,14 +26,6 @@ def sets(*overrides: str) -> list[str]:
 @pytest.fixture
 def benchmarks(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))  # the benchmarks import their `common` module
-
-
-@pytest.fixture
-def base_dir(tokenizer, tmp_path):
-    d = tmp_path / "tiny-llama"
-    tiny(tokenizer, seed=0).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
 
 
 def test_the_rollout_benchmarks_vllm_arm(benchmarks, engine_env, base_dir, corpus_file, qa_file, tmp_path):
