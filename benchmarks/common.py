@@ -4,6 +4,7 @@ where they ran and what their repeats say (`igpo.machine`, shared with `igpo ben
 from __future__ import annotations
 
 import argparse
+import os
 
 import torch
 
@@ -17,7 +18,11 @@ __all__ = [
     "machine_record",
     "summaries",
     "summarize",
+    "vllm_settings",
 ]
+
+# The CPU engine's settings that are environment variables: its KV cache (GiB) and its threads' core binding.
+VLLM_ENV = ("VLLM_CPU_KVCACHE_SPACE", "VLLM_CPU_OMP_THREADS_BIND")
 
 
 def add_threads_option(ap: argparse.ArgumentParser) -> None:
@@ -35,12 +40,23 @@ def summaries(repeats: dict[str, list[float]]) -> dict[str, dict]:
     return {name: summarize(values) for name, values in repeats.items()}
 
 
-def load_eval_model(args: argparse.Namespace):
-    """SmolLM2-135M-Instruct (the default model) in eval mode, after applying `--threads`."""
+def load_eval_model(args: argparse.Namespace, model_cfg=None):
+    """The model `model_cfg` (an `igpo.config.ModelConfig`; default SmolLM2-135M-Instruct) in eval mode, after
+    applying `--threads`."""
     from igpo.config import ModelConfig
     from igpo.policy.loading import load_policy
 
     apply_threads(args)
-    model, tok = load_policy(ModelConfig())
+    model, tok = load_policy(model_cfg or ModelConfig())
     model.eval()
     return model, tok
+
+
+def vllm_settings(cfg) -> dict:
+    """The vLLM engine's settings `cfg` (an `igpo.config.Config`) builds it with, and the CPU engine's from the
+    environment (`VLLM_ENV`)."""
+    return {
+        **cfg.rollout.vllm.model_dump(mode="json"),
+        "max_model_len": cfg.rollout.max_context,
+        "env": {k: os.environ.get(k) for k in VLLM_ENV},
+    }

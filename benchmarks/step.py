@@ -254,8 +254,9 @@ def tiny_model(vocab_size: int):
     return LlamaForCausalLM(cfg)
 
 
-def build_trainer(args: argparse.Namespace, out_dir: Path) -> Trainer:
-    """The trainer of the demo's regime (or `--small`'s), with IGPO's estimator so that beliefs are scored."""
+def trainer_inputs(args: argparse.Namespace, out_dir: Path) -> tuple[Config, Any, Any]:
+    """(config, model, tokenizer) of the demo's regime (or `--small`'s), with IGPO's estimator so that beliefs are
+    scored; VitalFactbook is built into `--data-dir` if the config reads it from there and it is missing."""
     from igpo.demo import prepare_data
     from igpo.policy.loading import load_policy
     from igpo.train.sft import sft_done
@@ -278,17 +279,43 @@ def build_trainer(args: argparse.Namespace, out_dir: Path) -> Trainer:
     model, tok = load_policy(cfg.model)
     if args.small:
         model = tiny_model(len(tok))
+    return cfg, model, tok
+
+
+def build_trainer(args: argparse.Namespace, out_dir: Path) -> Trainer:
+    """The trainer of `trainer_inputs`."""
+    cfg, model, tok = trainer_inputs(args, out_dir)
     return Trainer(cfg, model=model, tokenizer=tok)
 
 
-def main(argv: list[str] | None = None) -> dict:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def regime(cfg: Config) -> dict:
+    """What the step does: questions, rollouts, turns, tokens, temperature, micro-batch, estimator, KL."""
+    r = cfg.rollout
+    return {
+        "questions": r.questions_per_step,
+        "group_size": r.group_size,
+        "max_turns": r.max_turns,
+        "max_new_tokens": r.max_new_tokens,
+        "temperature": r.temperature,
+        "micro_batch_size": cfg.trainer.micro_batch_size,
+        "estimator": cfg.algorithm.estimator,
+        "kl_coef": cfg.algorithm.kl_coef,
+    }
+
+
+def add_trainer_options(ap: argparse.ArgumentParser) -> None:
+    """The options `trainer_inputs` reads, but `--small`: --config, --model, --data-dir, --set."""
     ap.add_argument("--config", type=Path, default=Path("configs/demo.yaml"))
     ap.add_argument("--model", help="model path (default: the config's SFT warm start, sft.out_dir/model)")
     ap.add_argument(
         "--data-dir", type=Path, default=Path("data/vitalfactbook"), help="VitalFactbook (built if missing)"
     )
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a config override (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    add_trainer_options(ap)
     ap.add_argument("--repeats", type=int, default=3, help="runs of each configuration, interleaved")
     ap.add_argument("--small", action="store_true", help="a tiny random model and a small step: a quick check")
     add_threads_option(ap)
@@ -299,21 +326,11 @@ def main(argv: list[str] | None = None) -> dict:
         trainer = build_trainer(args, Path(tmp) / "run")
         known = {key for key, _ in config_fields()}
         measured = measure(trainer, configuration_settings(known), args.repeats)
-    r = trainer.cfg.rollout
     result = {
         "model": "tiny random Llama (--small)" if args.small else args.model,
         "device": trainer.cfg.model.device,
         "machine": machine_record(),
-        "regime": {
-            "questions": r.questions_per_step,
-            "group_size": r.group_size,
-            "max_turns": r.max_turns,
-            "max_new_tokens": r.max_new_tokens,
-            "temperature": r.temperature,
-            "micro_batch_size": trainer.cfg.trainer.micro_batch_size,
-            "estimator": trainer.cfg.algorithm.estimator,
-            "kl_coef": trainer.cfg.algorithm.kl_coef,
-        },
+        "regime": regime(trainer.cfg),
         "settings": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
         **measured,
     }

@@ -35,6 +35,15 @@ def hf_greedy(model, ctx: list[int], n: int, stop_ids: Sequence[int] = (EOS,)) -
     return ids[len(ctx) :]
 
 
+@pytest.fixture
+def base_dir(tokenizer, tmp_path):
+    """The tiny Llama (seed 0) and the test tokenizer, saved as a Hugging Face directory an engine is built from."""
+    d = tmp_path / "tiny-llama"
+    tiny(tokenizer, seed=0).save_pretrained(d)
+    tokenizer.save_pretrained(d)
+    return d
+
+
 @pytest.fixture(scope="module")
 def engine_env():
     """`ENGINE_ENV` set for the module's engines; a missing vLLM fails with the command that installs it."""

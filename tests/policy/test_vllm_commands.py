@@ -18,7 +18,7 @@ from transformers import AutoModelForCausalLM
 from igpo.agent.generators import SamplingParams
 from igpo.config import Config
 from igpo.policy.vllm_engine import VLLMEngine, VLLMGenerator
-from tests.policy.conftest import MAX_LEN, hf_greedy, tiny
+from tests.policy.conftest import MAX_LEN, hf_greedy
 
 pytestmark = pytest.mark.vllm
 
@@ -86,14 +86,6 @@ def plays(model, calls: list[Call]) -> bool:
         for c in calls
         for ctx, out in zip(c.contexts, c.out)
     )
-
-
-@pytest.fixture
-def base_dir(tokenizer, tmp_path):
-    d = tmp_path / "tiny-llama"
-    tiny(tokenizer, seed=0).save_pretrained(d)
-    tokenizer.save_pretrained(d)
-    return d
 
 
 def config(base_dir, corpus_file, plans_file, out, **sections) -> Config:
