@@ -290,6 +290,8 @@ SPEED_SECTIONS = {
     "Update scoring (`update_scoring.py`)": "update_scoring.json",
     "Seeded sampling (`seeded_sampling.py`)": "seeded_sampling.json",
     "Retrieval server load (`retrieval_load.py`)": "retrieval_load.json",
+    "Rollout: vLLM against the engine (`rollout.py --arms engine,vllm`)": "rollout_vllm.json",
+    "One step with each rollout backend (`step_backend.py`)": "step_backend.json",
 }
 # Figures a section computes from its JSON rather than quotes: {heading: {figure as printed: its computation}}.
 DERIVED = {
