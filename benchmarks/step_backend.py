@@ -16,6 +16,9 @@ records the machine (`igpo.machine`), the load average before each step and the 
     VLLM_CPU_KVCACHE_SPACE=1 VLLM_CPU_OMP_THREADS_BIND=nobind .venv-vllm/bin/python benchmarks/step_backend.py \\
         --set rollout.vllm.dtype=float32 --set rollout.vllm.enforce_eager=true
 
+`--set-vllm KEY=VALUE` overrides the vllm backend's config only (e.g. `algorithm.belief_backend=engine`: its
+beliefs scored in the engine; each backend's `belief_backend` and `belief_impl` are recorded).
+
 `--small`: `step.py`'s small step (2 questions x 2 rollouts of at most 2 turns of 16 tokens) on the model given
 (`--model`; default SmolLM2): a check that the script runs, not a measurement.
 """
@@ -43,7 +46,8 @@ def build(args: argparse.Namespace, backend: str, out_dir: Path) -> tuple[Traine
     """The trainer of `backend` (`trainer_inputs` with `rollout.backend` set) and the seconds its generator took to
     build (a vLLM engine's start). The trainer does not own the generator: `close` it when done."""
     inputs = argparse.Namespace(**{**vars(args), "small": False})  # the model as given: no tiny random swap
-    inputs.set = [*(SMALL if args.small else []), *args.set, f"rollout.backend={backend}"]
+    only = args.set_vllm if backend == "vllm" else []
+    inputs.set = [*(SMALL if args.small else []), *args.set, *only, f"rollout.backend={backend}"]
     cfg, model, tok = trainer_inputs(inputs, out_dir)
     args.model = inputs.model  # the warm start's path, when it was the default
     t = time.perf_counter()
@@ -107,6 +111,9 @@ def backend_summary(runs: list[dict], base: list[dict], start_s: float, cfg: Con
             p: phase_s[p]["median"] / base_phase[p] if base_phase[p] > 0 else None for p in phases
         },
         "runs": runs,
+        # where the beliefs came from: `--set-vllm algorithm.belief_backend=engine` scores them in the engine
+        "belief_backend": cfg.algorithm.belief_backend,
+        "belief_impl": cfg.algorithm.belief_impl,
     }
     out["step_ratio_to_baseline_median_of_repeats"] = statistics.median(out["step_ratio_to_baseline_per_repeat"])
     if cfg.rollout.backend == "vllm":
@@ -118,6 +125,13 @@ def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_trainer_options(ap)
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated; the first is the baseline")
+    ap.add_argument(
+        "--set-vllm",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="a config override of the vllm backend's trainer only, e.g. algorithm.belief_backend=engine (repeatable)",
+    )
     ap.add_argument("--warmup", type=int, default=1, help="steps of each backend before the counted ones")
     ap.add_argument("--repeats", type=int, default=3, help="counted steps of each backend, interleaved")
     ap.add_argument("--small", action="store_true", help="a small step on the model given: a quick check")

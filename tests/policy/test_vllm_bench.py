@@ -65,6 +65,7 @@ def test_one_training_step_with_each_backend(benchmarks, engine_env, base_dir, c
     out = tmp_path / "step_backend.json"
     argv = ["--small", "--model", str(base_dir), "--config", str(ROOT / "configs" / "demo.yaml")]
     argv += ["--data-dir", str(tmp_path / "vfb"), "--warmup", "0", "--repeats", "2", "--out", str(out)]
+    argv += ["--set-vllm", "algorithm.belief_backend=engine"]  # the vllm trainer's config only
     data = [f"data.train={qa_file}", "data.eval=null", "retrieval.kind=bm25", f"retrieval.corpus={corpus_file}"]
     res = bench.main([*argv, *sets(*data, *ENGINE)])
 
@@ -90,3 +91,4 @@ def test_one_training_step_with_each_backend(benchmarks, engine_env, base_dir, c
     assert vllm["step_ratio_to_baseline_per_repeat"] == pytest.approx(per_repeat)
     assert vllm["step_ratio_to_baseline"] == pytest.approx(vllm["step_s"]["median"] / hf["step_s"]["median"])
     assert hf["step_ratio_to_baseline"] == 1.0
+    assert hf["belief_backend"] == "trainer" and vllm["belief_backend"] == "engine"
