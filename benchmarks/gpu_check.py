@@ -260,12 +260,6 @@ def run_beliefs(trainer) -> dict:
     """The beliefs of the trainer's next step's episodes by each implementation, in fp32 and under bf16 autocast."""
     import torch
 
-    from igpo.policy.scoring import (
-        BeliefQuery,
-        belief_logprobs_cached,
-        belief_logprobs_packed,
-        belief_logprobs_reference,
-    )
     from igpo.train.trainer import Timer
 
     def timed(fn, *a):
@@ -283,14 +277,11 @@ def run_beliefs(trainer) -> dict:
             trainer.cfg.trainer.autocast = None if precision == "float32" else precision
             trajs = trainer.collect(trainer.step, Timer())  # the engine keeps the contexts' caches, in this precision
             try:
-                todo = [tr for tr in trajs if tr.num_turns >= 2]
-                queries = [BeliefQuery(tr.ids, tr.belief_prefixes(), trainer.answer_ids(tr.example)) for tr in todo]
-                held = [trainer.generator.held_kv(q.ids, max(q.prefixes) - 1) for q in queries]
-                trainer.model.eval()
-                with trainer._autocast():
-                    ref, ref_s = timed(belief_logprobs_reference, trainer.model, probe, queries)
-                    packed, packed_s = timed(belief_logprobs_packed, trainer.model, probe, queries)
-                    cached, cached_s = timed(belief_logprobs_cached, trainer.model, probe, queries, held)
+                _, queries = trainer.belief_queries(trajs)
+                stats: dict = {}  # the cache path's `beliefs_from_cache_share`
+                ref, ref_s = timed(trainer.trainer_beliefs, "reference", probe, queries, stats)
+                packed, packed_s = timed(trainer.trainer_beliefs, "packed", probe, queries, stats)
+                cached, cached_s = timed(trainer.trainer_beliefs, "cache", probe, queries, stats)
             finally:
                 trainer.generator.release()
             ref_all = torch.cat([r.flatten() for r in ref]) if ref else torch.zeros(0)
@@ -303,7 +294,7 @@ def run_beliefs(trainer) -> dict:
                 "episodes": len(trajs),
                 "scored_episodes": len(queries),
                 "beliefs": int(ref_all.numel()),
-                "from_cache_share": sum(kv is not None for kv in held) / max(len(held), 1),
+                "from_cache_share": stats.get("beliefs_from_cache_share", 0.0),
                 "max_abs_diff_packed_vs_reference": diff(packed),
                 "max_abs_diff_cache_vs_reference": diff(cached),
                 "seconds": {"reference": ref_s, "packed": packed_s, "cache": cached_s},
@@ -311,7 +302,6 @@ def run_beliefs(trainer) -> dict:
             }
     finally:
         trainer.cfg.trainer.autocast = was
-        trainer.model.train()
     fp32 = out["float32"]
     wrong = []
     if not fp32["beliefs"]:

@@ -243,12 +243,9 @@ def belief_logprobs_engine(
             for ans in q.answers:
                 contexts.append(ctx)
                 answers.append(list(ans))
-    lps = iter(scorer.continuation_logprobs(contexts, answers))
-    out = []
-    for q in queries:
-        res = torch.tensor([sum(lp) / len(lp) for lp in (next(lps) for _ in range(len(q.prefixes) * len(q.answers)))])
-        out.append(res.view(len(q.prefixes), len(q.answers)))
-    return out
+    means = torch.tensor([sum(lp) / len(lp) for lp in scorer.continuation_logprobs(contexts, answers)])
+    shapes = [(len(q.prefixes), len(q.answers)) for q in queries]
+    return [m.view(shape) for m, shape in zip(means.split([p * k for p, k in shapes]), shapes)]
 
 
 def compare_beliefs(engine: Sequence[torch.Tensor], trainer: Sequence[torch.Tensor], tolerance: float, where: str):

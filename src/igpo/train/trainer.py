@@ -275,26 +275,30 @@ class Trainer:
         by `packed`. Returns `beliefs_from_cache_share` (the share of scored trajectories that used a cache) under
         `cache`, the cross-check's metrics on a checked step, else nothing.
         """
-        todo = [tr for tr in trajs if tr.num_turns >= 2]
+        todo, queries = self.belief_queries(trajs)
         if not todo:
             return {}
-        queries = [BeliefQuery(tr.ids, tr.belief_prefixes(), self.answer_ids(tr.example)) for tr in todo]
         a, probe, stats = self.cfg.algorithm, self.fmt.belief_probe_ids, {}
         if a.belief_backend == "engine":
             with timer("beliefs"):
                 per_alias = belief_logprobs_engine(self.generator, probe, queries)
             if a.belief_check_every and self.step % a.belief_check_every == 0:
                 with timer("belief_check"):
-                    want = self._trainer_beliefs("packed", probe, queries, stats)
+                    want = self.trainer_beliefs("packed", probe, queries, stats)
                     stats |= compare_beliefs(per_alias, want, self._belief_tolerance(), f"step {self.step}")
         else:
             with timer("beliefs"):
-                per_alias = self._trainer_beliefs(a.belief_impl, probe, queries, stats)
+                per_alias = self.trainer_beliefs(a.belief_impl, probe, queries, stats)
         for tr, lp in zip(todo, per_alias):
-            tr.beliefs = reduce_aliases(lp, self.cfg.algorithm.aliases).tolist()
+            tr.beliefs = reduce_aliases(lp, a.aliases).tolist()
         return stats
 
-    def _trainer_beliefs(self, impl: str, probe: list[int], queries: list[BeliefQuery], stats: dict) -> list:
+    def belief_queries(self, trajs: list[Trajectory]) -> tuple[list[Trajectory], list[BeliefQuery]]:
+        """The trajectories that have beliefs to score (two turns or more) and their `BeliefQuery`s."""
+        todo = [tr for tr in trajs if tr.num_turns >= 2]
+        return todo, [BeliefQuery(tr.ids, tr.belief_prefixes(), self.answer_ids(tr.example)) for tr in todo]
+
+    def trainer_beliefs(self, impl: str, probe: list[int], queries: list[BeliefQuery], stats: dict) -> list:
         """Per query, [P, K] mean answer log-probs from the trainer's model by `impl` (`algorithm.belief_impl`);
         `cache` adds `beliefs_from_cache_share` to `stats`."""
         was_training = self.model.training
@@ -304,7 +308,7 @@ class Trainer:
                 # Each prefix's last id is fed again, so the cache must cover ids[:max(prefixes) - 1].
                 held = [self.generator.held_kv(q.ids, max(q.prefixes) - 1) for q in queries]
                 per_alias = belief_logprobs_cached(self.model, probe, queries, held)
-                stats["beliefs_from_cache_share"] = sum(kv is not None for kv in held) / len(held)
+                stats["beliefs_from_cache_share"] = sum(kv is not None for kv in held) / max(len(held), 1)
             else:
                 fn = belief_logprobs_packed if impl == "packed" else belief_logprobs_reference
                 per_alias = fn(self.model, probe, queries)
