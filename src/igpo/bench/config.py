@@ -18,7 +18,11 @@ class BenchConfig(BaseModel):
 
     estimators: list[str] = ["igpo", "grpo", "igpo_ig_only", "igpo_outcome_only", "gated"]
     seeds: list[int] = [0, 1, 2]
-    eval_every: int = Field(5, ge=1)  # dev evaluation every k steps (and a checkpoint, so runs resume there)
+    eval_every: int = Field(5, ge=1)  # dev evaluation every k steps
+    # A checkpoint every k steps (and at the end). Resume is exact, so k changes no result, only how many steps a
+    # stopped run trains again (k - 1 at most). Each holds the weights and AdamW's state (~1.6 GB for SmolLM2-135M);
+    # `trainer.keep_last` of them are kept.
+    save_every: int = Field(1, ge=1)
     dev_size: int = Field(100, ge=1)  # first questions of data.eval
     test: str | None = None  # test QA file, evaluated at the end of every run
     test_size: int = Field(200, ge=1)

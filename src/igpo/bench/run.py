@@ -21,6 +21,20 @@ def _say(line: str) -> None:
     print(line, flush=True)
 
 
+def run_config(bench: BenchConfig, base: Config, estimator: str, seed: int, start_model: str) -> Config:
+    """The training config of one (estimator, seed) run: the arm's config with the settings each run sets itself
+    (`results.RUN_SET`): the shared start, the seed, its folder, and the evaluation and checkpoint cadence."""
+    cfg = arm_config(bench, base, estimator)
+    cfg.model.path = start_model
+    cfg.model.lora.enabled = False
+    cfg.trainer.seed = seed
+    cfg.trainer.out_dir = str(run_dir(bench, estimator, seed))
+    cfg.trainer.eval_every = bench.eval_every
+    cfg.trainer.save_every = bench.save_every
+    cfg.trainer.eval_size = bench.dev_size
+    return cfg
+
+
 def run_one(
     bench: BenchConfig, base: Config, estimator: str, seed: int, start_model: str, log: Callable[[str], None]
 ) -> Path:
@@ -29,14 +43,7 @@ def run_one(
     from igpo.train.trainer import Trainer
 
     run = run_dir(bench, estimator, seed)
-    cfg = arm_config(bench, base, estimator)
-    cfg.model.path = start_model
-    cfg.model.lora.enabled = False
-    cfg.trainer.seed = seed
-    cfg.trainer.out_dir = str(run)
-    cfg.trainer.eval_every = bench.eval_every
-    cfg.trainer.save_every = bench.eval_every
-    cfg.trainer.eval_size = bench.dev_size
+    cfg = run_config(bench, base, estimator, seed, start_model)
     t = time.perf_counter()
     trainer = Trainer(cfg)
     try:
