@@ -108,6 +108,24 @@ def test_variants_are_arms_with_algorithm_overrides(tmp_path, tiny_model_dir, co
         load_bench_config(path, ["bench.variants={}"])
 
 
+def test_each_run_checkpoints_every_save_every_steps_apart_from_its_evaluations(
+    tmp_path, tiny_model_dir, corpus_file, plans_file
+):
+    from igpo.bench.run import run_config
+
+    path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo"])
+    bench, cfg = load_bench_config(path, ["bench.eval_every=5"])
+    run = run_config(bench, cfg, "grpo", 2, "start/model")
+    # a stopped run loses at most the step it was in: a checkpoint after every step by default
+    assert (run.trainer.save_every, run.trainer.eval_every) == (1, 5)
+    assert run.trainer.seed == 2 and run.model.path == "start/model" and run.trainer.eval_size == bench.dev_size
+    assert run.trainer.out_dir == str(tmp_path / "bench" / "grpo-s2")
+    bench, cfg = load_bench_config(path, ["bench.save_every=3"])
+    assert run_config(bench, cfg, "grpo", 0, "m").trainer.save_every == 3
+    with pytest.raises(ConfigError, match="save_every"):
+        load_bench_config(path, ["bench.save_every=0"])
+
+
 def test_a_key_added_since_counts_at_its_default_when_merging(tmp_path, tiny_model_dir, corpus_file, plans_file):
     path = _write_config(tmp_path, tiny_model_dir, corpus_file, plans_file, ["igpo", "grpo", "v"])
     bench, cfg = load_bench_config(path, ['bench.variants={"v": {"algorithm.norm": "raw_ig"}}'])
