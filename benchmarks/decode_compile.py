@@ -8,8 +8,9 @@ Arms (each: prefill a context of `--context` ids a row, eagerly and not timed, t
   `context + steps` columns, a 4-D boolean mask [B, 1, 1, capacity] whose column of the step is switched on in
   place, so attention runs over the whole buffer;
 - static_compiled, static_frozen: that step compiled (`dynamic=False`: one graph per batch size), plain / with
-  inductor's `freezing` option (with torch 2.13 on CPU, the graphs of both still call `extern_kernels.mm` for
-  every linear layer: no prepacked weights).
+  inductor's `freezing` option. Freezing leaves this graph as it is (torch 2.13: the weights reach it as inputs of
+  the step function, not as attributes of a compiled module, so none becomes a constant; both graphs call
+  `extern_kernels.mm` for every linear layer): static_frozen is a second static_compiled, which shows the noise.
 Compiled steps regroup the query for grouped-query attention as eager steps do (`pack_gqa_when_compiled`; without
 it, `--repeat-kv`, each step copies every layer's whole cache).
 
