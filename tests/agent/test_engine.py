@@ -238,8 +238,9 @@ def test_an_ended_episodes_cache_is_held_until_release(model):
 def test_cache_kwarg_of_a_lora_model_is_its_base_models():
     """A LoRA adapter's forward takes **kwargs: the cache argument's name comes from the model under it (else a
     LoRA rollout passes the deprecated `past_key_values` and transformers warns at every forward)."""
-    from peft import LoraConfig, get_peft_model
+    from igpo.config import ModelConfig
+    from igpo.policy.loading import apply_lora, is_lora
 
     base = make_varied_llama(VOCAB)
-    lora = get_peft_model(copy.deepcopy(base), LoraConfig(r=4, target_modules=["q_proj"]))
-    assert cache_kwarg(lora) == cache_kwarg(base)
+    lora = apply_lora(copy.deepcopy(base), ModelConfig.model_validate({"lora": {"enabled": True, "r": 4}}))
+    assert is_lora(lora) and cache_kwarg(lora) == cache_kwarg(base)
